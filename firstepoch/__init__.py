@@ -1,0 +1,21 @@
+"""firstepoch: a local-first deep-learning workbench on PyTorch.
+
+    from firstepoch import DataLoaders, Learner
+    dls = DataLoaders.from_folder("pets/", size=64)
+    learn = Learner(dls, "cnn")
+    learn.fit_one_cycle(5, 3e-3)
+    learn.export("pets-model")
+    firstepoch.load("pets-model").predict("cat.jpg")
+"""
+__version__ = "0.1.0"
+
+from firstepoch.bundle import Predictor, load
+from firstepoch.core.callbacks import (Callback, EarlyStopping, GradientAccumulation, GradientClip, MixedPrecision,
+                                       TrainingInterrupted)
+from firstepoch.core.learner import Learner
+from firstepoch.core.runs import Run, list_runs
+from firstepoch.data.loaders import DataLoaders
+from firstepoch.errors import FirstEpochError
+
+__all__ = ["Callback", "DataLoaders", "EarlyStopping", "FirstEpochError", "GradientAccumulation", "GradientClip",
+           "Learner", "MixedPrecision", "Predictor", "Run", "TrainingInterrupted", "list_runs", "load"]

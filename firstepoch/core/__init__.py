@@ -1,0 +1,1 @@
+"""The training core: Learner, callbacks, metrics, schedules, device, runs."""

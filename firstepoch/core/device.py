@@ -1,0 +1,85 @@
+"""Device choice, seeding and the optional `torch.compile` with a one-warning fallback."""
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from firstepoch.errors import FirstEpochError
+
+_DEVICES = ("cpu", "cuda", "mps")
+
+
+def default_device(force: str | None = None) -> torch.device:
+    """CUDA, then MPS, then CPU; `force` ("cpu", "cuda", "cuda:1", "mps") overrides."""
+    force = force or os.environ.get("FIRSTEPOCH_DEVICE")
+    if force:
+        kind = force.split(":")[0]
+        if kind not in _DEVICES:
+            raise FirstEpochError(f"unknown device {force!r}; use one of cpu, cuda, cuda:N, mps")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise FirstEpochError(f"device {force!r} asked for but CUDA is not available here; use --device cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise FirstEpochError("device 'mps' asked for but MPS is not available here; use --device cpu")
+        return torch.device(force)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG state as tensors and plain values (loadable with `weights_only=True`)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """`torch.compile(model)` when it works here; otherwise the model as is, with one warning."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as exc:  # no compiler, unsupported GPU or platform: fall back, never crash
+        warnings.warn(f"torch.compile is not available here ({type(exc).__name__}: {exc}); training uncompiled",
+                      stacklevel=2)
+        return model
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The reduced precision this device trains well in: fp16 on CUDA (bf16 where supported), bf16 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16
+    return None
