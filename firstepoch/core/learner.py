@@ -293,7 +293,7 @@ class Learner:
         saved = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), rng_state()
         finder = LRFinder(start_lr, end_lr, num_it)
         epochs = math.ceil(num_it / max(len(self.dls.train.sampler) // self.dls.train.batch_size, 1))
-        history = self.recorder.state_dict()
+        history = copy.deepcopy(self.recorder.state_dict())
         try:
             self._fit(epochs, [finder], skip=(NaNGuard, MetricsLog, Checkpoint, ProgressCallback, ParamScheduler))
         finally:

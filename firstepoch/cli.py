@@ -1,0 +1,229 @@
+"""The `firstepoch` command. Thin: parses arguments, calls the library, prints."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from firstepoch.core.callbacks import TrainingInterrupted
+from firstepoch.errors import FirstEpochError
+
+app = typer.Typer(help="firstepoch: train, evaluate, predict and export deep-learning models, locally.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+train_app = typer.Typer(help="Train a model on your data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+console = Console()
+
+
+def _train(dls, arch: str, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],
+           precision: str, compile: bool, run_name: Optional[str], resume: bool, out: Optional[Path],
+           task: str, config: dict):
+    """Shared by every `train` subcommand: fit with 1cycle, evaluate the test split, export the bundle."""
+    from firstepoch import Learner
+    from firstepoch.core.runs import Run, runs_root
+
+    if resume and not run_name:
+        raise FirstEpochError("--resume needs --run NAME: the run folder whose checkpoint to continue")
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
+    run = Run.create(name=run_name, task=task, config=config) if is_main else None
+    resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
+    learn = Learner(dls, arch, opt=opt, seed=seed, device=device, precision=precision, compile=compile, run=run)
+    if run is not None:
+        console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?')} train / "
+                      f"{dls.info.get('n_valid', '?')} valid items  ·  {learn.device}", highlight=False)
+    learn.fit_one_cycle(epochs, lr, resume=resume)
+    if run is None:
+        return
+    test = learn.evaluate(dls.test) if dls.test is not None else None
+    bundle = learn.export(out or run.bundle_dir)
+    run.update(bundle=str(bundle), test=test)
+    if test:
+        console.print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()), highlight=False)
+    console.print(f"[bold green]saved[/bold green] {bundle}   (metrics log {run.metrics_file}, plot {run.dir / 'loss.png'})",
+                  highlight=False)
+
+
+@train_app.command("images")
+def train_images(
+    folder: Path = typer.Argument(..., help="Image folder: one sub-folder per class, or train/ + valid/ (+ test/)."),
+    arch: str = typer.Option("cnn", help="cnn, mlp, linear, or any timm architecture name."),
+    epochs: int = typer.Option(5, min=1),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1cycle); default 3e-3."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: 64 (or fewer when the data is small)."),
+    size: int = typer.Option(64, min=8, help="Images are resized to SIZE x SIZE."),
+    valid_pct: float = typer.Option(0.2, help="Fraction held out for validation when there is no valid/ folder."),
+    seed: int = typer.Option(42),
+    label_regex: Optional[str] = typer.Option(None, help="Take labels from file names: first group of this regex."),
+    labels: Optional[Path] = typer.Option(None, help="Take labels from a CSV of file,label rows."),
+    flip: bool = typer.Option(True, help="Random horizontal flips while training."),
+    opt: str = typer.Option("adamw", help="sgd, adam, adamw or rmsprop."),
+    precision: str = typer.Option("fp32", help="fp32, mixed, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best available)."),
+    compile: bool = typer.Option(False, help="torch.compile the model (falls back with a warning)."),
+    run: Optional[str] = typer.Option(None, help="Run name under runs/ (default: images-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run named by --run from its last checkpoint."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
+):
+    """Train an image classifier on a folder of images."""
+    from firstepoch.data import images
+
+    common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip)
+    if label_regex:
+        dls = images.from_name_func(folder, label_func=label_regex, **common)
+    else:
+        dls = images.from_folder(folder, labels=labels, **common)
+    config = {"data": str(folder), "arch": arch, "epochs": epochs, "lr": lr, "size": size, "seed": seed}
+    _train(dls, arch, epochs, lr or 3e-3, opt, seed, device, precision, compile, run, resume, out, "images", config)
+
+
+@train_app.command("tabular")
+def train_tabular(
+    csv: Path = typer.Argument(..., help="A CSV file with a header row."),
+    target: str = typer.Option(..., help="The column to predict."),
+    task: Optional[str] = typer.Option(None, help="classification or regression (default: inferred)."),
+    arch: str = typer.Option("mlp", help="mlp or linear."),
+    epochs: int = typer.Option(10, min=1),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1cycle); default 1e-2."),
+    batch_size: Optional[int] = typer.Option(None),
+    valid_pct: float = typer.Option(0.2),
+    seed: int = typer.Option(42),
+    opt: str = typer.Option("adamw"),
+    device: Optional[str] = typer.Option(None),
+    run: Optional[str] = typer.Option(None),
+    resume: bool = typer.Option(False),
+    out: Optional[Path] = typer.Option(None),
+):
+    """Train a model on a CSV file to predict one column."""
+    from firstepoch.data import tabular
+
+    dls = tabular.from_csv(csv, target, valid_pct=valid_pct, seed=seed, task=task, batch_size=batch_size)
+    config = {"data": str(csv), "target": target, "arch": arch, "epochs": epochs, "lr": lr, "seed": seed}
+    _train(dls, arch, epochs, lr or 1e-2, opt, seed, device, "fp32", False, run, resume, out, "tabular", config)
+
+
+@app.command()
+def predict(
+    bundle: Path = typer.Argument(..., help="A bundle folder (from train or learn.export)."),
+    files: List[Path] = typer.Argument(..., help="Images, or CSV files of rows, to predict."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Predict with a trained bundle."""
+    import firstepoch
+
+    predictor = firstepoch.load(bundle, device=device)
+    results = [(str(name), predictor.predict(item)) for name, item in _raw_items(predictor, files)]
+    if json_out:
+        for name, result in results:
+            print(json.dumps({"input": name, **result}))
+        return
+    table = Table("input", "prediction", "probability" if predictor.task == "classification" else "")
+    for name, r in results:
+        table.add_row(name, str(r.get("label", r.get("value"))), f"{r['probability']:.3f}" if "probability" in r else "")
+    console.print(table)
+
+
+def _raw_items(predictor, files: list[Path]):
+    """(name, item) pairs: an image file as its path; each row of a CSV as a dict."""
+    for path in files:
+        if not path.exists():
+            raise FirstEpochError(f"{path}: no such file")
+        if predictor.preprocessor.kind == "tabular":
+            from firstepoch.data.tabular import read_rows
+
+            for i, row in enumerate(read_rows(path), start=1):
+                yield f"{path}:{i}", row
+        else:
+            yield path, path
+
+
+@app.command()
+def evaluate(
+    bundle: Path = typer.Argument(..., help="A bundle folder."),
+    data: Path = typer.Argument(..., help="Labelled data: an image folder with class sub-folders, or a CSV."),
+    fail_under: List[str] = typer.Option([], help="METRIC=VALUE: exit 1 when the metric is below it."),
+    json_out: bool = typer.Option(False, "--json"),
+    device: Optional[str] = typer.Option(None),
+):
+    """Evaluate a bundle on labelled data; with --fail-under it is a quality gate for CI."""
+    import firstepoch
+
+    bars = _parse_bars(fail_under)
+    predictor = firstepoch.load(bundle, device=device)
+    result = predictor.evaluate(data, metrics=sorted(set(predictor.config.get("training", {}).get("metrics", []))
+                                                     | set(bars)) or None)
+    if json_out:
+        print(json.dumps(result))
+    else:
+        console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()),
+                      highlight=False)
+    failed = [f"{name} {result[name]:.4f} < {bar}" for name, bar in bars.items() if result[name] < bar]
+    if failed:
+        console.print(f"[bold red]below the bar:[/bold red] {'; '.join(failed)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _parse_bars(items: list[str]) -> dict[str, float]:
+    bars = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            bars[name.strip()] = float(value)
+        except ValueError:
+            raise FirstEpochError(f"--fail-under {item!r}: expected METRIC=VALUE, e.g. accuracy=0.95") from None
+    return bars
+
+
+@app.command()
+def runs(root: Optional[Path] = typer.Option(None, help="Runs folder (default: runs/).")):
+    """List training runs: name, task, status, epochs, best metric, path."""
+    from firstepoch.core.runs import list_runs
+
+    rows = list_runs(root)
+    if not rows:
+        console.print(f"no runs in {root or 'runs/'} yet; try `firstepoch demo`")
+        return
+    table = Table("name", "task", "status", "epochs", "best", "path")
+    for r in rows:
+        best = ", ".join(f"{k} {v:.4f}" for k, v in (r.get("best") or {}).items())
+        epochs = f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}"
+        table.add_row(r.get("name", "?"), r.get("task", "?"), r.get("status", "?"), epochs, best, r["path"])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    epochs: int = typer.Option(8, min=1),
+    out: Optional[Path] = typer.Option(None, help="Bundle folder (default: <run>/model)."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Train a digit classifier on real handwritten digits bundled with firstepoch, end to end."""
+    from firstepoch.demo import run_demo
+
+    run_demo(console, epochs=epochs, out=out, device=device)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main() -> None:
+    warnings.showwarning = _warning_line
+    try:
+        app()
+    except FirstEpochError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
