@@ -238,18 +238,20 @@ class Interrupt(Callback):
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
 
+    def _stop(self):
+        self.learn.stop_reason = f"interrupted by {self.requested}"
+        self.learn.interrupted = True
+        raise CancelFitException()
+
     def after_batch(self):
         if self.requested and self.learn.training:
-            raise CancelFitException()
+            self._stop()
 
     def after_epoch(self):
         if self.requested:
-            raise CancelFitException()
+            self._stop()
 
     def after_fit(self):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
-        if self.requested:
-            self.learn.stop_reason = f"interrupted by {self.requested}"
-            self.learn.interrupted = True

@@ -162,7 +162,7 @@ class Learner:
         for cb in extra:
             self.add_callback(cb)
         self._prepare_events(skip)
-        self.n_epochs, self.interrupted, self.stop_reason = epochs, False, None
+        self.n_epochs, self.interrupted, self.failed, self.stop_reason = epochs, False, False, None
         self.iters_per_epoch = len(self.dls.train.sampler) // self.dls.train.batch_size
         self.total_iters = epochs * self.iters_per_epoch
         start_epoch, skip_batches = 0, 0
@@ -178,7 +178,11 @@ class Learner:
             except CancelFitException:
                 self._fire("after_cancel_fit")
             except torch.OutOfMemoryError as exc:
+                self.failed = True
                 raise self._out_of_memory(exc) from exc
+            except BaseException:
+                self.failed = True
+                raise
             finally:
                 self.fitting = False
                 self.training = False

@@ -172,15 +172,12 @@ class MetricsLog(Callback):
         self.run.update(epochs_done=len(history), last=history[-1], best=self.run.best_of(history))
 
     def after_fit(self):
-        if self.learn.is_main:
-            self._finish("interrupted" if getattr(self.learn, "interrupted", False) else "done")
-
-    def after_cancel_fit(self):
-        if self.learn.is_main:
-            self._finish("stopped")
-
-    def _finish(self, status: str):
-        self.run.update(status=status)
+        if not self.learn.is_main:
+            return
+        learn = self.learn
+        status = ("failed" if learn.failed else "interrupted" if learn.interrupted
+                  else "stopped early" if learn.stop_reason else "done")
+        self.run.update(status=status, stop_reason=learn.stop_reason)
         from firstepoch.core.plots import plot_losses
 
         plot_losses(self.learn.recorder, self.run.dir / "loss.png")
