@@ -74,7 +74,7 @@ class Learner:
         self.opt = make_optimizer(opt, self.model.parameters(), lr, wd)
         metrics = DEFAULT_METRICS[dls.task] if metrics is None else metrics
         self.recorder = Recorder([get_metric(m) for m in metrics])
-        self.run = Run.create(run) if isinstance(run, (str, Path)) else run
+        self.run = Run.create(Path(run).parent, Path(run).name) if isinstance(run, (str, Path)) else run
         if precision not in PRECISIONS:
             raise FirstEpochError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.precision = precision

@@ -1,0 +1,88 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import firstepoch
+from firstepoch import DataLoaders, FirstEpochError, Learner
+from firstepoch.bundle import CONFIG_FILE
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    x, y = digits
+    torch.manual_seed(0)
+    learn = Learner(DataLoaders.from_tensors(x, y), "mlp", progress=False)
+    learn.fit_one_cycle(2, 1e-2)
+    path = learn.export(tmp_path_factory.mktemp("bundle") / "digits")
+    return learn, path
+
+
+def test_export_writes_safetensors_and_a_readable_config(trained):
+    learn, path = trained
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, "model.safetensors"]
+    config = json.loads((path / CONFIG_FILE).read_text())
+    assert config["task"] == "classification" and config["classes"] == [str(i) for i in range(10)]
+    assert config["model"]["arch"] == "mlp" and config["preprocessing"]["kind"] == "tensor"
+    assert config["metrics"]["accuracy"] == learn.recorder.history[-1]["accuracy"]
+    assert config["data"]["fingerprint"] and config["versions"]["torch"] == torch.__version__
+
+
+def test_a_fresh_process_predicts_exactly_what_the_learner_gave(trained, digits, tmp_path):
+    learn, path = trained
+    x, _ = digits
+    torch.save(x[:5].clone(), tmp_path / "items.pt")
+    code = ("import json, sys, torch, firstepoch\n"
+            "p = firstepoch.load(sys.argv[1])\n"
+            "items = torch.load(sys.argv[2], weights_only=True)\n"
+            "print(json.dumps([p.predict(i) for i in items]))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "items.pt")], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert json.loads(out.stdout) == [learn.predict(i) for i in x[:5]]
+
+
+def test_export_replaces_an_old_bundle_whole(trained, tmp_path):
+    learn, _ = trained
+    path = tmp_path / "b"
+    learn.export(path)
+    (path / "stale.txt").write_text("from an older export")
+    learn.export(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    assert not (path / "stale.txt").exists()
+
+
+def test_a_model_without_a_spec_cannot_be_exported(digits, tmp_path):
+    x, y = digits
+    learn = Learner(DataLoaders.from_tensors(x, y), torch.nn.Sequential(torch.nn.Linear(64, 10)), progress=False)
+    with pytest.raises(FirstEpochError, match="export needs a model made by firstepoch.models"):
+        learn.export(tmp_path / "b")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no such bundle folder"),
+    (lambda p: p.mkdir(), "not a firstepoch bundle"),
+    (lambda p: p.write_text("<html>"), "not a firstepoch bundle"),
+    (lambda p: (p.mkdir(), (p / CONFIG_FILE).write_text("{not json")), "not valid JSON"),
+    (lambda p: (p.mkdir(), (p / CONFIG_FILE).write_text('{"format": "x"}')), "not a firstepoch bundle config"),
+])
+def test_what_is_not_a_bundle_is_named(tmp_path, make, message):
+    path = tmp_path / "thing"
+    make(path)
+    with pytest.raises(FirstEpochError, match=message):
+        firstepoch.load(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path):
+    _, path = trained
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["model"]["hidden"] = [7]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / CONFIG_FILE).write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    with pytest.raises(FirstEpochError, match="cannot load the weights|do not match"):
+        firstepoch.load(bad)
