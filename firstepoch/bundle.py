@@ -125,23 +125,33 @@ class Predictor:
                     "probs": {c: float(p) for c, p in zip(classes, probs)}}
         return {"value": out.item() if out.numel() == 1 else out.tolist()}
 
-    def evaluate(self, data: str | Path, metrics: list[str] | None = None, batch_size: int = 64) -> dict:
-        """Metrics of this model on labelled data: an image folder with one sub-folder per class, or a CSV
-        with the target column. Returns {"n": items, metric: value, ...}."""
-        from firstepoch.core.metrics import DEFAULT_METRICS, get_metric
+    def _labelled_outputs(self, data: str | Path, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
         from firstepoch.data.labelled import read_labelled
 
         items, targets = read_labelled(data, self)
+        outputs = [self._outputs(torch.stack([self.preprocessor.encode(i) for i in items[s:s + batch_size]]))
+                   for s in range(0, len(items), batch_size)]
+        return torch.cat(outputs), targets
+
+    def evaluate(self, data: str | Path, metrics: list[str] | None = None, batch_size: int = 64) -> dict:
+        """Metrics of this model on labelled data: an image folder with one sub-folder per class, or a CSV
+        with the target column. Returns {"n": number of items, metric: value, ...}."""
+        from firstepoch.core.metrics import DEFAULT_METRICS, get_metric
+
+        outputs, targets = self._labelled_outputs(data, batch_size)
         names = metrics or self.config.get("training", {}).get("metrics") or DEFAULT_METRICS[self.task]
-        meters = [get_metric(m) for m in names]
-        for m in meters:
-            m.reset()
-        for start in range(0, len(items), batch_size):
-            xb = torch.stack([self.preprocessor.encode(i) for i in items[start:start + batch_size]])
-            out = self._outputs(xb)
-            for m in meters:
-                m.accumulate(out, targets[start:start + batch_size])
-        return {"n": len(items), **{m.name: m.value for m in meters}}
+        result = {"n": len(targets)}
+        for meter in map(get_metric, names):
+            meter.reset()
+            meter.accumulate(outputs, targets)
+            result[meter.name] = meter.value
+        return result
+
+    def confusion(self, data: str | Path) -> torch.Tensor:
+        """The confusion matrix (rows: true class, columns: predicted) on labelled data."""
+        outputs, targets = self._labelled_outputs(data)
+        n = outputs.shape[-1]
+        return torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
 
 
 def load(path: str | Path, device: str | None = None) -> Predictor:

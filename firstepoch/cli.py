@@ -19,7 +19,7 @@ app = typer.Typer(help="firstepoch: train, evaluate, predict and export deep-lea
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 train_app = typer.Typer(help="Train a model on your data.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _train(dls, arch: str, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],

@@ -48,3 +48,27 @@ def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_confusion(confusion, classes: list[str], path: Path) -> Path:
+    """A confusion matrix: rows are the true classes, columns the predicted ones."""
+    plt = _pyplot()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * n, 1 + 0.5 * n))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=90 if max(map(len, classes)) > 3 else 0)
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = max(int(confusion.max()), 1)
+    for i in range(n):
+        for j in range(n):
+            value = int(confusion[i][j])
+            if value:
+                ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black",
+                        fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,330 @@
+"""Image folders: labels from sub-folders, file names or a CSV; every file scanned before training.
+
+Decoded images are converted once (EXIF rotation, CMYK, 16-bit, palette and alpha handled) and resized so
+the shorter side is `size`, then centre-cropped; small datasets keep that result in memory. Training
+augmentation (random crop, flip, small rotation) draws from a generator seeded by (seed, epoch, index):
+a pure function of the item, so a resumed or distributed run sees exactly the same pixels.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from firstepoch.data.loaders import DataLoaders, check_batch_size, make_loader, register_preprocessor, split_indices
+from firstepoch.errors import FirstEpochError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+CACHE_LIMIT_BYTES = 1 << 30
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, in a stable order."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+
+
+# ------------------------------------------------------------------------------------------ decoding
+def open_image(source) -> Image.Image:
+    """Decode a path, bytes or PIL image to an 8-bit 'L' or 'RGB' image, upright per its EXIF tag."""
+    if isinstance(source, Image.Image):
+        img = source
+    else:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        img.load()  # decode now: a truncated file fails here, not mid-epoch
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit: scale the real range to 0..255
+        t = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32"))
+        lo, hi = float(t.min()), float(t.max())
+        t = (t - lo) / (hi - lo) * 255 if hi > lo else torch.zeros_like(t)
+        return Image.fromarray(t.round().to(torch.uint8).numpy(), mode="L")
+    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("L", "RGB"):
+        return img
+    return img.convert("L" if img.mode == "1" else "RGB")  # CMYK, YCbCr, LAB, HSV, 1
+
+
+def _to_tensor(img: Image.Image, channels: int | None, size: int) -> torch.Tensor:
+    """uint8 (C, size, size): shorter side resized to `size`, centre crop. `channels=None` keeps the mode's."""
+    if channels == 3 and img.mode != "RGB":
+        img = img.convert("RGB")  # for 'L' this repeats the channel, as `_as_channels` does after resizing
+    t = TF.pil_to_tensor(img)
+    t = TF.resize(t, size, antialias=True)
+    return TF.center_crop(t, [size, size])
+
+
+def _as_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
+    return t.expand(3, -1, -1).clone() if channels == 3 and t.shape[0] == 1 else t
+
+
+def scan_images(paths: Sequence[Path], size: int | None = None):
+    """Decode every file once. Returns (good paths, [(bad path, reason)], grayscale flags, pixels).
+
+    With `size`, pixels holds each good image resized and cropped (uint8, its own channel count) while
+    they fit in `CACHE_LIMIT_BYTES`; otherwise pixels is None and images are decoded again when used.
+    """
+    good, bad, gray, pixels, nbytes = [], [], [], [] if size else None, 0
+    for path in paths:
+        try:
+            if path.stat().st_size == 0:
+                raise ValueError("empty file")
+            img = open_image(path)
+        except (UnidentifiedImageError, ValueError) as exc:
+            bad.append((path, str(exc) if isinstance(exc, ValueError) else "not an image"))
+            continue
+        except (OSError, SyntaxError) as exc:  # PIL raises these for truncated or corrupt data
+            bad.append((path, f"unreadable ({str(exc)[:60]})"))
+            continue
+        good.append(path)
+        gray.append(img.mode == "L")
+        if pixels is not None:
+            pixels.append(_to_tensor(img, None, size))
+            nbytes += pixels[-1].numel()
+            if nbytes > CACHE_LIMIT_BYTES:
+                pixels = None
+    return good, bad, gray, pixels
+
+
+def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
+    if bad:
+        shown = "; ".join(f"{p}: {why}" for p, why in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {total} ({shown}{more})", stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------ preprocessing
+@register_preprocessor("image")
+class ImagePreprocessor:
+    """File -> normalised float tensor (C, size, size), exactly as the validation set sees it."""
+
+    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float]):
+        self.size, self.channels, self.mean, self.std = size, channels, list(mean), list(std)
+        self._mean = torch.tensor(self.mean).view(-1, 1, 1)
+        self._std = torch.tensor(self.std).view(-1, 1, 1)
+
+    def pixels(self, source) -> torch.Tensor:
+        """uint8 (C, size, size) before augmentation and normalisation."""
+        try:
+            return _to_tensor(open_image(source), self.channels, self.size)
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise FirstEpochError(f"{source if isinstance(source, (str, Path)) else 'image'}: cannot read "
+                                  f"it as an image ({exc})") from exc
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels.float() / 255 - self._mean) / self._std
+
+    def encode(self, item) -> torch.Tensor:
+        return self.normalize(self.pixels(item))
+
+    def to_config(self) -> dict:
+        return {"kind": "image", "size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ImagePreprocessor":
+        return cls(config["size"], config["channels"], config["mean"], config["std"])
+
+
+def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float) -> torch.Tensor:
+    """Random crop of 80-100% of the area (resized back), optional flip, rotation in [-rotate, rotate]."""
+    size = pixels.shape[-1]
+    scale = 0.8 + 0.2 * torch.rand((), generator=g).item()
+    crop = max(1, round(size * scale ** 0.5))
+    top, left = (torch.randint(0, size - crop + 1, (2,), generator=g)).tolist()
+    out = TF.resized_crop(pixels, top, left, crop, crop, [size, size], antialias=True)
+    if flip and torch.rand((), generator=g).item() < 0.5:
+        out = TF.horizontal_flip(out)
+    if rotate:
+        angle = (torch.rand((), generator=g).item() * 2 - 1) * rotate
+        out = TF.rotate(out, angle)
+    return out
+
+
+class ImageDataset(Dataset):
+    """Items are paths; keys are indices (valid) or (epoch, index) pairs (augmented training)."""
+
+    def __init__(self, paths: list[Path], labels: list[int], pre: ImagePreprocessor, cache: list | None,
+                 train: bool = False, seed: int = 0, flip: bool = True, rotate: float = 10.0):
+        self.paths, self.labels, self.pre, self.cache = paths, labels, pre, cache
+        self.train, self.seed, self.flip, self.rotate = train, seed, flip, rotate
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        pixels = self.cache[i] if self.cache is not None else self.pre.pixels(self.paths[i])
+        if self.train:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+            pixels = augment(pixels, g, self.flip, self.rotate)
+        return self.pre.normalize(pixels), self.labels[i]
+
+
+# ------------------------------------------------------------------------------------------ building
+def _stats(cache: list[torch.Tensor]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of (up to 2,000 of) the training images, in [0, 1] units."""
+    step = max(1, len(cache) // 2000)
+    x = torch.stack(cache[::step]).float() / 255
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp(min=1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def _fingerprint(root: Path, paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p}:{p.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int = 64, seed: int = 42,
+          batch_size: int | None = None, flip: bool = True, rotate: float = 10.0, num_workers: int = 0) -> DataLoaders:
+    """DataLoaders from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the one builder)."""
+    scanned, total, all_bad = {}, 0, []
+    for name, (paths, labels) in splits.items():
+        good, bad, gray, pixels = scan_images(paths, size)
+        keep = set(good)
+        scanned[name] = (good, [lab for p, lab in zip(paths, labels) if p in keep], gray, pixels)
+        total += len(paths)
+        all_bad += bad
+    _warn_skipped(all_bad, total)
+    classes = sorted(set(scanned["train"][1]))
+    if len(classes) < 2:
+        found = f" ({classes[0]!r})" if classes else ""
+        raise FirstEpochError(f"{root}: only {len(classes)} class found{found}; a classifier needs at least two "
+                              f"classes (sub-folders or labels)")
+    index = {c: i for i, c in enumerate(classes)}
+    for name, (_, labels, _, _) in scanned.items():
+        if unknown := sorted(set(labels) - set(index)):
+            raise FirstEpochError(f"{root}: the {name} split has class(es) {unknown} that training does not; "
+                                  f"every class needs training images")
+    channels = 1 if all(all(gray) for _, _, gray, _ in scanned.values()) else 3
+    caches = {name: None if pixels is None else [_as_channels(t, channels) for t in pixels]
+              for name, (_, _, _, pixels) in scanned.items()}
+    train_paths = scanned["train"][0]
+    sample = caches["train"] or [_to_tensor(open_image(p), channels, size) for p in train_paths[:2000]]
+    pre = ImagePreprocessor(size, channels, *_stats(sample))
+    n_train, n_valid = len(train_paths), len(scanned["valid"][0])
+    bs = check_batch_size(batch_size, n_train, n_valid, str(root))
+    loaders = {}
+    for name, (paths, labels, _, _) in scanned.items():
+        train = name == "train"
+        ds = ImageDataset(paths, [index[lab] for lab in labels], pre, caches[name], train=train, seed=seed,
+                          flip=flip, rotate=rotate)
+        loaders[name] = make_loader(ds, bs, train=train, seed=seed, num_workers=num_workers, with_epoch=train)
+    all_paths = [p for paths, _, _, _ in scanned.values() for p in paths]
+    return DataLoaders(train=loaders["train"], valid=loaders["valid"], test=loaders.get("test"),
+                       task="classification", preprocessor=pre, input_shape=[channels, size, size],
+                       n_out=len(classes), classes=classes, fingerprint=_fingerprint(root, all_paths),
+                       info={"n_train": n_train, "n_valid": n_valid,
+                             "n_test": len(scanned["test"][0]) if "test" in scanned else 0,
+                             "skipped": len(all_bad), "source": str(root)})
+
+
+def _split(root, paths, labels, valid_pct, seed, **kwargs) -> DataLoaders:
+    train_idx, valid_idx = split_indices(len(paths), valid_pct, seed)
+    pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
+    return build(root, {"train": pick(train_idx), "valid": pick(valid_idx)}, seed=seed, **kwargs)
+
+
+def _check_folder(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FirstEpochError(f"{path}: no such folder")
+    if not path.is_dir():
+        raise FirstEpochError(f"{path}: not a folder; give a folder of images with one sub-folder per class")
+    return path
+
+
+def _labelled_by_folder(folder: Path) -> tuple[list[Path], list[str]]:
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for d in classes:
+        files = image_files(d)
+        if not files:
+            raise FirstEpochError(f"{d}: class folder has no images ({', '.join(sorted(EXTENSIONS))}); "
+                                  f"add some or remove the folder")
+        paths += files
+        labels += [d.name] * len(files)
+    return paths, labels
+
+
+def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
+                labels: str | Path | None = None, flip: bool = True, rotate: float = 10.0,
+                num_workers: int = 0) -> DataLoaders:
+    """Images labelled by sub-folder names (`path/<class>/*.png`).
+
+    If `path/train/` and `path/valid/` exist (and optionally `path/test/`), they are the splits; otherwise
+    `valid_pct` of the images, chosen with `seed`, are held out. `labels` names a CSV of `file,label`
+    rows (paths relative to `path`) to use instead of folder names.
+    """
+    root = _check_folder(path)
+    common = dict(size=size, batch_size=batch_size, flip=flip, rotate=rotate, num_workers=num_workers)
+    if labels is not None:
+        paths, names = read_label_csv(root, Path(labels))
+        return _split(root, paths, names, valid_pct, seed, **common)
+    if (root / "train").is_dir() and (root / "valid").is_dir():
+        splits = {s: _labelled_by_folder(root / s) for s in ("train", "valid", "test") if (root / s).is_dir()}
+        return build(root, splits, seed=seed, **common)
+    paths, names = _labelled_by_folder(root)
+    if not paths:
+        loose = image_files(root)
+        hint = ("; they sit directly in the folder: put each class in its own sub-folder, or use --label-regex"
+                if loose else "")
+        raise FirstEpochError(f"{root}: no class sub-folders with images found{hint}")
+    return _split(root, paths, names, valid_pct, seed, **common)
+
+
+def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callable[[Path], str] | str | None = None,
+                   valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
+                   flip: bool = True, rotate: float = 10.0, num_workers: int = 0) -> DataLoaders:
+    """Images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
+    group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
+    root = _check_folder(path)
+    files = [Path(f) for f in files] if files is not None else image_files(root)
+    if not files:
+        raise FirstEpochError(f"{root}: no images found ({', '.join(sorted(EXTENSIONS))})")
+    if label_func is None:
+        raise FirstEpochError("from_name_func needs label_func: a function of the path or a regex string")
+    if isinstance(label_func, str):
+        pattern = re.compile(label_func)
+
+        def label_func(p: Path, pattern=pattern) -> str:
+            match = pattern.search(p.name)
+            if not match:
+                raise FirstEpochError(f"{p}: the label regex {pattern.pattern!r} does not match this file name")
+            return match.group(1) if match.groups() else match.group(0)
+
+    labels = [str(label_func(f)) for f in files]
+    return _split(root, files, labels, valid_pct, seed, size=size, batch_size=batch_size, flip=flip,
+                  rotate=rotate, num_workers=num_workers)
+
+
+def read_label_csv(root: Path, csv_path: Path) -> tuple[list[Path], list[str]]:
+    """(paths, labels) from a CSV of `file,label` rows, paths relative to `root`."""
+    if not csv_path.is_file():
+        raise FirstEpochError(f"{csv_path}: no such labels file")
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise FirstEpochError(f"{csv_path}: needs a header row with the columns 'file' and 'label' "
+                                  f"(found {reader.fieldnames})")
+        rows = list(reader)
+    paths, labels = [], []
+    for line, row in enumerate(rows, start=2):
+        p = root / row["file"]
+        if not p.is_file():
+            raise FirstEpochError(f"{csv_path}, line {line}: {row['file']!r} is not a file under {root}")
+        paths.append(p)
+        labels.append(row["label"])
+    return paths, labels
