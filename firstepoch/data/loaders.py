@@ -210,8 +210,8 @@ def check_batch_size(batch_size: int | None, n_train: int, n_valid: int, what: s
         raise FirstEpochError(f"{what}: the training split is empty; add data or lower valid_pct")
     if n_valid == 0:
         raise FirstEpochError(f"{what}: the validation split is empty; raise valid_pct or add a valid/ folder")
-    if batch_size is None:
-        return min(DEFAULT_BATCH_SIZE, n_train)
+    if batch_size is None:  # 64, or small enough to give a small dataset a few steps per epoch
+        return max(1, min(DEFAULT_BATCH_SIZE, n_train // 4))
     if batch_size < 1:
         raise FirstEpochError(f"batch size must be at least 1, not {batch_size}")
     if batch_size > n_train:
