@@ -30,7 +30,7 @@ def _train(dls, arch: str, epochs: int, lr: Optional[float], opt: str, seed: int
     from firstepoch.core.runs import Run, runs_root
 
     if resume and not run_name:
-        raise FirstEpochError("--resume needs --run NAME: the run folder whose checkpoint to continue")
+        raise FirstEpochError("--resume needs --name NAME: the run whose last checkpoint to continue")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
     run = Run.create(name=run_name, task=task, config=config) if is_main else None
     resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
@@ -67,8 +67,8 @@ def train_images(
     precision: str = typer.Option("fp32", help="fp32, mixed, bf16 or fp16."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, mps (default: the best available)."),
     compile: bool = typer.Option(False, help="torch.compile the model (falls back with a warning)."),
-    run: Optional[str] = typer.Option(None, help="Run name under runs/ (default: images-<time>)."),
-    resume: bool = typer.Option(False, help="Continue the run named by --run from its last checkpoint."),
+    name: Optional[str] = typer.Option(None, help="Run name under runs/ (default: images-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run named by --name from its last checkpoint."),
     out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
 ):
     """Train an image classifier on a folder of images."""
@@ -80,7 +80,7 @@ def train_images(
     else:
         dls = images.from_folder(folder, labels=labels, **common)
     config = {"data": str(folder), "arch": arch, "epochs": epochs, "lr": lr, "size": size, "seed": seed}
-    _train(dls, arch, epochs, lr or 3e-3, opt, seed, device, precision, compile, run, resume, out, "images", config)
+    _train(dls, arch, epochs, lr or 3e-3, opt, seed, device, precision, compile, name, resume, out, "images", config)
 
 
 @train_app.command("tabular")
@@ -96,8 +96,8 @@ def train_tabular(
     seed: int = typer.Option(42),
     opt: str = typer.Option("adamw"),
     device: Optional[str] = typer.Option(None),
-    run: Optional[str] = typer.Option(None),
-    resume: bool = typer.Option(False),
+    name: Optional[str] = typer.Option(None, help="Run name under runs/ (default: tabular-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run named by --name from its last checkpoint."),
     out: Optional[Path] = typer.Option(None),
 ):
     """Train a model on a CSV file to predict one column."""
@@ -105,7 +105,7 @@ def train_tabular(
 
     dls = tabular.from_csv(csv, target, valid_pct=valid_pct, seed=seed, task=task, batch_size=batch_size)
     config = {"data": str(csv), "target": target, "arch": arch, "epochs": epochs, "lr": lr, "seed": seed}
-    _train(dls, arch, epochs, lr or 1e-2, opt, seed, device, "fp32", False, run, resume, out, "tabular", config)
+    _train(dls, arch, epochs, lr or 1e-2, opt, seed, device, "fp32", False, name, resume, out, "tabular", config)
 
 
 @app.command()

@@ -1,0 +1,137 @@
+"""The `firstepoch` command end to end, through real subprocesses."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sklearn.datasets import load_iris
+
+from firstepoch.data import samples
+
+ROOT = Path(__file__).parents[1]
+
+
+def cli(*args, cwd=None, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "firstepoch", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    return samples.digits(tmp_path_factory.mktemp("data") / "digits")
+
+
+@pytest.fixture(scope="module")
+def trained(digits_dir, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    os.environ["FIRSTEPOCH_RUNS"] = str(runs)
+    try:
+        result = cli("train", "images", digits_dir / "train", "--epochs", 2, "--size", 16, "--no-flip",
+                     "--name", "digits", "--lr", "5e-3")
+    finally:
+        del os.environ["FIRSTEPOCH_RUNS"]
+    assert result.returncode == 0, result.stderr
+    return runs / "digits", result
+
+
+def test_train_images_prints_the_epoch_table_and_writes_the_run(trained):
+    run, result = trained
+    assert "epoch  train_loss  valid_loss  accuracy" in result.stdout
+    assert (run / "model" / "model.safetensors").exists() and (run / "loss.png").exists()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_predict_json_matches_the_python_predictor(trained, digits_dir):
+    import firstepoch
+
+    run, _ = trained
+    files = sorted((digits_dir / "test").glob("*/*.png"))[:3]
+    result = cli("predict", run / "model", *files, "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    predictor = firstepoch.load(run / "model")
+    assert [line["label"] for line in lines] == [predictor.predict(f)["label"] for f in files]
+    assert [line["probability"] for line in lines] == [predictor.predict(f)["probability"] for f in files]
+
+
+def test_evaluate_is_a_quality_gate(trained, digits_dir):
+    run, _ = trained
+    passed = cli("evaluate", run / "model", digits_dir / "test", "--fail-under", "accuracy=0.5", "--json")
+    assert passed.returncode == 0, passed.stderr
+    accuracy = json.loads(passed.stdout)["accuracy"]
+    assert accuracy > 0.5 and json.loads(passed.stdout)["n"] == 360
+    failed = cli("evaluate", run / "model", digits_dir / "test", "--fail-under", "accuracy=0.9999")
+    assert failed.returncode == 1 and "below the bar: accuracy" in failed.stdout
+
+
+def test_runs_lists_the_run(trained):
+    run, _ = trained
+    result = cli("runs", "--root", run.parent)
+    assert result.returncode == 0 and "digits" in result.stdout and "done" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def iris_csv(tmp_path_factory):
+    d = load_iris()
+    path = tmp_path_factory.mktemp("tab") / "iris.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*d.feature_names, "species"])
+        w.writerows([*x, d.target_names[t]] for x, t in zip(d.data, d.target))
+    return path
+
+
+def test_train_and_predict_tabular(iris_csv, tmp_path):
+    result = cli("train", "tabular", iris_csv, "--target", "species", "--epochs", 8, "--out", tmp_path / "iris")
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" in result.stdout
+    predicted = cli("predict", tmp_path / "iris", iris_csv, "--json")
+    labels = [json.loads(line)["label"] for line in predicted.stdout.splitlines()]
+    assert len(labels) == 150 and labels[0] == "setosa"
+    gate = cli("evaluate", tmp_path / "iris", iris_csv, "--json")
+    assert json.loads(gate.stdout)["accuracy"] > 0.8
+
+
+def test_torchrun_trains_with_two_processes(iris_csv, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FIRSTEPOCH_RUNS": str(tmp_path / "runs")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "firstepoch", "train", "tabular", str(iris_csv), "--target", "species",
+                             "--epochs", "3", "--name", "ddp"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("train_loss") == 1  # one epoch table: rank 0's
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["ddp"]
+    assert (tmp_path / "runs" / "ddp" / "model" / "firstepoch.json").exists()
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    env_home = tmp_path / "home"
+    os.environ["FIRSTEPOCH_HOME"] = str(env_home)
+    result = cli("demo", "--epochs", 2, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test  360 held-out images: accuracy" in result.stdout and "next" in result.stdout
+    [run] = (tmp_path / "runs").iterdir()
+    assert {"loss.png", "confusion.png", "metrics.jsonl", "model"} <= {p.name for p in run.iterdir()}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "images", "no/such/folder"], "no/such/folder: no such folder"),
+    (["train", "tabular", "{csv}", "--target", "color"], "no column 'color'"),
+    (["predict", "{tmp}", "x.png"], "not a firstepoch bundle"),
+    (["evaluate", "{tmp}", "{tmp}", "--fail-under", "accuracy"], "expected METRIC=VALUE"),
+    (["train", "images", "{one_class}"], "only 1 class found"),
+    (["train", "tabular", "{csv}", "--target", "species", "--resume"], "--resume needs --name"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, message, iris_csv, digits_dir, tmp_path):
+    (tmp_path / "one" / "only").mkdir(parents=True)
+    samples_png = sorted(digits_dir.rglob("*.png"))[0]
+    (tmp_path / "one" / "only" / "a.png").write_bytes(samples_png.read_bytes())
+    fill = {"{csv}": str(iris_csv), "{tmp}": str(tmp_path), "{one_class}": str(tmp_path / "one")}
+    result = cli(*[fill.get(a, a) for a in args], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
