@@ -1,7 +1,7 @@
 """Learner overhead: the same CNN, data, batches and steps through firstepoch's Learner, a hand-written
 PyTorch loop and PyTorch Lightning, in one run. Prints samples/s for each and the ratios.
 
-    python benchmarks/learner_overhead.py [--epochs 5] [--repeats 3]
+    python benchmarks/learner_overhead.py [--epochs 3] [--repeats 9]
 
 Data: scikit-learn's 1,797 real 8x8 digits upsampled to 16x16, 1,437 train / 360 valid, batch 64,
 AdamW lr 3e-3, one validation pass per epoch everywhere. Lightning runs without its progress bar,
@@ -103,8 +103,8 @@ def lightning_trainer(xt, yt, xv, yv, epochs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     import logging
@@ -126,17 +126,18 @@ def main():
             seconds, acc = run(xt, yt, xv, yv, args.epochs)
             times[name].append(seconds)
     samples = len(xt) // BATCH * BATCH * args.epochs
-    rate = {name: samples / statistics.median(t) for name, t in times.items()}
     print(f"\n{torch.get_num_threads()} threads, torch {torch.__version__}, {args.epochs} epochs x "
-          f"{len(xt) // BATCH} steps of {BATCH}, median of {args.repeats}")
-    print(f"{'':22}{'samples/s':>10}")
-    for name, r in rate.items():
-        print(f"{name:22}{r:10.0f}")
-    base = rate["hand-written loop"]
-    print(f"\nLearner / hand-written loop: {rate['firstepoch Learner'] / base:.3f}x")
-    if "PyTorch Lightning" in rate:
-        print(f"Lightning / hand-written loop: {rate['PyTorch Lightning'] / base:.3f}x")
-        print(f"Learner / Lightning: {rate['firstepoch Learner'] / rate['PyTorch Lightning']:.3f}x")
+          f"{len(xt) // BATCH} steps of {BATCH}, {args.repeats} interleaved repeats")
+    # Noise on a shared machine only ever adds time, so the best run is the cleanest estimate; the median
+    # is printed beside it.
+    for label, pick in (("best", min), ("median", statistics.median)):
+        rate = {name: samples / pick(t) for name, t in times.items()}
+        base = rate["hand-written loop"]
+        print(f"\n{label} run        samples/s   vs hand loop")
+        for name, r in rate.items():
+            print(f"{name:22}{r:8.0f}   {r / base:.3f}x")
+        if "PyTorch Lightning" in rate:
+            print(f"Learner / Lightning: {rate['firstepoch Learner'] / rate['PyTorch Lightning']:.3f}x")
 
 
 if __name__ == "__main__":
