@@ -37,6 +37,7 @@ def test_a_fresh_process_predicts_exactly_what_the_learner_gave(trained, digits,
     x, _ = digits
     torch.save(x[:5].clone(), tmp_path / "items.pt")
     code = ("import json, sys, torch, firstepoch\n"
+            "torch.set_num_threads(1)\n"  # as the test process: a different thread count sums in another order
             "p = firstepoch.load(sys.argv[1])\n"
             "items = torch.load(sys.argv[2], weights_only=True)\n"
             "print(json.dumps([p.predict(i) for i in items]))\n")

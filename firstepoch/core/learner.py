@@ -50,6 +50,7 @@ class Learner:
         compile: `torch.compile` the model, falling back with one warning where it can't.
         progress: show the progress bar and the epoch table.
         clip: clip gradients to this norm. accumulate: step every N batches.
+        deterministic: use deterministic GPU kernels, so a GPU run repeats bit for bit (CPU runs always do).
     """
 
     def __init__(self, dls: DataLoaders, model: nn.Module | str = "cnn", loss: str | Callable | None = None,
@@ -57,13 +58,13 @@ class Learner:
                  metrics: Iterable[str | Metric] | None = None, callbacks: Iterable[Callback] = (),
                  device: str | None = None, run: Run | str | Path | None = None, seed: int = 42,
                  precision: str = "fp32", compile: bool = False, progress: bool = True,
-                 clip: float | None = None, accumulate: int = 1):
+                 clip: float | None = None, accumulate: int = 1, deterministic: bool = False):
         self.dls, self.seed = dls, seed
         self.device = default_device(device)
         self.rank, self.world_size = _setup_distributed(self.device)
         if self.device.type == "cuda" and self.world_size > 1:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        seed_everything(seed)
+        seed_everything(seed, deterministic)
         if isinstance(model, str):
             from firstepoch.models import create_model
 
