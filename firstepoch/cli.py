@@ -38,7 +38,12 @@ def _train(dls, arch: str, epochs: int, lr: Optional[float], opt: str, seed: int
     if run is not None:
         console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?')} train / "
                       f"{dls.info.get('n_valid', '?')} valid items  ·  {learn.device}", highlight=False)
-    learn.fit_one_cycle(epochs, lr, resume=resume)
+    try:
+        learn.fit_one_cycle(epochs, lr, resume=resume)
+    except TrainingInterrupted as exc:
+        where = f"{learn.stop_reason} at epoch {learn.resume_point[0] + 1}, batch {learn.resume_point[1]}"
+        hint = f"; continue with the same command plus --name {run.dir.name} --resume" if run else ""
+        raise TrainingInterrupted(f"{where}; checkpoint saved{hint}") from exc
     if run is None:
         return
     test = learn.evaluate(dls.test) if dls.test is not None else None

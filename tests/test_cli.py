@@ -69,6 +69,29 @@ def test_evaluate_is_a_quality_gate(trained, digits_dir):
     assert failed.returncode == 1 and "below the bar: accuracy" in failed.stdout
 
 
+def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run(digits_dir, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FIRSTEPOCH_RUNS": str(tmp_path)}
+    args = [sys.executable, "-m", "firstepoch", "train", "images", str(digits_dir / "train"), "--size", "12",
+            "--epochs", "6", "--name", "long"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    checkpoint = tmp_path / "long" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGINT" in err and "--name long --resume" in err and "Traceback" not in err
+    done = len((tmp_path / "long" / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 6
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len((tmp_path / "long" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
 def test_runs_lists_the_run(trained):
     run, _ = trained
     result = cli("runs", "--root", run.parent)

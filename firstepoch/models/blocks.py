@@ -77,7 +77,9 @@ def timm_model(name: str, in_channels: int, n_out: int, pretrained: bool = False
     import timm
 
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5]
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.75)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise FirstEpochError(f"unknown architecture {name!r}{hint}")
     model = timm.create_model(name, pretrained=pretrained, in_chans=in_channels, num_classes=n_out)
