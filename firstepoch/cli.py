@@ -140,6 +140,9 @@ def _raw_items(predictor, files: list[Path]):
     for path in files:
         if not path.exists():
             raise FirstEpochError(f"{path}: no such file")
+        if predictor.preprocessor.kind == "tensor":
+            raise FirstEpochError(f"{path}: this bundle was trained on tensors; predict from Python with "
+                                  f"firstepoch.load(bundle).predict(tensor)")
         if predictor.preprocessor.kind == "tabular":
             from firstepoch.data.tabular import read_rows
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import random
-import warnings
 
 import numpy as np
 import torch
@@ -67,18 +66,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def maybe_compile(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
-    """`torch.compile(model)` when it works here; otherwise the model as is, with one warning."""
-    if not enabled:
-        return model
-    try:
-        return torch.compile(model)
-    except Exception as exc:  # no compiler, unsupported GPU or platform: fall back, never crash
-        warnings.warn(f"torch.compile is not available here ({type(exc).__name__}: {exc}); training uncompiled",
-                      stacklevel=2)
-        return model
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

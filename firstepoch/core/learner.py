@@ -164,7 +164,7 @@ class Learner:
             self.add_callback(cb)
         self._prepare_events(skip)
         self.n_epochs, self.interrupted, self.failed, self.stop_reason = epochs, False, False, None
-        self.iters_per_epoch = len(self.dls.train.sampler) // self.dls.train.batch_size
+        self.iters_per_epoch = self.dls.train.sampler.per_rank // self.dls.train.batch_size
         self.total_iters = epochs * self.iters_per_epoch
         start_epoch, skip_batches = 0, 0
         if resume:
@@ -178,11 +178,10 @@ class Learner:
                     self._with_events(self._do_epoch, "epoch", CancelEpochException)
             except CancelFitException:
                 self._fire("after_cancel_fit")
-            except torch.OutOfMemoryError as exc:
+            except BaseException as exc:
                 self.failed = True
-                raise self._out_of_memory(exc) from exc
-            except BaseException:
-                self.failed = True
+                if _is_out_of_memory(exc):
+                    raise self._out_of_memory(exc) from exc
                 raise
             finally:
                 self.fitting = False
@@ -251,9 +250,9 @@ class Learner:
             self._compiled = torch.compile(model)
         try:
             return self._compiled(x)
-        except torch.OutOfMemoryError:
-            raise
         except Exception as exc:  # no C compiler, unsupported GPU or op: train uncompiled, say it once
+            if _is_out_of_memory(exc):
+                raise
             warnings.warn(f"torch.compile failed here ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
                           f"continuing without it", stacklevel=2)
             self._compile = False
@@ -297,7 +296,7 @@ class Learner:
 
         saved = copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.opt.state_dict()), rng_state()
         finder = LRFinder(start_lr, end_lr, num_it)
-        epochs = math.ceil(num_it / max(len(self.dls.train.sampler) // self.dls.train.batch_size, 1))
+        epochs = math.ceil(num_it / max(self.dls.train.sampler.per_rank // self.dls.train.batch_size, 1))
         history = copy.deepcopy(self.recorder.state_dict())
         try:
             self._fit(epochs, [finder], skip=(NaNGuard, MetricsLog, Checkpoint, ProgressCallback, ParamScheduler))
@@ -371,6 +370,14 @@ class Learner:
                            training={"epochs": len(self.recorder.history), "optimizer": self.opt_name,
                                      "seed": self.seed, "loss": getattr(self.loss_func, "__name__", "custom"),
                                      "metrics": [m.name for m in self.recorder.metrics]})
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU/MPS allocators' RuntimeErrors."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int]:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from firstepoch.core.io import atomic_open
+
 
 def _pyplot():
     import matplotlib
@@ -11,6 +13,25 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure as a PNG atomically, and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _save_line_plot(fig, ax, xlabel: str, ylabel: str, path: Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_losses(recorder, path: Path) -> Path:
@@ -22,15 +43,7 @@ def plot_losses(recorder, path: Path) -> Path:
         per_epoch = len(recorder.losses) / len(recorder.history)
         xs = [round(per_epoch * (i + 1)) for i in range(len(recorder.history))]
         ax.plot(xs, [row.get("valid_loss") for row in recorder.history], "o-", label="valid")
-    ax.set_xlabel("batch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_line_plot(fig, ax, "batch", "loss", path)
 
 
 def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, path: Path) -> Path:
@@ -39,15 +52,7 @@ def plot_lr_find(lrs: list[float], losses: list[float], suggestion: float, path:
     ax.plot(lrs, losses)
     ax.axvline(suggestion, color="red", linestyle="--", label=f"suggested lr {suggestion:.2g}")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_line_plot(fig, ax, "learning rate", "loss (smoothed)", path)
 
 
 def plot_confusion(confusion, classes: list[str], path: Path) -> Path:
@@ -67,8 +72,4 @@ def plot_confusion(confusion, classes: list[str], path: Path) -> Path:
             if value:
                 ax.text(j, i, value, ha="center", va="center", color="white" if value > top / 2 else "black",
                         fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -42,7 +43,7 @@ def open_image(source) -> Image.Image:
         img.load()  # decode now: a truncated file fails here, not mid-epoch
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit: scale the real range to 0..255
-        t = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32"))
+        t = torch.from_numpy(np.asarray(img, dtype=np.float32))
         lo, hi = float(t.min()), float(t.max())
         t = (t - lo) / (hi - lo) * 255 if hi > lo else torch.zeros_like(t)
         return Image.fromarray(t.round().to(torch.uint8).numpy(), mode="L")
@@ -208,14 +209,14 @@ def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int
         if unknown := sorted(set(labels) - set(index)):
             raise FirstEpochError(f"{root}: the {name} split has class(es) {unknown} that training does not; "
                                   f"every class needs training images")
+    train_paths = scanned["train"][0]
+    n_train, n_valid = len(train_paths), len(scanned["valid"][0])
+    bs = check_batch_size(batch_size, n_train, n_valid, str(root))
     channels = 1 if all(all(gray) for _, _, gray, _ in scanned.values()) else 3
     caches = {name: None if pixels is None else [_as_channels(t, channels) for t in pixels]
               for name, (_, _, _, pixels) in scanned.items()}
-    train_paths = scanned["train"][0]
     sample = caches["train"] or [_to_tensor(open_image(p), channels, size) for p in train_paths[:2000]]
     pre = ImagePreprocessor(size, channels, *_stats(sample))
-    n_train, n_valid = len(train_paths), len(scanned["valid"][0])
-    bs = check_batch_size(batch_size, n_train, n_valid, str(root))
     loaders = {}
     for name, (paths, labels, _, _) in scanned.items():
         train = name == "train"

@@ -51,9 +51,13 @@ class EpochSampler(torch.utils.data.Sampler):
         order = self._order()
         return iter([(self.epoch, i) for i in order] if self.with_epoch else order)
 
+    @property
+    def per_rank(self) -> int:
+        """Items each rank sees in a whole epoch."""
+        return -(-self.n // self.world_size)
+
     def __len__(self) -> int:
-        per_rank = -(-self.n // self.world_size)
-        return max(per_rank - self.skip, 0)
+        return max(self.per_rank - self.skip, 0)
 
 
 class Preprocessor(Protocol):

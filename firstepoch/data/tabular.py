@@ -194,11 +194,9 @@ def from_csv(path, target: str, valid_pct: float = 0.2, seed: int = 42, task: st
         targets = lambda rs: torch.tensor([index[r[target].strip()] for r in rs])  # noqa: E731
     else:
         classes = None
-        try:
-            values = {id(r): float(r[target]) for r in kept}
-        except ValueError as exc:
-            raise FirstEpochError(f"{path}: regression needs a numeric target column {target!r} ({exc})") from exc
-        targets = lambda rs: torch.tensor([values[id(r)] for r in rs], dtype=torch.float32)  # noqa: E731
+        if bad := next((r[target] for r in kept if _number(r[target]) is None), None):
+            raise FirstEpochError(f"{path}: regression needs a numeric target column {target!r}, found {bad!r}")
+        targets = lambda rs: torch.tensor([_number(r[target]) for r in rs], dtype=torch.float32)  # noqa: E731
     loaders = [make_loader(TensorDataset(pre.encode_rows(rs), targets(rs)), bs, train=train, seed=seed)
                for rs, train in ((train_rows, True), (valid_rows, False))]
     return DataLoaders(train=loaders[0], valid=loaders[1], task=task, preprocessor=pre,
