@@ -154,8 +154,9 @@ class Predictor:
         return torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
 
 
-def load(path: str | Path, device: str | None = None) -> Predictor:
-    """Load a bundle folder as a `Predictor` (weights via safetensors; no pickle, no training code)."""
+def load(path: str | Path, device: str | None = None):
+    """Load a bundle folder as a `Predictor`, or a `LanguageModel` for a GPT (weights via safetensors; no
+    pickle, no training code)."""
     from firstepoch.core.device import default_device
     from firstepoch.models import build
 
@@ -171,5 +172,9 @@ def load(path: str | Path, device: str | None = None) -> Predictor:
         raise FirstEpochError(f"{path}: weights do not match the architecture in {CONFIG_FILE} "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}); export it again")
     model.to(device).eval()
+    if config["task"] == "language_model":
+        from firstepoch.llm import LanguageModel
+
+        return LanguageModel(model, preprocessor_from_config(config["preprocessing"]).tokenizer, config)
     return Predictor(model, preprocessor_from_config(config["preprocessing"]), config["task"],
                      config.get("classes"), device, config)

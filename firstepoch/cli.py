@@ -22,7 +22,7 @@ app.add_typer(train_app, name="train")
 console = Console(soft_wrap=True)
 
 
-def _train(dls, arch: str, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],
+def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],
            precision: str, compile: bool, run_name: Optional[str], resume: bool, out: Optional[Path],
            task: str, config: dict):
     """Shared by every `train` subcommand: fit with 1cycle, evaluate the test split, export the bundle."""
@@ -111,6 +111,87 @@ def train_tabular(
     dls = tabular.from_csv(csv, target, valid_pct=valid_pct, seed=seed, task=task, batch_size=batch_size)
     config = {"data": str(csv), "target": target, "arch": arch, "epochs": epochs, "lr": lr, "seed": seed}
     _train(dls, arch, epochs, lr or 1e-2, opt, seed, device, "fp32", False, name, resume, out, "tabular", config)
+
+
+@train_app.command("text")
+def train_text(
+    corpus: Optional[Path] = typer.Argument(None, help="A .txt/.md file or a folder of them."),
+    sample: Optional[str] = typer.Option(None, help="Train on a bundled corpus instead: shakespeare."),
+    preset: str = typer.Option("tiny", help="Model size: tiny (4x128), small (6x384) or base (12x768)."),
+    layers: Optional[int] = typer.Option(None, help="Override the preset's number of layers."),
+    heads: Optional[int] = typer.Option(None, help="Override the preset's attention heads."),
+    dim: Optional[int] = typer.Option(None, help="Override the preset's width."),
+    context: int = typer.Option(64, min=2, help="Tokens the model sees at once."),
+    tokenizer: str = typer.Option("char", help="char or bpe."),
+    vocab_size: int = typer.Option(1024, help="BPE vocabulary size."),
+    steps: int = typer.Option(2000, min=1, help="Training steps in all."),
+    eval_every: int = typer.Option(250, min=1, help="Steps between validation passes (one table row each)."),
+    batch_size: int = typer.Option(12, min=1),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (1cycle)."),
+    seed: int = typer.Option(42),
+    precision: str = typer.Option("fp32", help="fp32, mixed, bf16 or fp16."),
+    device: Optional[str] = typer.Option(None),
+    compile: bool = typer.Option(False),
+    name: Optional[str] = typer.Option(None, help="Run name under runs/ (default: text-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the run named by --name from its last checkpoint."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
+):
+    """Train your own GPT on a text corpus."""
+    from firstepoch.data import lm, samples
+
+    if (corpus is None) == (sample is None):
+        raise FirstEpochError("give a corpus (a text file or folder) or --sample shakespeare, not both")
+    if sample is not None:
+        if sample != "shakespeare":
+            raise FirstEpochError(f"unknown sample {sample!r}; the bundled corpus is 'shakespeare'")
+        corpus = samples.shakespeare()
+    dls = lm.from_text(corpus, context=context, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed,
+                       batch_size=batch_size, steps_per_epoch=min(eval_every, steps))
+    epochs = max(1, round(steps / min(eval_every, steps)))
+    config = {"data": str(corpus), "preset": preset, "context": context, "tokenizer": tokenizer, "steps": steps,
+              "lr": lr, "seed": seed}
+    from firstepoch.models.transformer import Transformer, from_preset
+
+    import torch
+
+    torch.manual_seed(seed)
+    model = Transformer(from_preset(preset, dls.n_out, context, n_layers=layers, n_heads=heads, dim=dim))
+    _train(dls, model, epochs, lr, "adamw", seed, device, precision, compile, name, resume, out, "text", config)
+
+
+@app.command()
+def generate(
+    bundle: Path = typer.Argument(..., help="A GPT bundle (from `firstepoch train text`)."),
+    prompt: str = typer.Argument("\n", help="The text to continue."),
+    max_tokens: int = typer.Option(200, min=1),
+    temperature: float = typer.Option(0.8, min=0.0, help="0 for greedy decoding."),
+    top_k: Optional[int] = typer.Option(None),
+    top_p: Optional[float] = typer.Option(None),
+    seed: Optional[int] = typer.Option(None),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Sample text from a trained GPT, streamed token by token."""
+    import time
+
+    import firstepoch
+    from firstepoch.llm import LanguageModel
+
+    lm = firstepoch.load(bundle, device=device)
+    if not isinstance(lm, LanguageModel):
+        raise FirstEpochError(f"{bundle}: a {lm.task} model, not a language model; use `firstepoch predict`")
+    start = time.perf_counter()
+    pieces = lm.generate(prompt, max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                         seed=seed)
+    if json_out:
+        text = "".join(pieces)
+        print(json.dumps({"prompt": prompt, "text": text, "seconds": round(time.perf_counter() - start, 3)}))
+        return
+    sys.stdout.write(prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
 
 
 @app.command()

@@ -141,6 +141,29 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {"loss.png", "confusion.png", "metrics.jsonl", "model"} <= {p.name for p in run.iterdir()}
 
 
+def test_train_a_gpt_and_generate(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(samples.shakespeare(tmp_path / "s.txt").read_text()[:30_000])
+    env_runs = {"FIRSTEPOCH_RUNS": str(tmp_path / "runs"), "FIRSTEPOCH_HOME": str(tmp_path / "home")}
+    os.environ.update(env_runs)
+    try:
+        trained = cli("train", "text", corpus, "--steps", 40, "--eval-every", 20, "--context", 32, "--name", "gpt")
+        assert trained.returncode == 0, trained.stderr
+        assert "perplexity" in trained.stdout
+        bundle = tmp_path / "runs" / "gpt" / "model"
+        a = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1, "--json")
+        b = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1, "--json")
+        streamed = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1)
+        not_a_gpt = cli("generate", tmp_path / "runs", "x")
+    finally:
+        for key in env_runs:
+            del os.environ[key]
+    text = json.loads(a.stdout)["text"]
+    assert a.returncode == 0 and text == json.loads(b.stdout)["text"] and len(text) >= 20
+    assert streamed.stdout == "ROMEO:" + text + "\n"
+    assert not_a_gpt.returncode == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "images", "no/such/folder"], "no/such/folder: no such folder"),
     (["train", "tabular", "{csv}", "--target", "color"], "no column 'color'"),
@@ -148,6 +171,8 @@ def test_demo_runs_end_to_end(tmp_path):
     (["evaluate", "{tmp}", "{tmp}", "--fail-under", "accuracy"], "expected METRIC=VALUE"),
     (["train", "images", "{one_class}"], "only 1 class found"),
     (["train", "tabular", "{csv}", "--target", "species", "--resume"], "--resume needs --name"),
+    (["train", "text", "{csv}", "--sample", "shakespeare"], "not both"),
+    (["train", "text", "--sample", "hamlet"], "unknown sample 'hamlet'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, iris_csv, digits_dir, tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)

@@ -120,9 +120,23 @@ class MAE(_Counted):
         return (p - t).abs()
 
 
-METRICS = {"accuracy": Accuracy, "error_rate": ErrorRate, "f1": F1, "rmse": RMSE, "mae": MAE,
+class Perplexity(_Counted):
+    """exp of the mean next-token cross-entropy over every token seen."""
+
+    name = "perplexity"
+    higher_is_better = False
+
+    def per_sample(self, pred, target):
+        return torch.nn.functional.cross_entropy(pred.flatten(0, 1).float(), target.flatten(), reduction="none")
+
+    @property
+    def value(self) -> float:
+        return float(torch.exp(torch.tensor(super().value)))
+
+
+METRICS = {"accuracy": Accuracy, "perplexity": Perplexity, "error_rate": ErrorRate, "f1": F1, "rmse": RMSE, "mae": MAE,
            "top_k_accuracy": TopKAccuracy}
-DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["rmse"]}
+DEFAULT_METRICS = {"classification": ["accuracy"], "regression": ["rmse"], "language_model": ["perplexity"]}
 
 
 def get_metric(metric: str | Metric) -> Metric:

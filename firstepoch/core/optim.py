@@ -41,9 +41,14 @@ def _bce(pred, target):
     return F.binary_cross_entropy_with_logits(pred.view_as(target), target.float())
 
 
-LOSSES: dict[str, Callable] = {"cross_entropy": F.cross_entropy, "mse": _mse, "l1": _l1, "mae": _l1,
+def _lm_cross_entropy(logits, targets):
+    """Next-token cross-entropy: logits (B, T, V) against token ids (B, T)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+LOSSES: dict[str, Callable] = {"cross_entropy": F.cross_entropy, "lm_cross_entropy": _lm_cross_entropy, "mse": _mse, "l1": _l1, "mae": _l1,
                                "huber": _huber, "bce": _bce}
-DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "language_model": "lm_cross_entropy"}
 
 
 def get_loss(loss: str | Callable) -> Callable:

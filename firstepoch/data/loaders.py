@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from firstepoch.errors import FirstEpochError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "language_model")
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -85,7 +85,7 @@ def register_preprocessor(kind: str):
 
 
 # where each kind registers itself, so a bundle loads without importing everything up front
-_MODULES = {"image": "firstepoch.data.images", "tabular": "firstepoch.data.tabular"}
+_MODULES = {"image": "firstepoch.data.images", "tabular": "firstepoch.data.tabular", "text": "firstepoch.data.lm"}
 
 
 def preprocessor_from_config(config: dict) -> Preprocessor:
@@ -177,6 +177,13 @@ class DataLoaders:
         from firstepoch.data.images import from_name_func
 
         return from_name_func(path, files, label_func, **kwargs)
+
+    @classmethod
+    def from_text(cls, path, **kwargs) -> "DataLoaders":
+        """Next-token windows over a text corpus (see `firstepoch.data.lm.from_text`)."""
+        from firstepoch.data.lm import from_text
+
+        return from_text(path, **kwargs)
 
     @classmethod
     def from_csv(cls, path, target: str, **kwargs) -> "DataLoaders":

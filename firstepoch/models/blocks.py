@@ -86,7 +86,15 @@ def timm_model(name: str, in_channels: int, n_out: int, pretrained: bool = False
     return _with_spec(model, "timm", name=name, in_channels=in_channels, n_out=n_out)
 
 
-BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp, "cnn": cnn, "timm": timm_model}
+def transformer(**config) -> nn.Module:
+    """The decoder-only `Transformer` (see `firstepoch.models.transformer`)."""
+    from firstepoch.models.transformer import Transformer, TransformerConfig
+
+    return Transformer(TransformerConfig(**config))
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {"linear": linear, "mlp": mlp, "cnn": cnn, "timm": timm_model,
+                                                 "transformer": transformer}
 
 
 def build(spec: dict) -> nn.Module:
@@ -101,6 +109,10 @@ def build(spec: dict) -> nn.Module:
 def create_model(arch: str, input_shape: list[int], n_out: int, **kwargs) -> nn.Module:
     """A model named `arch` ("linear", "mlp", "cnn" or a timm name) sized for the data."""
     n_in = math.prod(input_shape)
+    if arch in ("transformer", "gpt"):
+        from firstepoch.models.transformer import Transformer, from_preset
+
+        return Transformer(from_preset(kwargs.pop("preset", "tiny"), n_out, input_shape[0], **kwargs))
     if arch in ("linear", "mlp"):
         return BUILDERS[arch](n_in=n_in, n_out=n_out, **kwargs)
     if len(input_shape) != 3:

@@ -67,6 +67,18 @@ class TransformerConfig:
         return cls(**d)
 
 
+# name -> (n_layers, n_heads, dim): tiny is nanoGPT's CPU Shakespeare recipe, small its GPU one, base GPT-2's
+PRESETS = {"tiny": (4, 4, 128), "small": (6, 6, 384), "base": (12, 12, 768)}
+
+
+def from_preset(preset: str, vocab_size: int, context: int, **overrides) -> TransformerConfig:
+    if preset not in PRESETS:
+        raise FirstEpochError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    n_layers, n_heads, dim = PRESETS[preset]
+    fields = {"n_layers": n_layers, "n_heads": n_heads, "dim": dim, **{k: v for k, v in overrides.items() if v}}
+    return TransformerConfig(vocab_size=vocab_size, context=context, **fields)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -183,6 +195,7 @@ class Transformer(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
+        self.spec = {"arch": "transformer", **config.to_dict()}
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
