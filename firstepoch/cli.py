@@ -195,6 +195,27 @@ def generate(
 
 
 @app.command()
+def export(
+    bundle: Path = typer.Argument(..., help="A GPT bundle (from `firstepoch train text`)."),
+    gguf: Path = typer.Option(..., help="The GGUF file to write, for llama.cpp and Ollama."),
+):
+    """Export a trained GPT to GGUF (architecture llama, F32 weights, its tokenizer)."""
+    import firstepoch
+    from firstepoch.llm import LanguageModel
+    from firstepoch.llm.gguf import export_gguf
+
+    lm = firstepoch.load(bundle, device="cpu")
+    if not isinstance(lm, LanguageModel):
+        raise FirstEpochError(f"{bundle}: only GPT bundles export to GGUF; this one is a {lm.task} model")
+    path = export_gguf(lm, gguf, name=bundle.resolve().parent.name)
+    size = path.stat().st_size / 2**20
+    console.print(f"[bold green]wrote[/bold green] {path} ({size:.1f} MiB)\n"
+                  f"  llama.cpp: llama-cli -m {path} -p 'ROMEO:' -n 200 --temp 0.8\n"
+                  f"  Ollama:    echo 'FROM {path.resolve()}' > Modelfile && ollama create mygpt -f Modelfile",
+                  highlight=False)
+
+
+@app.command()
 def predict(
     bundle: Path = typer.Argument(..., help="A bundle folder (from train or learn.export)."),
     files: List[Path] = typer.Argument(..., help="Images, or CSV files of rows, to predict."),
