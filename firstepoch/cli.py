@@ -36,8 +36,9 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
     resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
     learn = Learner(dls, arch, opt=opt, seed=seed, device=device, precision=precision, compile=compile, run=run)
     if run is not None:
-        console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?')} train / "
-                      f"{dls.info.get('n_valid', '?')} valid items  ·  {learn.device}", highlight=False)
+        unit = "tokens" if dls.task == "language_model" else "items"
+        console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?'):,} train / "
+                      f"{dls.info.get('n_valid', '?'):,} valid {unit}  ·  {learn.device}", highlight=False)
     try:
         learn.fit_one_cycle(epochs, lr, resume=resume)
     except TrainingInterrupted as exc:
