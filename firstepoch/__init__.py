@@ -11,11 +11,12 @@ __version__ = "0.1.0"
 
 from firstepoch.bundle import Predictor, load
 from firstepoch.core.callbacks import (Callback, EarlyStopping, GradientAccumulation, GradientClip, MixedPrecision,
-                                       TrainingInterrupted)
+                                       TimeBudget, TrainingInterrupted)
 from firstepoch.core.learner import Learner
 from firstepoch.core.runs import Run, list_runs
 from firstepoch.data.loaders import DataLoaders
 from firstepoch.errors import FirstEpochError
 
 __all__ = ["Callback", "DataLoaders", "EarlyStopping", "FirstEpochError", "GradientAccumulation", "GradientClip",
-           "Learner", "MixedPrecision", "Predictor", "Run", "TrainingInterrupted", "list_runs", "load"]
+           "Learner", "MixedPrecision", "Predictor", "Run", "TimeBudget", "TrainingInterrupted", "list_runs",
+           "load"]

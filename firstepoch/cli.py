@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from firstepoch.core.callbacks import TrainingInterrupted
+from firstepoch.core.callbacks import TimeBudget, TrainingInterrupted
 from firstepoch.errors import FirstEpochError
 
 app = typer.Typer(help="firstepoch: train, evaluate, predict and export deep-learning models, locally.",
@@ -24,7 +24,7 @@ console = Console(soft_wrap=True)
 
 def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],
            precision: str, compile: bool, run_name: Optional[str], resume: bool, out: Optional[Path],
-           task: str, config: dict):
+           task: str, config: dict, callbacks: list = ()):
     """Shared by every `train` subcommand: fit with 1cycle, evaluate the test split, export the bundle."""
     from firstepoch import Learner
     from firstepoch.core.runs import Run, runs_root
@@ -40,7 +40,7 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
         console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?'):,} train / "
                       f"{dls.info.get('n_valid', '?'):,} valid {unit}  ·  {learn.device}", highlight=False)
     try:
-        learn.fit_one_cycle(epochs, lr, resume=resume)
+        learn.fit_one_cycle(epochs, lr, resume=resume, callbacks=callbacks)
     except TrainingInterrupted as exc:
         where = f"{learn.stop_reason} at epoch {learn.resume_point[0] + 1}, batch {learn.resume_point[1]}"
         hint = f"; continue with the same command plus --name {run.dir.name} --resume" if run else ""
@@ -126,6 +126,8 @@ def train_text(
     tokenizer: str = typer.Option("char", help="char or bpe."),
     vocab_size: int = typer.Option(1024, help="BPE vocabulary size."),
     steps: int = typer.Option(2000, min=1, help="Training steps in all."),
+    time_budget: Optional[str] = typer.Option(None, "--time", help="Train for this wall-clock time instead of "
+                                              "--steps, e.g. 90s, 3m, 1h; the lr schedule fits the budget."),
     eval_every: int = typer.Option(250, min=1, help="Steps between validation passes (one table row each)."),
     batch_size: int = typer.Option(12, min=1),
     lr: float = typer.Option(1e-3, help="Peak learning rate (1cycle)."),
@@ -146,9 +148,11 @@ def train_text(
         if sample != "shakespeare":
             raise FirstEpochError(f"unknown sample {sample!r}; the bundled corpus is 'shakespeare'")
         corpus = samples.shakespeare()
+    budget = _parse_duration(time_budget) if time_budget else None
+    per_epoch = eval_every if budget else min(eval_every, steps)
     dls = lm.from_text(corpus, context=context, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed,
-                       batch_size=batch_size, steps_per_epoch=min(eval_every, steps))
-    epochs = max(1, round(steps / min(eval_every, steps)))
+                       batch_size=batch_size, steps_per_epoch=per_epoch)
+    epochs = 1_000_000 if budget else max(1, round(steps / per_epoch))  # a budget ends the fit by itself
     config = {"data": str(corpus), "preset": preset, "context": context, "tokenizer": tokenizer, "steps": steps,
               "lr": lr, "seed": seed}
     from firstepoch.models.transformer import Transformer, from_preset
@@ -157,7 +161,21 @@ def train_text(
 
     torch.manual_seed(seed)
     model = Transformer(from_preset(preset, dls.n_out, context, n_layers=layers, n_heads=heads, dim=dim))
-    _train(dls, model, epochs, lr, "adamw", seed, device, precision, compile, name, resume, out, "text", config)
+    _train(dls, model, epochs, lr, "adamw", seed, device, precision, compile, name, resume, out, "text", config,
+           callbacks=[TimeBudget(budget)] if budget else [])
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "3m", "1.5h"."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise FirstEpochError(f"--time {text!r}: expected a duration such as 90s, 3m or 1h") from None
+    if seconds <= 0:
+        raise FirstEpochError(f"--time {text!r}: the budget must be positive")
+    return seconds
 
 
 @app.command()

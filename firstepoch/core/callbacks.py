@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import signal
 import threading
+import time
 
 import torch
 
@@ -177,7 +178,7 @@ class ParamScheduler(Callback):
     def before_batch(self):
         if not self.learn.training:
             return
-        pct = self.learn.train_iter / max(self.learn.total_iters, 1)
+        pct = self.learn.progress()
         for group in self.learn.opt.param_groups:
             group["lr"] = self.lr_fn(pct)
             if self.momentum_fn is not None:
@@ -185,6 +186,41 @@ class ParamScheduler(Callback):
                     group["betas"] = (self.momentum_fn(pct), group["betas"][1])
                 elif "momentum" in group and group["momentum"]:
                     group["momentum"] = self.momentum_fn(pct)
+
+
+class TimeBudget(Callback):
+    """Trains for `seconds` of wall clock ("the best model you can get in 3 minutes").
+
+    Schedules follow the elapsed fraction of the budget instead of the step count; when the time is up
+    the current epoch's training stops, its validation still runs, and the fit ends.
+    """
+
+    order = 0
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise FirstEpochError(f"a time budget must be positive, not {seconds}")
+        self.seconds = seconds
+
+    def before_fit(self):
+        self.start, self.done = time.perf_counter(), False
+        self.learn.progress_fn = self.elapsed_fraction
+
+    def elapsed_fraction(self) -> float:
+        return min(1.0, (time.perf_counter() - self.start) / self.seconds)
+
+    def after_batch(self):
+        if self.learn.training and self.elapsed_fraction() >= 1.0:
+            self.done = True
+            raise CancelTrainException()
+
+    def after_epoch(self):
+        if self.done:
+            self.learn.stop_reason = f"time budget of {self.seconds:g} s used"
+            raise CancelFitException()
+
+    def after_fit(self):
+        self.learn.progress_fn = None
 
 
 class EarlyStopping(Callback):

@@ -108,6 +108,13 @@ class Learner:
         self.resume_point = (0, 0)
         self.training = self.fitting = False
         self.scaler = None
+        self.progress_fn: Callable[[], float] | None = None  # set by a TimeBudget
+
+    def progress(self) -> float:
+        """The fraction of training done, in [0, 1]: by steps, or by wall clock under a time budget."""
+        if self.progress_fn is not None:
+            return self.progress_fn()
+        return self.train_iter / max(self.total_iters, 1)
 
     # ----------------------------------------------------------------------------------- callbacks
     def add_callback(self, cb: Callback) -> None:

@@ -115,7 +115,9 @@ class ProgressCallback(Callback):
             self._bar = None
 
     def before_train(self):
-        self._start(self.learn.n_iter, f"epoch {self.learn.epoch + 1}/{self.learn.n_epochs}")
+        learn = self.learn
+        of = f"{learn.progress():.0%} of the time" if learn.progress_fn else f"/{learn.n_epochs}"
+        self._start(learn.n_iter, f"epoch {learn.epoch + 1}{' (' + of + ')' if learn.progress_fn else of}")
         self._count = 0
 
     def before_validate(self):

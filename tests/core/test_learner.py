@@ -93,6 +93,21 @@ def test_gradient_clipping_bounds_the_norm():
     assert norm.norm <= 0.01 + 1e-6
 
 
+def test_a_time_budget_ends_the_fit_after_a_last_validation_and_anneals_by_the_clock():
+    from firstepoch import TimeBudget
+
+    class LastLr(Callback):
+        def before_step(self):
+            self.lr = self.learn.opt.param_groups[0]["lr"]
+
+    last = LastLr()
+    learn = linear_learner(callbacks=[last])
+    history = learn.fit_one_cycle(100_000, 0.1, callbacks=[TimeBudget(1.0)])
+    assert "time budget of 1 s used" in learn.stop_reason
+    assert 1 <= len(history) < 100_000 and history[-1]["valid_loss"] < history[0]["train_loss"]
+    assert last.lr < 0.1 / 100  # the 1cycle schedule reached its end with the clock, not with the steps
+
+
 def test_early_stopping_stops():
     learn = linear_learner(lr=1e-6, callbacks=[EarlyStopping(patience=1, min_delta=10.0)])
     history = learn.fit(10)
