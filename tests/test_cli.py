@@ -155,6 +155,7 @@ def test_train_a_gpt_and_generate(tmp_path):
         b = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1, "--json")
         streamed = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1)
         not_a_gpt = cli("generate", tmp_path / "runs", "x")
+        budget = cli("train", "text", corpus, "--time", "4s", "--eval-every", 20, "--context", 32, "--name", "clock")
     finally:
         for key in env_runs:
             del os.environ[key]
@@ -162,6 +163,9 @@ def test_train_a_gpt_and_generate(tmp_path):
     assert a.returncode == 0 and text == json.loads(b.stdout)["text"] and len(text) >= 20
     assert streamed.stdout == "ROMEO:" + text + "\n"
     assert not_a_gpt.returncode == 2
+    assert budget.returncode == 0, budget.stderr
+    run = json.loads((tmp_path / "runs" / "clock" / "run.json").read_text())
+    assert run["stop_reason"] == "time budget of 4 s used" and run["status"] == "done"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -177,8 +177,7 @@ class MetricsLog(Callback):
         if not self.learn.is_main:
             return
         learn = self.learn
-        status = ("failed" if learn.failed else "interrupted" if learn.interrupted
-                  else "stopped early" if learn.stop_reason else "done")
+        status = "failed" if learn.failed else "interrupted" if learn.interrupted else "done"
         self.run.update(status=status, stop_reason=learn.stop_reason)
         from firstepoch.core.plots import plot_losses
 
