@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from firstepoch.data.loaders import DataLoaders, check_batch_size, make_loader, register_preprocessor
-from firstepoch.data.text import TEXT_SUFFIXES, Tokenizer, tokenizer_from_config, train_tokenizer
+from firstepoch.data.text import Tokenizer, corpus_files, tokenizer_from_config, train_tokenizer
 from firstepoch.errors import FirstEpochError
 
 CHUNK_CHARS = 1 << 20
 MAX_VALID_WINDOWS = 512
-
-
-def _files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise FirstEpochError(f"{path}: no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
-                                                 if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-    if not files:
-        raise FirstEpochError(f"{path}: no text files ({', '.join(sorted(TEXT_SUFFIXES))}) in this folder")
-    return files
 
 
 def _chunks(files: list[Path]):
@@ -64,9 +55,14 @@ def tokenize_to_file(files: list[Path], tokenizer: Tokenizer, path: Path) -> np.
     from firstepoch.core.io import atomic_open
 
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
+    replaced = 0
     with atomic_open(path) as f:
         for chunk in _chunks(files):
+            replaced += chunk.count("\ufffd")
             f.write(np.asarray(tokenizer.encode(chunk), dtype=dtype).tobytes())
+    if replaced:
+        warnings.warn(f"{files[0].parent if len(files) > 1 else files[0]}: {replaced} character(s) were not "
+                      f"valid UTF-8 and became U+FFFD", stacklevel=3)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -136,7 +132,7 @@ def from_text(path, context: int = 64, tokenizer: str = "char", vocab_size: int 
     """
     from firstepoch.data.samples import home
 
-    files = _files(Path(path))
+    files = corpus_files(path)
     key = hashlib.sha256(json.dumps([_fingerprint(files), tokenizer, vocab_size]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir else home() / "tokens"
     tok_file, meta_file = cache / f"{key}.bin", cache / f"{key}.json"

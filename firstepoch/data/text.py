@@ -138,11 +138,8 @@ def tokenizer_from_config(config: dict) -> Tokenizer:
     return TOKENIZERS[kind].from_config(config)
 
 
-def read_corpus(path: str | Path) -> str:
-    """The text of a file, or of every .txt/.md file under a folder (sorted, joined by blank lines).
-
-    Bytes that are not UTF-8 are replaced with U+FFFD and counted in one warning, never a crash.
-    """
+def corpus_files(path: str | Path) -> list[Path]:
+    """The file itself, or every .txt/.md/... file under a folder, sorted."""
     path = Path(path)
     if not path.exists():
         raise FirstEpochError(f"{path}: no such file or folder")
@@ -150,8 +147,16 @@ def read_corpus(path: str | Path) -> str:
                                                  if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
     if not files:
         raise FirstEpochError(f"{path}: no text files ({', '.join(sorted(TEXT_SUFFIXES))}) in this folder")
+    return files
+
+
+def read_corpus(path: str | Path) -> str:
+    """The text of a file, or of every .txt/.md file under a folder (sorted, joined by blank lines).
+
+    Bytes that are not UTF-8 are replaced with U+FFFD and counted in one warning, never a crash.
+    """
     texts, replaced = [], 0
-    for f in files:
+    for f in corpus_files(path):
         raw = f.read_bytes()
         text = raw.decode("utf-8", errors="replace")
         if "\ufffd" in text:

@@ -39,6 +39,13 @@ def test_the_token_file_is_a_reused_memory_map(text_file, tmp_path):
     assert bin_file.stat().st_mtime_ns == stamp and b.info["tokens"] == a.info["tokens"]
 
 
+def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait \xff\xfe " * 40)
+    with pytest.warns(UserWarning, match="120 character"):  # 3 undecodable bytes x 40
+        dls = from_text(tmp_path / "bad.txt", context=16, batch_size=4, steps_per_epoch=2, cache_dir=tmp_path)
+    assert "\ufffd" in dls.preprocessor.tokenizer.chars
+
+
 def test_a_corpus_too_short_for_the_context_says_how_many_tokens(tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be.")
     with pytest.raises(FirstEpochError, match=r"20 tokens, but 65 are needed.*lower --context"):
