@@ -46,6 +46,7 @@ class Recorder(Callback):
             m.accumulate(learn.pred.float(), learn.yb)
 
     def after_train(self):
+        self._train_seconds = time.perf_counter() - self._start
         done = torch.stack(self._epoch_losses).float().cpu().tolist() if self._epoch_losses else []
         self._epoch_losses = []
         self._partial += done
@@ -61,9 +62,14 @@ class Recorder(Callback):
         self.last_valid.update({m.name: m.value for m in self.metrics})
 
     def after_epoch(self):
+        learn = self.learn
         losses, self._partial = self._partial, []
-        self.history.append({"epoch": self.learn.epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
-                             **self.last_valid, "time": round(time.perf_counter() - self._start, 2)})
+        row = {"epoch": learn.epoch + 1, "train_loss": sum(losses) / max(len(losses), 1), **self.last_valid}
+        if learn.dls.task == "language_model":  # a GPT's epoch is a span of steps: say where and how fast
+            tokens = len(losses) * learn.dls.batch_size * learn.dls.input_shape[0] * learn.world_size
+            row.update(step=learn.train_iter, tokens_per_s=round(tokens / max(self._train_seconds, 1e-9)))
+        row["time"] = round(time.perf_counter() - self._start, 2)
+        self.history.append(row)
 
     def after_cancel_fit(self):
         self.after_train()  # keep the losses of a cut-short epoch for the checkpoint

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from firstepoch.core.io import write_json
+from firstepoch.errors import FirstEpochError
 
 DEFAULT_ROOT = "runs"
 
@@ -69,9 +70,17 @@ class Run:
         """The best value of the run's first metric (or of valid_loss when it has none)."""
         if not history:
             return {}
-        keys = [k for k in history[-1] if k not in ("epoch", "train_loss", "valid_loss", "time")]
-        key = keys[0] if keys else "valid_loss"
-        lower_better = key in ("valid_loss", "error_rate", "rmse", "mae")
+        from firstepoch.core.metrics import get_metric
+
+        def is_metric(name: str) -> bool:
+            try:
+                get_metric(name)
+            except FirstEpochError:
+                return False
+            return True
+
+        key = next((k for k in history[-1] if is_metric(k)), "valid_loss")
+        lower_better = key == "valid_loss" or not get_metric(key).higher_is_better
         values = [row[key] for row in history if row.get(key) is not None]
         if not values:
             return {}
