@@ -63,3 +63,25 @@ def test_a_tiny_gpt_learns_real_text_well_below_its_unigram_entropy(text_file, t
     learn = Learner(dls, "transformer", progress=False)
     learn.fit_one_cycle(3, 3e-3)
     assert learn.recorder.history[-1]["train_loss"] < unigram - 0.8  # unigram is about 3.3 nats
+
+
+def test_gpt_training_resumes_bit_exactly(text_file, tmp_path):
+    from firstepoch import Run, TrainingInterrupted
+    from firstepoch.models.transformer import Transformer, TransformerConfig
+    from tests.core.test_checkpoint import InterruptAt
+
+    dls = from_text(text_file, context=16, batch_size=8, steps_per_epoch=10, cache_dir=tmp_path)
+
+    def learner(run=None, callbacks=()):
+        torch.manual_seed(0)
+        model = Transformer(TransformerConfig(vocab_size=dls.n_out, dim=32, n_layers=1, n_heads=2, context=16,
+                                              dropout=0.1))  # dropout: the RNG state must travel too
+        return Learner(dls, model, run=run, progress=False, callbacks=list(callbacks))
+
+    reference = learner()
+    reference.fit_one_cycle(3, 3e-3)
+    with pytest.raises(TrainingInterrupted):
+        learner(Run.create(tmp_path / "runs", "gpt"), [InterruptAt(15)]).fit_one_cycle(3, 3e-3)
+    resumed = learner(Run.create(tmp_path / "runs", "gpt"))
+    resumed.fit_one_cycle(3, 3e-3, resume=True)
+    assert resumed.recorder.losses == reference.recorder.losses
