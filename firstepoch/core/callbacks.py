@@ -192,7 +192,8 @@ class TimeBudget(Callback):
     """Trains for `seconds` of wall clock ("the best model you can get in 3 minutes").
 
     Schedules follow the elapsed fraction of the budget instead of the step count; when the time is up
-    the current epoch's training stops, its validation still runs, and the fit ends.
+    the current epoch's training stops, its validation still runs, and the fit ends. The clock starts
+    after the first training step, so one-time start-up (`torch.compile`, first allocations) is not charged.
     """
 
     order = 0
@@ -203,14 +204,20 @@ class TimeBudget(Callback):
         self.seconds = seconds
 
     def before_fit(self):
-        self.start, self.done = time.perf_counter(), False
+        self.start, self.done = None, False
         self.learn.progress_fn = self.elapsed_fraction
 
     def elapsed_fraction(self) -> float:
+        if self.start is None:
+            return 0.0
         return min(1.0, (time.perf_counter() - self.start) / self.seconds)
 
     def after_batch(self):
-        if self.learn.training and self.elapsed_fraction() >= 1.0:
+        if not self.learn.training:
+            return
+        if self.start is None:
+            self.start = time.perf_counter()
+        if self.elapsed_fraction() >= 1.0:
             self.done = True
             raise CancelTrainException()
 
