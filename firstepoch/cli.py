@@ -142,13 +142,13 @@ def train_text(
     """Train your own GPT on a text corpus."""
     from firstepoch.data import lm, samples
 
+    budget = _parse_duration(time_budget) if time_budget else None
     if (corpus is None) == (sample is None):
         raise FirstEpochError("give a corpus (a text file or folder) or --sample shakespeare, not both")
     if sample is not None:
         if sample != "shakespeare":
             raise FirstEpochError(f"unknown sample {sample!r}; the bundled corpus is 'shakespeare'")
         corpus = samples.shakespeare()
-    budget = _parse_duration(time_budget) if time_budget else None
     per_epoch = eval_every if budget else min(eval_every, steps)
     dls = lm.from_text(corpus, context=context, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed,
                        batch_size=batch_size, steps_per_epoch=per_epoch)

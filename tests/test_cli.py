@@ -177,6 +177,8 @@ def test_train_a_gpt_and_generate(tmp_path):
     (["train", "tabular", "{csv}", "--target", "species", "--resume"], "--resume needs --name"),
     (["train", "text", "{csv}", "--sample", "shakespeare"], "not both"),
     (["train", "text", "--sample", "hamlet"], "unknown sample 'hamlet'"),
+    (["train", "text", "--sample", "shakespeare", "--time", "soon"], "expected a duration such as 90s"),
+    (["export", "{tmp}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, iris_csv, digits_dir, tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)
