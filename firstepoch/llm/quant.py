@@ -1,0 +1,166 @@
+"""Linear layers for inference whose weights stay compact in memory, and GGUF quantization.
+
+`QuantizedLinear` keeps a GGUF weight in its blocks (Q4_0, Q4_1, Q8_0) for firstepoch's own CPU kernel
+(`kernels/ggml_matmul.c`), or as bf16 for the other types (see BENCHMARKS.md, "LLM decode kernels").
+Activations stay fp32 outside the matmul.
+
+`quantize_gguf` rewrites a GGUF file's matrices as Q8_0 or Q4_1 with the gguf package's quantizers,
+so a person can compare size, speed and perplexity.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from firstepoch.errors import FirstEpochError
+
+
+# GGUF block types our kernels multiply directly: name -> (bytes per block of 32 weights, kernel,
+# bytes per block of the 8-bit activations the kernel quantizes into its scratch buffer)
+BLOCK_TYPES = {"Q4_0": (18, "matmul_q4_0", 34), "Q4_1": (20, "matmul_q4_1", 36), "Q8_0": (34, "matmul_q8_0", 34)}
+
+
+def dequantize_blocks(blocks: torch.Tensor, qtype: str, in_features: int) -> torch.Tensor:
+    """Rows of GGUF blocks (..., bytes per row) as fp32 (..., in_features), with torch ops (any device)."""
+    size = BLOCK_TYPES[qtype][0]
+    b = blocks.reshape(*blocks.shape[:-1], in_features // 32, size)
+
+    def half(lo: int) -> torch.Tensor:
+        return b[..., lo:lo + 2].contiguous().view(torch.float16).float()
+
+    if qtype == "Q8_0":
+        q = b[..., 2:].contiguous().view(torch.int8).float()
+        return (q * half(0)).reshape(*blocks.shape[:-1], in_features)
+    packed = b[..., -16:]
+    q = torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()  # element j: low nibble of byte j, j+16: high
+    w = (q - 8) * half(0) if qtype == "Q4_0" else q * half(0) + half(2)
+    return w.reshape(*blocks.shape[:-1], in_features)
+
+
+class QuantizedLinear(nn.Module):
+    """y = x W^T for a frozen weight (out_features, in_features) kept compact in memory; no bias.
+
+    Either GGUF blocks (Q4_0, Q4_1, Q8_0) multiplied by firstepoch's own CPU kernel, which quantizes the
+    activations to 8 bits as llama.cpp does, or a bf16 matrix for PyTorch's matmul (other types, other
+    devices, or no C compiler). Shapes: x (..., in_features) fp32 -> (..., out_features) fp32.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None, *, blocks: torch.Tensor | None = None,
+                 qtype: str | None = None, in_features: int | None = None):
+        super().__init__()
+        self.qtype = qtype if blocks is not None else "BF16"
+        if blocks is not None:
+            self.out_features, self.in_features = blocks.shape[0], in_features
+            self.register_buffer("blocks", blocks.contiguous())
+            self.weight = None
+        else:
+            self.out_features, self.in_features = weight.shape
+            self.register_buffer("weight", weight.to(torch.bfloat16).contiguous())
+            self.blocks = None
+
+    @classmethod
+    def from_gguf(cls, tensor, rows=None) -> "QuantizedLinear":
+        """From a gguf `ReaderTensor`; `rows(t)` reorders the rows (a torch op on dim 0) if given."""
+        from firstepoch.llm.gguf import tensor_array
+        from firstepoch.llm.kernels import ggml_matmul
+
+        rows = rows or (lambda t: t)
+        qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
+        if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
+            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True)).reshape(int(tensor.shape[1]), -1)
+            return cls(blocks=rows(raw), qtype=qtype, in_features=in_features)
+        return cls(rows(torch.from_numpy(np.ascontiguousarray(tensor_array(tensor)))))
+
+    def dense(self) -> torch.Tensor:
+        """The weight as fp32 (out_features, in_features)."""
+        if self.blocks is None:
+            return self.weight.float()
+        return dequantize_blocks(self.blocks, self.qtype, self.in_features)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows `ids` of the weight as fp32: an embedding lookup in a table shared with the output layer."""
+        if self.blocks is None:
+            return self.weight[ids].float()
+        return dequantize_blocks(self.blocks[ids], self.qtype, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocks is None:
+            return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+        if x.device.type != "cpu":
+            return F.linear(x, self.dense().to(x.device, x.dtype))
+        from firstepoch.llm.kernels import ggml_matmul
+
+        _, kernel, scratch_block = BLOCK_TYPES[self.qtype]
+        flat = x.reshape(-1, self.in_features).float().contiguous()
+        tokens = flat.shape[0]
+        y = torch.empty(tokens, self.out_features)
+        scratch = torch.empty(tokens * self.in_features // 32 * scratch_block, dtype=torch.uint8)
+        getattr(ggml_matmul(), kernel)(self.blocks.data_ptr(), self.out_features, self.in_features, flat.data_ptr(),
+                                       tokens, y.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, type={self.qtype}"
+
+
+# --------------------------------------------------------------------------------------- quantize a file
+
+QUANT_TARGETS = {"q8": "Q8_0", "q4": "Q4_1"}
+
+
+def quantize_gguf(source: str | Path, target: str, out: str | Path) -> Path:
+    """Write `source` (a GGUF file) to `out` with every matrix quantized to `target` ('q8' or 'q4').
+
+    Vectors (norms) stay F32; under 'q4' the token embedding becomes Q8_0, as llama.cpp keeps it higher.
+    """
+    import gguf
+
+    from firstepoch.llm.gguf import read_gguf, tensor_array
+
+    if target not in QUANT_TARGETS:
+        raise FirstEpochError(f"--to {target!r}: choose one of {', '.join(QUANT_TARGETS)}")
+    g = read_gguf(source)
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    writer = gguf.GGUFWriter(str(partial), arch=g.architecture)
+    _copy_metadata(g, writer, gguf)
+    for name, t in g.tensors.items():
+        array = tensor_array(t)
+        qtype = _target_type(name, array, QUANT_TARGETS[target], gguf)
+        data = gguf.quants.quantize(array, qtype) if qtype.name != "F32" else array.astype(np.float32)
+        writer.add_tensor(name, data, raw_shape=data.shape if qtype.name == "F32" else None, raw_dtype=qtype)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
+def _target_type(name: str, array: np.ndarray, target: str, gguf):
+    if array.ndim < 2 or array.shape[-1] % 32:
+        return gguf.GGMLQuantizationType.F32
+    if name == "token_embd.weight" and target == "Q4_1":
+        return gguf.GGMLQuantizationType.Q8_0
+    return gguf.GGMLQuantizationType[target]
+
+
+def _copy_metadata(g, writer, gguf) -> None:
+    skip = {"general.architecture", "general.file_type", "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
+    reader = gguf.GGUFReader(g.path)
+    for name, f in reader.fields.items():
+        if name in skip:
+            continue
+        kind = f.types[0]
+        if kind == gguf.GGUFValueType.ARRAY:
+            writer.add_key_value(name, g.metadata[name], kind, sub_type=f.types[-1])
+        else:
+            writer.add_key_value(name, g.metadata[name], kind)

@@ -1,0 +1,142 @@
+"""The tokenizer an LLM declares, built with Hugging Face `tokenizers` so that its ids equal llama.cpp's.
+
+From GGUF metadata (`tokenizer.ggml.*`): the GPT-2-style byte-level BPE (SmolLM2, Llama 3, Qwen2), with
+the pre-tokenizer regexes llama.cpp uses for the declared `tokenizer.ggml.pre`, and the SentencePiece-style
+vocabulary of Llama 2 (pieces with scores, `▁` for spaces, `<0xNN>` byte fallback), whose merges follow
+from the scores. From a Hugging Face folder: its `tokenizer.json` as it is.
+"""
+from __future__ import annotations
+
+import warnings
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from firstepoch.errors import FirstEpochError
+
+# GGUF token types (gguf.TokenType)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = _LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+# tokenizer.ggml.pre -> the regexes llama.cpp splits text with, applied one after another
+PRE_TOKENIZERS = {
+    "default": [_GPT2], "gpt-2": [_GPT2], "gpt2": [_GPT2],
+    "smollm": [r"\p{N}", _GPT2], "starcoder": [r"\p{N}", _GPT2], "refact": [r"\p{N}", _GPT2],
+    "llama3": [_LLAMA3], "llama-bpe": [_LLAMA3], "smaug-bpe": [_LLAMA3],
+    "qwen2": [_QWEN2], "qwen35": [_QWEN2],
+}
+# end-of-generation tokens that llama.cpp recognises by their text when the file does not declare them
+END_TEXTS = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "</s>",
+             "<|end_of_text|>", "<EOT>", "_<EOT>"}
+
+
+class LLMTokenizer:
+    """Text <-> token ids for an LLM, with its special tokens and BOS/EOS conventions.
+
+    `encode(text, special=False)` treats control-token text (`<|im_start|>`) as plain text, as llama.cpp
+    does by default; `special=True` turns it into the control tokens (for rendered chat templates).
+    """
+
+    def __init__(self, plain: Tokenizer, special: Tokenizer, bos_id: int | None, eos_id: int | None,
+                 add_bos: bool, end_ids: set[int]):
+        self._plain, self._special = plain, special
+        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        self.end_ids = end_ids
+        self.vocab_size = special.get_vocab_size()
+
+    def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
+        ids = (self._special if special else self._plain).encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self._special.decode(ids, skip_special_tokens=skip_special)
+
+    def token_text(self, token_id: int) -> str:
+        return self._special.id_to_token(token_id) or ""
+
+    @classmethod
+    def from_gguf(cls, metadata: dict, source: str = "model") -> "LLMTokenizer":
+        kind = metadata.get("tokenizer.ggml.model")
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        if not tokens:
+            raise FirstEpochError(f"{source}: the GGUF file has no tokenizer (tokenizer.ggml.tokens)")
+        types = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+        if kind == "gpt2":
+            plain, special = _byte_level_bpe(metadata, tokens, types, source)
+        elif kind == "llama":
+            plain, special = _sentencepiece(metadata, tokens, types)
+        else:
+            raise FirstEpochError(f"{source}: tokenizer model {kind!r} is not supported (gpt2 and llama are)")
+        bos = metadata.get("tokenizer.ggml.bos_token_id")
+        eos = metadata.get("tokenizer.ggml.eos_token_id")
+        add_bos = metadata.get("tokenizer.ggml.add_bos_token", kind == "llama")
+        ends = {i for i in (eos, metadata.get("tokenizer.ggml.eot_token_id"),
+                            metadata.get("tokenizer.ggml.eom_token_id")) if i is not None}
+        ends |= {i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == CONTROL and t in END_TEXTS}
+        return cls(plain, special, bos, eos, bool(add_bos), ends)
+
+
+def _specials(tokens: list[str], types: list[int], wanted: tuple[int, ...]) -> list[AddedToken]:
+    return [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in wanted]
+
+
+def _byte_level_bpe(metadata: dict, tokens: list[str], types: list[int], source: str):
+    merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges", [])]
+    pre = metadata.get("tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        warnings.warn(f"{source}: pre-tokenizer {pre!r} is not known to firstepoch; using GPT-2's, so token ids "
+                      f"may differ from llama.cpp's", stacklevel=3)
+    regexes = PRE_TOKENIZERS.get(pre, [_GPT2])
+    vocab = {t: i for i, t in enumerate(tokens)}
+
+    def build(specials: tuple[int, ...]) -> Tokenizer:
+        tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=pre.startswith("llama")))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(_specials(tokens, types, specials))
+        return tok
+
+    # user-defined tokens are always matched in text; control tokens only when asked (llama.cpp's `special`)
+    return build((USER_DEFINED,)), build((USER_DEFINED, CONTROL))
+
+
+def _sentencepiece(metadata: dict, tokens: list[str], types: list[int]):
+    scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    # SentencePiece BPE merges the adjacent pair whose merged piece scores highest: the merges, by that score
+    candidates = []
+    for piece, index in vocab.items():
+        if types[index] not in (NORMAL, USER_DEFINED) or len(piece) < 2:
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                candidates.append((-scores[index], index, left, right))
+    merges = [(left, right) for _, _, left, right in sorted(candidates)]
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id", 0)
+    space_prefix = metadata.get("tokenizer.ggml.add_space_prefix", True)
+
+    def build(specials: tuple[int, ...]) -> Tokenizer:
+        tok = Tokenizer(models.BPE(vocab, merges, unk_token=tokens[unk_id], byte_fallback=True, fuse_unk=True))
+        steps = [normalizers.Prepend("\u2581")] if space_prefix else []
+        tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "\u2581")])
+        tok.pre_tokenizer = None
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+            + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
+        tok.add_special_tokens(_specials(tokens, types, specials))
+        return tok
+
+    return build((USER_DEFINED,)), build((USER_DEFINED, CONTROL))
+
+
+def from_hf_file(path, bos_id=None, eos_id=None, add_bos=False, end_ids=()) -> LLMTokenizer:
+    """A Hugging Face `tokenizer.json`: used for both plain and special encoding (it parses specials)."""
+    tok = Tokenizer.from_file(str(path))
+    return LLMTokenizer(tok, tok, bos_id, eos_id, add_bos, set(end_ids))
