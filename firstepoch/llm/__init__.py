@@ -1,4 +1,10 @@
-"""Language models: sampling with a KV cache, and the `LanguageModel` wrapper (tokenizer + Transformer)."""
-from firstepoch.llm.generate import LanguageModel, sample_tokens
+"""Language models: your own GPTs and GGUF/Hugging Face LLMs on the one `Transformer`.
 
-__all__ = ["LanguageModel", "sample_tokens"]
+`load(name_or_path)` gives a `LanguageModel` with `generate(prompt)` and `chat(messages)`; `find_models()`
+lists what is installed; `perplexity(lm, text)` measures a model on a text.
+"""
+from firstepoch.llm.generate import LanguageModel, Sampling, sample_tokens
+from firstepoch.llm.models import DEFAULT_MODEL, find_models, load
+from firstepoch.llm.perplexity import perplexity
+
+__all__ = ["DEFAULT_MODEL", "LanguageModel", "Sampling", "find_models", "load", "perplexity", "sample_tokens"]

@@ -83,7 +83,7 @@ def load(name_or_path: str | Path | None = None, context: int | None = None, cha
         model, tokenizer, template, info = load_gguf(path, context)
     if chat_template is not None:
         template = chat_template
-    chat = ChatTemplate(template, tokenizer, origin=str(path))
+    chat = ChatTemplate(template, tokenizer, origin=str(path)) if template is not None else None  # else: warn at chat
     return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
 
 

@@ -74,7 +74,7 @@ class QuantizedLinear(nn.Module):
         if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
             raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True)).reshape(int(tensor.shape[1]), -1)
             return cls(blocks=rows(raw), qtype=qtype, in_features=in_features)
-        return cls(rows(torch.from_numpy(np.ascontiguousarray(tensor_array(tensor)))))
+        return cls(rows(torch.from_numpy(np.array(tensor_array(tensor), dtype=np.float32, copy=True))))
 
     def dense(self) -> torch.Tensor:
         """The weight as fp32 (out_features, in_features)."""

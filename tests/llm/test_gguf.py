@@ -93,3 +93,35 @@ def test_bpe_models_tokenize_like_firstepoch_in_llama_cpp(tmp_path):
     llm = llama(path, vocab_only=True)
     for text in STRINGS:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == lm.tokenizer.encode(text), text
+
+
+def test_the_exported_file_loads_back_as_an_llm_with_the_same_tokens_and_logits(char_model):
+    """Reading is the inverse of export: SentencePiece-style vocabulary, un-permuted q/k, F32 weights."""
+    import firstepoch.llm
+
+    lm, path = char_model
+    back = firstepoch.llm.load(path)
+    for text in STRINGS:
+        assert back.tokenizer.encode(text) == lm.tokenizer.encode(text), text
+        assert back.tokenizer.decode(lm.tokenizer.encode(text)) == text
+    ids = lm.tokenizer.encode(STRINGS[0])
+    with torch.no_grad():
+        torch.testing.assert_close(back.model(torch.tensor([ids])), lm.model(torch.tensor([ids])), atol=0.05, rtol=0.01)
+
+
+@pytest.mark.parametrize("target, qtype", [("q8", "Q8_0"), ("q4", "Q4_1")])
+def test_quantize_writes_a_smaller_file_that_llama_cpp_runs(char_model, tmp_path, target, qtype):
+    from firstepoch.llm.gguf import read_gguf
+    from firstepoch.llm.quant import quantize_gguf
+
+    lm, path = char_model
+    out = quantize_gguf(path, target, tmp_path / f"{target}.gguf")
+    g = read_gguf(out)
+    assert g.tensors["blk.0.ffn_up.weight"].tensor_type.name == qtype
+    assert g.tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
+    assert out.stat().st_size < path.stat().st_size / 2.5
+    assert g.metadata["tokenizer.ggml.tokens"] == read_gguf(path).metadata["tokenizer.ggml.tokens"]
+    ids = lm.tokenizer.encode("ROMEO:\n")
+    llm = llama(out)
+    llm.eval(ids)
+    assert np.isfinite(np.asarray(llm.scores[len(ids) - 1])).all()
