@@ -3,7 +3,7 @@
 From GGUF metadata (`tokenizer.ggml.*`): the GPT-2-style byte-level BPE (SmolLM2, Llama 3, Qwen2), with
 the pre-tokenizer regexes llama.cpp uses for the declared `tokenizer.ggml.pre`, and the SentencePiece-style
 vocabulary of Llama 2 (pieces with scores, `▁` for spaces, `<0xNN>` byte fallback), whose merges follow
-from the scores. From a Hugging Face folder: its `tokenizer.json` as it is.
+from the scores.
 """
 from __future__ import annotations
 
@@ -135,8 +135,3 @@ def _sentencepiece(metadata: dict, tokens: list[str], types: list[int]):
 
     return build((USER_DEFINED,)), build((USER_DEFINED, CONTROL))
 
-
-def from_hf_file(path, bos_id=None, eos_id=None, add_bos=False, end_ids=()) -> LLMTokenizer:
-    """A Hugging Face `tokenizer.json`: used for both plain and special encoding (it parses specials)."""
-    tok = Tokenizer.from_file(str(path))
-    return LLMTokenizer(tok, tok, bos_id, eos_id, add_bos, set(end_ids))

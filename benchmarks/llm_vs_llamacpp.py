@@ -1,0 +1,111 @@
+"""A GGUF LLM run by firstepoch and by llama.cpp (llama-cpp-python): same file, threads and prompts, one run.
+
+    python benchmarks/llm_vs_llamacpp.py [MODEL] [--threads 2] [--prompt-tokens 128] [--new-tokens 128]
+
+MODEL defaults to the bundled SmolLM2-135M-Instruct (Q4_1). Each side runs in its own process, so peak
+RSS (ru_maxrss) is that side's alone. Prefill: one prompt of `--prompt-tokens` tokens, in one pass.
+Decode: `--new-tokens` greedy tokens after it, from the KV cache. Best of `--repeats` runs each.
+Prints tokens/s for both, the ratios (firstepoch / llama.cpp; above 1 is faster) and peak RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TEXT = ("The history of the printing press begins in the fifteenth century, when movable type changed how "
+        "books were made, how ideas travelled and who could read them. Before it, scribes copied every page "
+        "by hand, and a single book could take months. ") * 20
+
+
+def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+    from llama_cpp import Llama
+
+    llm = Llama(path, n_ctx=prompt_tokens + new_tokens + 8, n_threads=threads, n_threads_batch=threads,
+                n_batch=512, verbose=False)
+    ids = llm.tokenize(TEXT.encode(), add_bos=False)[:prompt_tokens]
+    best = {"prefill": 0.0, "decode": 0.0}
+    for _ in range(repeats):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(ids)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            token = int(llm.scores[llm.n_tokens - 1].argmax())
+            llm.eval([token])
+        decode = time.perf_counter() - start
+        best["prefill"] = max(best["prefill"], len(ids) / prefill)
+        best["decode"] = max(best["decode"], new_tokens / decode)
+    return best
+
+
+def run_firstepoch(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+    import torch
+
+    import firstepoch.llm
+    from firstepoch.llm.generate import sample_tokens
+
+    torch.set_num_threads(threads)
+    lm = firstepoch.llm.load(path, context=prompt_tokens + new_tokens + 8)
+    ids = lm.tokenizer.encode(TEXT, add_bos=False)[:prompt_tokens]
+    best = {"prefill": 0.0, "decode": 0.0}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = sample_tokens(lm.model, ids, new_tokens + 1, temperature=0, context_shift=False)
+        next(tokens)  # prefill, and the first token
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        count = sum(1 for _ in tokens)
+        decode = time.perf_counter() - start
+        best["prefill"] = max(best["prefill"], len(ids) / prefill)
+        best["decode"] = max(best["decode"], count / decode)
+    return best
+
+
+def side(args) -> None:
+    fn = {"llama.cpp": run_llamacpp, "firstepoch": run_firstepoch}[args.side]
+    result = fn(args.model, args.threads, args.prompt_tokens, args.new_tokens, args.repeats)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--side", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        return side(args)
+    from firstepoch.llm.models import resolve
+
+    args.model = str(resolve(args.model))
+    size_mb = Path(args.model).stat().st_size / 2**20
+    results = {}
+    for name in ("llama.cpp", "firstepoch"):
+        command = [sys.executable, __file__, args.model, "--side", name, "--threads", str(args.threads),
+                   "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+                   "--repeats", str(args.repeats)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+    a, b = results["llama.cpp"], results["firstepoch"]
+    print(f"model {args.model} ({size_mb:.0f} MiB), {args.threads} threads, prompt {args.prompt_tokens} tokens, "
+          f"{args.new_tokens} new tokens, best of {args.repeats}")
+    print(f"{'':12} {'prefill tok/s':>14} {'decode tok/s':>13} {'peak RSS MB':>12}")
+    for name, r in results.items():
+        print(f"{name:12} {r['prefill']:14.1f} {r['decode']:13.1f} {r['peak_rss_mb']:12.0f}")
+    print(f"{'ratio':12} {b['prefill'] / a['prefill']:13.2f}x {b['decode'] / a['decode']:12.2f}x "
+          f"{b['peak_rss_mb'] / a['peak_rss_mb']:11.2f}x   (firstepoch / llama.cpp)")
+    print(f"firstepoch peak RSS - GGUF size: {b['peak_rss_mb'] - size_mb:.0f} MB (target: at most 300)")
+
+
+if __name__ == "__main__":
+    main()
