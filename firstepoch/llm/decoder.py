@@ -52,10 +52,10 @@ class InferenceTransformer(Transformer):
         self._layers_c = layers
         return True
 
-    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         cache = self.layers[0].attn.cache
         if self._layers_c is None or ids.shape != (1, 1) or cache is None or ids.device.type != "cpu":
-            return super().forward(ids, start)
+            return super().forward(ids, start, last_only)
         from firstepoch.llm.kernels import ggml_matmul
 
         c = self.config

@@ -96,7 +96,7 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
     model.setup_cache(batch=1, max_len=min(context, len(prompt) + max_new_tokens) if not context_shift else context)
     history = list(prompt)
     try:
-        logits = model(torch.tensor([history], device=device))[0, -1]  # prefill: the whole prompt at once
+        logits = model(torch.tensor([history], device=device), last_only=True)[0, -1]  # prefill: the prompt at once
         for _ in range(max_new_tokens):
             token = _pick(logits, history, s, generator)
             yield token
@@ -108,7 +108,7 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
                 if not context_shift:
                     return
                 history = history[-(context // 2):]  # full: keep the newer half and prefill it again
-                logits = model(torch.tensor([history], device=device))[0, -1]
+                logits = model(torch.tensor([history], device=device), last_only=True)[0, -1]
             else:
                 logits = model(torch.tensor([[token]], device=device), start=position)[0, -1]
     finally:

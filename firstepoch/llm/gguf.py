@@ -96,7 +96,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
     import gguf
 
     try:
-        reader = gguf.GGUFReader(path)
+        reader = gguf.GGUFReader(path, mode="c")  # copy-on-write map: tensors are used in place, never copied
         metadata = {name: _value(f) for name, f in reader.fields.items()}
     except Exception as exc:  # the gguf package raises many kinds on a damaged header
         raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:120]}); download it again")

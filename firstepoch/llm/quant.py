@@ -72,7 +72,8 @@ class QuantizedLinear(nn.Module):
         rows = rows or (lambda t: t)
         qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
         if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
-            raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True)).reshape(int(tensor.shape[1]), -1)
+            # the file's own pages (memory-mapped, like llama.cpp's mmap): loading copies nothing
+            raw = torch.from_numpy(tensor.data).view(torch.uint8).reshape(int(tensor.shape[1]), -1)
             return cls(blocks=rows(raw), qtype=qtype, in_features=in_features)
         return cls(rows(torch.from_numpy(np.array(tensor_array(tensor), dtype=np.float32, copy=True))))
 

@@ -228,7 +228,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache = None
 
-    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab), or (B, 1, vocab) for the last position only with `last_only` (generation
+        needs no more, and the output layer is the largest matrix)."""
         B, T = ids.shape
         if start + T > self.config.context:
             raise FirstEpochError(f"{start + T} positions do not fit the model's context of "
@@ -237,4 +239,6 @@ class Transformer(nn.Module):
         x = self.embed_tokens(ids)  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, cos, sin, start)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.norm(x))  # (B, T, vocab)
