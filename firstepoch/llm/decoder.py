@@ -33,6 +33,11 @@ class InferenceTransformer(Transformer):
 
     _layers_c: list | None = None
 
+    def __init__(self, config):
+        super().__init__(config)
+        for block in self.layers:
+            block.attn.like_llamacpp = True  # fp16 KV cache arithmetic, as in decode.c
+
     def prepare_fast_decode(self) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C decode step; False if not possible."""
         from firstepoch.llm.kernels import ggml_matmul

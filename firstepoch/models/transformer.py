@@ -126,7 +126,25 @@ class KVCache(nn.Module):
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def attention_like_llamacpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention as llama.cpp's CPU backend computes it: keys and values from an fp16 KV cache, queries
+    and attention weights rounded to fp16, sums in fp32. q (B, nh, T, hs), k/v (B, nkv, S, hs) with the T
+    queries at the last T of the S positions -> (B, nh, T, hs)."""
+    def fp16(t: torch.Tensor) -> torch.Tensor:
+        return t.half().float()
+
+    group = q.shape[1] // k.shape[1]
+    k, v = fp16(k).repeat_interleave(group, 1), fp16(v).repeat_interleave(group, 1)
+    scores = fp16(q) @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    T, S = scores.shape[-2:]
+    visible = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+    return fp16(scores.masked_fill(~visible, float("-inf")).softmax(-1)) @ v
+
+
 class Attention(nn.Module):
+    # inference on GGUF models sets this, so that results follow llama.cpp's (see attention_like_llamacpp)
+    like_llamacpp = False
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = config
@@ -144,6 +162,8 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.like_llamacpp:  # its KV cache holds fp16 values
+            k, v = k.half().float(), v.half().float()
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)  # (B, nkv, start + T, hs)
         if start == 0:
@@ -153,8 +173,11 @@ class Attention(nn.Module):
         else:  # a chunk after a cached prefix: query i sees positions up to start + i
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
             causal = False
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.like_llamacpp:
+            y = attention_like_llamacpp(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 

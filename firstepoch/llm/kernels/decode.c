@@ -8,6 +8,19 @@
  */
 #include <math.h>
 #include <stdint.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* llama.cpp keeps its KV cache in fp16 and rounds queries and attention weights to fp16 for the products
+ * with it; rounding the same values here makes our results follow its results. */
+static inline float fp16(float f) {
+#if defined(__F16C__)
+    return _cvtsh_ss(_cvtss_sh(f, 0));
+#else
+    return (float)(_Float16)f;
+#endif
+}
 
 void matmul_q4_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
 void matmul_q4_1(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
@@ -65,17 +78,19 @@ void decode_layer(float *x, const float *attn_norm, const float *mlp_norm, float
     rope(k, n_kv, head_dim, cos, sin);
     for (int64_t g = 0; g < n_kv; g++)
         for (int64_t d = 0; d < head_dim; d++) {
-            k_cache[(g * max_len + pos) * head_dim + d] = k[g * head_dim + d];
-            v_cache[(g * max_len + pos) * head_dim + d] = v[g * head_dim + d];
+            k_cache[(g * max_len + pos) * head_dim + d] = fp16(k[g * head_dim + d]);
+            v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
         }
 
     const float scale = 1.0f / sqrtf((float)head_dim);
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t head = 0; head < n_heads; head++) {
-        const float *qh = q + head * head_dim;
+        float qh[head_dim];
+        for (int64_t d = 0; d < head_dim; d++) qh[d] = fp16(q[head * head_dim + d]);
         const float *keys = k_cache + (head / group) * max_len * head_dim;
         const float *values = v_cache + (head / group) * max_len * head_dim;
-        float *s = scores + head * max_len, *out = attn + head * head_dim, top = -INFINITY, total = 0.0f;
+        float *s = scores + head * max_len, *out = attn + head * head_dim, top = -INFINITY;
+        double total = 0.0;
         for (int64_t j = 0; j <= pos; j++) {
             s[j] = dot16(qh, keys + j * head_dim, head_dim) * scale;
             top = s[j] > top ? s[j] : top;
@@ -83,7 +98,7 @@ void decode_layer(float *x, const float *attn_norm, const float *mlp_norm, float
         for (int64_t j = 0; j <= pos; j++) { s[j] = expf(s[j] - top); total += s[j]; }
         for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
         for (int64_t j = 0; j <= pos; j++) {
-            const float p = s[j] / total;
+            const float p = fp16(s[j] * (float)(1.0 / total));
             for (int64_t d = 0; d < head_dim; d++) out[d] += p * values[j * head_dim + d];
         }
     }
