@@ -16,6 +16,11 @@ from firstepoch.models.transformer import Transformer
 TYPE_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # as decode.c's MATMULS table
 
 
+class _LayerWeights(ctypes.Structure):  # decode.c's layer_weights
+    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_qkv", "w_o", "w_gate_up", "w_down",
+                                                      "k_cache", "v_cache")] + [("types", ctypes.c_int * 4)]
+
+
 def _fuse(*linears) -> torch.Tensor | None:
     """Stack the blocks of linears of one type into one tensor and make each linear a view of its rows."""
     if any(lin.blocks is None for lin in linears) or len({lin.qtype for lin in linears}) != 1:
@@ -32,6 +37,7 @@ class InferenceTransformer(Transformer):
     """A `Transformer` whose single-token decode steps run in C when its weights allow (see module doc)."""
 
     _layers_c: list | None = None
+    _pointers = None  # (the cache they point into, the ctypes array of every layer's pointers)
 
     def __init__(self, config):
         super().__init__(config)
@@ -67,17 +73,28 @@ class InferenceTransformer(Transformer):
         max_len = cache.k.shape[2]
         if start >= max_len:
             return super().forward(ids, start)  # raises the context error
+        if self._pointers is None or self._pointers[0] is not cache:
+            self._pointers = (cache, self._layer_pointers())
         x = self.embed_tokens(ids).reshape(c.dim).contiguous()  # (dim,) fp32, updated in place layer by layer
-        cos, sin = self.rope_cos[start].contiguous(), self.rope_sin[start].contiguous()
+        cos, sin = self.rope_cos[start], self.rope_sin[start]
         qkv_rows = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
         work = torch.empty(c.dim * 2 + qkv_rows + 2 * c.hidden_dim + c.n_heads * max_len)
         scratch = torch.empty(max(c.dim, c.hidden_dim) // 32 * 36, dtype=torch.uint8)
-        threads, decode = torch.get_num_threads(), ggml_matmul().decode_layer
-        for block, qkv, gate_up, types in self._layers_c:
-            k_cache, v_cache = block.attn.cache.k, block.attn.cache.v
-            decode(x.data_ptr(), block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr(),
-                   block.attn_norm.eps, qkv.data_ptr(), block.attn.o_proj.blocks.data_ptr(), gate_up.data_ptr(),
-                   block.mlp.down_proj.blocks.data_ptr(), types, c.dim, c.n_heads, c.n_kv_heads, c.head_dim,
-                   c.hidden_dim, k_cache.data_ptr(), v_cache.data_ptr(), max_len, start, cos.data_ptr(),
-                   sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
+        ggml_matmul().decode_layers(x.data_ptr(), self._pointers[1], c.n_layers, c.norm_eps, c.dim, c.n_heads,
+                                    c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, start, cos.data_ptr(),
+                                    sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
         return self.lm_head(self.norm(x.view(1, 1, c.dim)))  # (1, 1, vocab)
+
+    def clear_cache(self) -> None:
+        super().clear_cache()
+        self._pointers = None
+
+    def _layer_pointers(self):
+        layers = (_LayerWeights * len(self._layers_c))()
+        for entry, (block, qkv, gate_up, types) in zip(layers, self._layers_c):
+            entry.attn_norm, entry.mlp_norm = block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr()
+            entry.w_qkv, entry.w_o = qkv.data_ptr(), block.attn.o_proj.blocks.data_ptr()
+            entry.w_gate_up, entry.w_down = gate_up.data_ptr(), block.mlp.down_proj.blocks.data_ptr()
+            entry.k_cache, entry.v_cache = block.attn.cache.k.data_ptr(), block.attn.cache.v.data_ptr()
+            entry.types[:] = types
+        return layers

@@ -57,4 +57,7 @@ def ggml_matmul() -> ctypes.CDLL | None:
     lib.decode_layer.argtypes = [pointer, pointer, pointer, ctypes.c_float, pointer, pointer, pointer, pointer, pointer,
                                  size, size, size, size, size, pointer, pointer, size, size, pointer, pointer, pointer,
                                  pointer, ctypes.c_int]
+    lib.decode_layers.restype = None
+    lib.decode_layers.argtypes = [pointer, pointer, size, ctypes.c_float, size, size, size, size, size, size, size,
+                                  pointer, pointer, pointer, pointer, ctypes.c_int]
     return lib

@@ -114,3 +114,22 @@ void decode_layer(float *x, const float *attn_norm, const float *mlp_norm, float
     MATMULS[types[3]](w_down, dim, hidden, gate_up, 1, h, scratch, threads);
     for (int64_t i = 0; i < dim; i++) x[i] += h[i];
 }
+
+/* Every layer's pointers, so that a whole decode step is one call. */
+typedef struct {
+    const float *attn_norm, *mlp_norm;
+    const void *w_qkv, *w_o, *w_gate_up, *w_down;
+    float *k_cache, *v_cache;
+    int types[4];
+} layer_weights;
+
+void decode_layers(float *x, const layer_weights *layers, int64_t n_layers, float eps, int64_t dim, int64_t n_heads,
+                   int64_t n_kv, int64_t head_dim, int64_t hidden, int64_t max_len, int64_t pos, const float *cos,
+                   const float *sin, float *work, void *scratch, int threads) {
+    for (int64_t l = 0; l < n_layers; l++) {
+        const layer_weights *w = layers + l;
+        decode_layer(x, w->attn_norm, w->mlp_norm, eps, w->w_qkv, w->w_o, w->w_gate_up, w->w_down, w->types, dim,
+                     n_heads, n_kv, head_dim, hidden, w->k_cache, w->v_cache, max_len, pos, cos, sin, work, scratch,
+                     threads);
+    }
+}
