@@ -11,6 +11,7 @@ import ctypes
 
 import torch
 
+from firstepoch.errors import FirstEpochError
 from firstepoch.models.transformer import Transformer
 
 TYPE_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # as decode.c's MATMULS table
@@ -72,7 +73,8 @@ class InferenceTransformer(Transformer):
         c = self.config
         max_len = cache.k.shape[2]
         if start >= max_len:
-            return super().forward(ids, start)  # raises the context error
+            raise FirstEpochError(f"position {start} is past the KV cache ({max_len} positions); "
+                                  f"call setup_cache with a larger max_len")
         if self._pointers is None or self._pointers[0] is not cache:
             self._pointers = (cache, self._layer_pointers())
         x = self.embed_tokens(ids).reshape(c.dim).contiguous()  # (dim,) fp32, updated in place layer by layer
