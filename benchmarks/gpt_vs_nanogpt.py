@@ -61,11 +61,11 @@ def run_nanogpt(checkout: Path, text: str, work: Path) -> tuple[float, float]:
     return seconds, float(losses[-1])
 
 
-def run_firstepoch(corpus: Path, seconds: float, work: Path) -> tuple[float, float]:
+def run_firstepoch(corpus: Path, seconds: float, work: Path, batch_size: int) -> tuple[float, float]:
     env = {**os.environ, "FIRSTEPOCH_RUNS": str(work / "runs"), "FIRSTEPOCH_HOME": str(work / "home")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "firstepoch", "train", "text", str(corpus), "--time", f"{seconds}s",
-                           "--preset", "tiny", "--context", "64", "--batch-size", "12", "--name", "bench"],
+                           "--preset", "tiny", "--context", "64", "--batch-size", str(batch_size), "--name", "bench"],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -80,6 +80,7 @@ def main():
     parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout to run side by side")
     parser.add_argument("--chars", type=int, default=1_100_000)
     parser.add_argument("--seconds", type=float, default=125.0)
+    parser.add_argument("--batch-size", type=int, default=12, help="firstepoch's batch (nanoGPT's recipe: 12)")
     args = parser.parse_args()
     from firstepoch.data import samples
 
@@ -93,8 +94,9 @@ def main():
         if args.nanogpt:
             seconds, nano_loss = run_nanogpt(args.nanogpt, text, work)
             print(f"nanoGPT recipe (2000 steps):   valid loss {nano_loss:.4f} in {seconds:.0f} s")
-        wall, ours = run_firstepoch(corpus, seconds, work)
-        print(f"firstepoch --time {seconds:.0f}s:      valid loss {ours:.4f} ({wall:.0f} s with start-up)")
+        wall, ours = run_firstepoch(corpus, seconds, work, args.batch_size)
+        print(f"firstepoch --time {seconds:.0f}s, batch {args.batch_size}: valid loss {ours:.4f} "
+              f"({wall:.0f} s with start-up)")
         if args.nanogpt:
             print(f"difference (firstepoch - nanoGPT): {ours - nano_loss:+.4f}   target: firstepoch <= 1.70")
 

@@ -17,7 +17,9 @@ from functools import cache
 from pathlib import Path
 
 SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "decode.c")]
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+# tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
+FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
 FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
 
 
@@ -30,22 +32,9 @@ def ggml_matmul() -> ctypes.CDLL | None:
         warnings.warn("no C compiler found: quantized LLM weights are expanded to bf16 (slower, more memory); "
                       "install gcc for firstepoch's quantized kernels", stacklevel=2)
         return None
-    from firstepoch.data.samples import home
-
-    source = b"".join(path.read_bytes() for path in SOURCES)
-    key = hashlib.sha256(source + " ".join([compiler, *FLAGS]).encode()).hexdigest()[:16]
-    library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
-    if not library.is_file():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
-        os.close(fd)
-        result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", partial, "-lm"], capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(partial)
-            first = (result.stderr.strip().splitlines() or ["?"])[0]
-            warnings.warn(f"building firstepoch's quantized kernels failed ({first}); using bf16 weights", stacklevel=2)
-            return None
-        os.replace(partial, library)  # another process sees no library or a whole one
+    library = _build(compiler)
+    if library is None:
+        return None
     lib = ctypes.CDLL(str(library))
     for name in FUNCTIONS:
         fn = getattr(lib, name)
@@ -61,3 +50,28 @@ def ggml_matmul() -> ctypes.CDLL | None:
     lib.decode_layers.argtypes = [pointer, pointer, size, ctypes.c_float, size, size, size, size, size, size, size,
                                   pointer, pointer, pointer, pointer, ctypes.c_int]
     return lib
+
+
+def _build(compiler: str) -> Path | None:
+    """The cached library for this source and compiler, built if missing; None (with a warning) on failure."""
+    from firstepoch.data.samples import home
+
+    source = b"".join(path.read_bytes() for path in SOURCES)
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+        library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
+        if library.is_file():
+            return library
+        library.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
+        os.close(fd)
+        result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", partial, "-lm"], capture_output=True,
+                                text=True)
+        if result.returncode == 0:
+            os.replace(partial, library)  # another process sees no library or a whole one
+            return library
+        os.unlink(partial)
+        errors.append((result.stderr.strip().splitlines() or ["?"])[0])
+    warnings.warn(f"building firstepoch's quantized kernels failed ({errors[0]}); using bf16 weights", stacklevel=3)
+    return None
