@@ -178,7 +178,7 @@ def _parse_duration(text: str) -> float:
     return seconds
 
 
-_MODEL_HELP = "A model: a name from `firstepoch models`, a .gguf file or a GPT bundle."
+_MODEL_HELP = "A model: a name from `firstepoch models`, a .gguf file, a Hugging Face folder or a GPT bundle."
 
 
 def _sampling_options(temperature, top_k, top_p, min_p, repeat_penalty, seed, stop) -> dict:

@@ -1,4 +1,4 @@
-"""Language models: your own GPTs and GGUF LLMs on the one `Transformer`.
+"""Language models: your own GPTs, GGUF files and Hugging Face folders on the one `Transformer`.
 
 `load(name_or_path)` gives a `LanguageModel` with `generate(prompt)` and `chat(messages)`; `find_models()`
 lists what is installed; `perplexity(lm, text)` measures a model on a text.

