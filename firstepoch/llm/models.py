@@ -116,8 +116,16 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
 
 
 def memory_needed(g, config: TransformerConfig) -> int:
-    """Bytes the loaded model takes: bf16 matrices, fp32 vectors, the KV cache for the whole context."""
-    weights = sum(2 * int(t.n_elements) if len(t.shape) == 2 else 4 * int(t.n_elements) for t in g.tensors.values())
+    """Bytes the loaded model takes: matrices in the kernel's block types as they are, other matrices as bf16,
+    vectors as fp32, and the KV cache for the whole context."""
+    from firstepoch.llm.quant import BLOCK_TYPES
+
+    def size(t) -> int:
+        if len(t.shape) < 2:
+            return 4 * int(t.n_elements)
+        return int(t.n_bytes) if t.tensor_type.name in BLOCK_TYPES else 2 * int(t.n_elements)
+
+    weights = sum(size(t) for t in g.tensors.values())
     cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
     return weights + cache
 
