@@ -180,7 +180,7 @@ class ParamScheduler(Callback):
             return
         pct = self.learn.progress()
         for group in self.learn.opt.param_groups:
-            group["lr"] = self.lr_fn(pct)
+            group["lr"] = self.lr_fn(pct) * group.get("lr_scale", 1.0)  # discriminative lrs: see Learner.fine_tune
             if self.momentum_fn is not None:
                 if "betas" in group:
                     group["betas"] = (self.momentum_fn(pct), group["betas"][1])

