@@ -24,13 +24,16 @@ console = Console(soft_wrap=True)
 
 def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, device: Optional[str],
            precision: str, compile: bool, run_name: Optional[str], resume: bool, out: Optional[Path],
-           task: str, config: dict, callbacks: list = ()):
-    """Shared by every `train` subcommand: fit with 1cycle, evaluate the test split, export the bundle."""
+           task: str, config: dict, callbacks: list = (), freeze_epochs: int | None = None):
+    """Shared by every `train` subcommand: fit with 1cycle (or `fine_tune` when `freeze_epochs` is given),
+    evaluate the test split, export the bundle."""
     from firstepoch import Learner
     from firstepoch.core.runs import Run, runs_root
 
     if resume and not run_name:
         raise FirstEpochError("--resume needs --name NAME: the run whose last checkpoint to continue")
+    if resume and freeze_epochs is not None:
+        raise FirstEpochError("--resume does not continue a fine-tuning run yet; start it again, or train with --arch cnn")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
     run = Run.create(name=run_name, task=task, config=config) if is_main else None
     resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
@@ -40,7 +43,10 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
         console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?'):,} train / "
                       f"{dls.info.get('n_valid', '?'):,} valid {unit}  ·  {learn.device}", highlight=False)
     try:
-        learn.fit_one_cycle(epochs, lr, resume=resume, callbacks=callbacks)
+        if freeze_epochs is not None:
+            learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, callbacks=callbacks)
+        else:
+            learn.fit_one_cycle(epochs, lr, resume=resume, callbacks=callbacks)
     except TrainingInterrupted as exc:
         where = f"{learn.stop_reason} at epoch {learn.resume_point[0] + 1}, batch {learn.resume_point[1]}"
         hint = f"; continue with the same command plus --name {run.dir.name} --resume" if run else ""
@@ -59,11 +65,16 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
 @train_app.command("images")
 def train_images(
     folder: Path = typer.Argument(..., help="Image folder: one sub-folder per class, or train/ + valid/ (+ test/)."),
-    arch: str = typer.Option("cnn", help="cnn, mlp, linear, or any timm architecture name."),
+    arch: Optional[str] = typer.Option(None, help="cnn, mlp, linear, or any timm architecture name (default: "
+                                       "the bundled pretrained efficientnet_lite0, fine-tuned)."),
+    pretrained: bool = typer.Option(True, help="Start a timm architecture from pretrained weights and fine-tune."),
+    weights: Optional[Path] = typer.Option(None, help="Your own backbone weights (.safetensors, .pth) to start from."),
+    freeze_epochs: int = typer.Option(1, min=0, help="Fine-tuning: epochs of training the new head alone first."),
     epochs: int = typer.Option(5, min=1),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1cycle); default 3e-3."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (1cycle); default 3e-3 (2e-3 fine-tuning)."),
     batch_size: Optional[int] = typer.Option(None, help="Default: 64 (or fewer when the data is small)."),
-    size: int = typer.Option(64, min=8, help="Images are resized to SIZE x SIZE."),
+    size: Optional[int] = typer.Option(None, min=8, help="Images are resized to SIZE x SIZE (default 64; 128 for "
+                                       "a pretrained backbone)."),
     valid_pct: float = typer.Option(0.2, help="Fraction held out for validation when there is no valid/ folder."),
     seed: int = typer.Option(42),
     label_regex: Optional[str] = typer.Option(None, help="Take labels from file names: first group of this regex."),
@@ -77,16 +88,28 @@ def train_images(
     resume: bool = typer.Option(False, help="Continue the run named by --name from its last checkpoint."),
     out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
 ):
-    """Train an image classifier on a folder of images."""
+    """Train an image classifier on a folder of images (by default: fine-tune a pretrained EfficientNet-Lite0)."""
     from firstepoch.data import images
+    from firstepoch.models.vision import DEFAULT_ARCH, has_offline_weights
 
+    if arch is None:
+        arch = DEFAULT_ARCH if has_offline_weights(DEFAULT_ARCH) or not pretrained else "cnn"
+    fine_tune = arch not in ("cnn", "mlp", "linear") and (pretrained or weights is not None)
+    size = size or (128 if fine_tune else 64)
     common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip)
     if label_regex:
         dls = images.from_name_func(folder, label_func=label_regex, **common)
     else:
         dls = images.from_folder(folder, labels=labels, **common)
-    config = {"data": str(folder), "arch": arch, "epochs": epochs, "lr": lr, "size": size, "seed": seed}
-    _train(dls, arch, epochs, lr or 3e-3, opt, seed, device, precision, compile, name, resume, out, "images", config)
+    config = {"data": str(folder), "arch": arch, "pretrained": str(weights or arch) if fine_tune else None,
+              "epochs": epochs, "lr": lr, "size": size, "seed": seed}
+    model = arch
+    if fine_tune:
+        from firstepoch.models.vision import pretrained_model
+
+        model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
+    _train(dls, model, epochs, lr or (2e-3 if fine_tune else 3e-3), opt, seed, device, precision, compile, name,
+           resume, out, "images", config, freeze_epochs=freeze_epochs if fine_tune else None)
 
 
 @train_app.command("tabular")

