@@ -61,13 +61,11 @@ def run_nanogpt(checkout: Path, text: str, work: Path) -> tuple[float, float]:
     return seconds, float(losses[-1])
 
 
-def run_firstepoch(corpus: Path, seconds: float, work: Path, batch_size: int, lr: float,
-                   precision: str) -> tuple[float, float]:
+def run_firstepoch(corpus: Path, seconds: float, work: Path, options: list[str]) -> tuple[float, float]:
     env = {**os.environ, "FIRSTEPOCH_RUNS": str(work / "runs"), "FIRSTEPOCH_HOME": str(work / "home")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "firstepoch", "train", "text", str(corpus), "--time", f"{seconds}s",
-                           "--preset", "tiny", "--context", "64", "--batch-size", str(batch_size), "--lr", str(lr),
-                           "--precision", precision, "--name", "bench"],
+                           "--preset", "tiny", "--context", "64", *options, "--name", "bench"],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
@@ -82,10 +80,9 @@ def main():
     parser.add_argument("--nanogpt", type=Path, help="a nanoGPT checkout to run side by side")
     parser.add_argument("--chars", type=int, default=1_100_000)
     parser.add_argument("--seconds", type=float, default=125.0)
-    parser.add_argument("--batch-size", type=int, default=12, help="firstepoch's batch (nanoGPT's recipe: 12)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="firstepoch's peak learning rate (nanoGPT's: 1e-3)")
-    parser.add_argument("--precision", default="fp32", help="firstepoch's precision: fp32 or bf16 (nanoGPT's CPU "
-                        "recipe: fp32)")
+    parser.add_argument("--batch-size", help="firstepoch's batch (default: train text's own, 24; nanoGPT's: 12)")
+    parser.add_argument("--lr", help="firstepoch's peak learning rate (default: train text's own, 1.5e-3)")
+    parser.add_argument("--precision", help="firstepoch's precision (default fp32, as nanoGPT's CPU recipe)")
     args = parser.parse_args()
     from firstepoch.data import samples
 
@@ -99,9 +96,10 @@ def main():
         if args.nanogpt:
             seconds, nano_loss = run_nanogpt(args.nanogpt, text, work)
             print(f"nanoGPT recipe (2000 steps):   valid loss {nano_loss:.4f} in {seconds:.0f} s")
-        wall, ours = run_firstepoch(corpus, seconds, work, args.batch_size, args.lr, args.precision)
-        print(f"firstepoch --time {seconds:.0f}s, batch {args.batch_size}, lr {args.lr:g}, {args.precision}: "
-              f"valid loss {ours:.4f} "
+        options = [item for flag, value in (("--batch-size", args.batch_size), ("--lr", args.lr),
+                                            ("--precision", args.precision)) if value for item in (flag, value)]
+        wall, ours = run_firstepoch(corpus, seconds, work, options)
+        print(f"firstepoch --time {seconds:.0f}s {' '.join(options) or '(its defaults)'}: valid loss {ours:.4f} "
               f"({wall:.0f} s with start-up)")
         if args.nanogpt:
             print(f"difference (firstepoch - nanoGPT): {ours - nano_loss:+.4f}   target: firstepoch <= 1.70")

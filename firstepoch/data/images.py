@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from firstepoch.data.loaders import DataLoaders, check_batch_size, make_loader, register_preprocessor, split_indices
 from firstepoch.errors import FirstEpochError
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pdf"}
+PDF_SHORT_SIDE = 512  # pixels on the shorter side of a rendered PDF page: ample for inputs up to 256x256
 CACHE_LIMIT_BYTES = 1 << 30
 
 
@@ -34,10 +35,42 @@ def image_files(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------ decoding
-def open_image(source) -> Image.Image:
-    """Decode a path, bytes or PIL image to an 8-bit 'L' or 'RGB' image, upright per its EXIF tag."""
+def render_pdf(source, page: int = 1) -> Image.Image:
+    """Page `page` (1-based) of a PDF (path or bytes) as an RGB image, its shorter side `PDF_SHORT_SIDE` pixels.
+
+    Raises ValueError, with the reason, for an encrypted, empty or broken PDF or a page it does not have."""
+    import pypdfium2 as pdfium
+
+    try:
+        pdf = pdfium.PdfDocument(source)
+    except pdfium.PdfiumError as exc:
+        why = "encrypted (password-protected)" if "password" in str(exc).lower() else f"broken ({exc})"
+        raise ValueError(f"PDF {why}") from exc
+    try:
+        if len(pdf) == 0:
+            raise ValueError("PDF with no pages")
+        if page > len(pdf):
+            raise ValueError(f"PDF with {len(pdf)} page(s), no page {page}")
+        sheet = pdf[page - 1]
+        scale = PDF_SHORT_SIDE / max(1.0, min(sheet.get_size()))
+        return sheet.render(scale=scale).to_pil().convert("RGB")
+    finally:
+        pdf.close()
+
+
+def _is_pdf(source) -> bool:
+    if isinstance(source, bytes):
+        return source[:5] == b"%PDF-"
+    return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".pdf"
+
+
+def open_image(source, page: int = 1) -> Image.Image:
+    """Decode a path, bytes or PIL image to an 8-bit 'L' or 'RGB' image, upright per its EXIF tag.
+    A PDF gives its page `page`, rendered."""
     if isinstance(source, Image.Image):
         img = source
+    elif _is_pdf(source):
+        img = render_pdf(str(source) if isinstance(source, Path) else source, page)
     else:
         img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         img.load()  # decode now: a truncated file fails here, not mid-epoch
@@ -69,7 +102,7 @@ def _as_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
     return t.expand(3, -1, -1).clone() if channels == 3 and t.shape[0] == 1 else t
 
 
-def scan_images(paths: Sequence[Path], size: int | None = None):
+def scan_images(paths: Sequence[Path], size: int | None = None, page: int = 1):
     """Decode every file once. Returns (good paths, [(bad path, reason)], grayscale flags, pixels).
 
     With `size`, pixels holds each good image resized and cropped (uint8, its own channel count) while
@@ -80,7 +113,7 @@ def scan_images(paths: Sequence[Path], size: int | None = None):
         try:
             if path.stat().st_size == 0:
                 raise ValueError("empty file")
-            img = open_image(path)
+            img = open_image(path, page)
         except (UnidentifiedImageError, ValueError) as exc:
             bad.append((path, str(exc) if isinstance(exc, ValueError) else "not an image"))
             continue
@@ -109,16 +142,16 @@ def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
 class ImagePreprocessor:
     """File -> normalised float tensor (C, size, size), exactly as the validation set sees it."""
 
-    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float]):
-        self.size, self.channels, self.mean, self.std = size, channels, list(mean), list(std)
+    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], page: int = 1):
+        self.size, self.channels, self.mean, self.std, self.page = size, channels, list(mean), list(std), page
         self._mean = torch.tensor(self.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.std).view(-1, 1, 1)
 
     def pixels(self, source) -> torch.Tensor:
         """uint8 (C, size, size) before augmentation and normalisation."""
         try:
-            return _to_tensor(open_image(source), self.channels, self.size)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            return _to_tensor(open_image(source, self.page), self.channels, self.size)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise FirstEpochError(f"{source if isinstance(source, (str, Path)) else 'image'}: cannot read "
                                   f"it as an image ({exc})") from exc
 
@@ -129,11 +162,12 @@ class ImagePreprocessor:
         return self.normalize(self.pixels(item))
 
     def to_config(self) -> dict:
-        return {"kind": "image", "size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std}
+        return {"kind": "image", "size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std,
+                "page": self.page}
 
     @classmethod
     def from_config(cls, config: dict) -> "ImagePreprocessor":
-        return cls(config["size"], config["channels"], config["mean"], config["std"])
+        return cls(config["size"], config["channels"], config["mean"], config["std"], config.get("page", 1))
 
 
 def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float) -> torch.Tensor:
@@ -189,11 +223,12 @@ def _fingerprint(root: Path, paths: Sequence[Path]) -> str:
 
 
 def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int = 64, seed: int = 42,
-          batch_size: int | None = None, flip: bool = True, rotate: float = 10.0, num_workers: int = 0) -> DataLoaders:
+          batch_size: int | None = None, flip: bool = True, rotate: float = 10.0, num_workers: int = 0,
+          page: int = 1) -> DataLoaders:
     """DataLoaders from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the one builder)."""
     scanned, total, all_bad = {}, 0, []
     for name, (paths, labels) in splits.items():
-        good, bad, gray, pixels = scan_images(paths, size)
+        good, bad, gray, pixels = scan_images(paths, size, page)
         keep = set(good)
         scanned[name] = (good, [lab for p, lab in zip(paths, labels) if p in keep], gray, pixels)
         total += len(paths)
@@ -215,8 +250,8 @@ def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int
     channels = 1 if all(all(gray) for _, _, gray, _ in scanned.values()) else 3
     caches = {name: None if pixels is None else [_as_channels(t, channels) for t in pixels]
               for name, (_, _, _, pixels) in scanned.items()}
-    sample = caches["train"] or [_to_tensor(open_image(p), channels, size) for p in train_paths[:2000]]
-    pre = ImagePreprocessor(size, channels, *_stats(sample))
+    sample = caches["train"] or [_to_tensor(open_image(p, page), channels, size) for p in train_paths[:2000]]
+    pre = ImagePreprocessor(size, channels, *_stats(sample), page=page)
     loaders = {}
     for name, (paths, labels, _, _) in scanned.items():
         train = name == "train"
@@ -262,15 +297,16 @@ def _labelled_by_folder(folder: Path) -> tuple[list[Path], list[str]]:
 
 def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
                 labels: str | Path | None = None, flip: bool = True, rotate: float = 10.0,
-                num_workers: int = 0) -> DataLoaders:
+                num_workers: int = 0, page: int = 1) -> DataLoaders:
     """Images labelled by sub-folder names (`path/<class>/*.png`).
 
     If `path/train/` and `path/valid/` exist (and optionally `path/test/`), they are the splits; otherwise
     `valid_pct` of the images, chosen with `seed`, are held out. `labels` names a CSV of `file,label`
-    rows (paths relative to `path`) to use instead of folder names.
+    rows (paths relative to `path`) to use instead of folder names. PDFs count as images: their page
+    `page` (default the first) is rendered; encrypted, empty or broken ones are skipped with a count.
     """
     root = _check_folder(path)
-    common = dict(size=size, batch_size=batch_size, flip=flip, rotate=rotate, num_workers=num_workers)
+    common = dict(size=size, batch_size=batch_size, flip=flip, rotate=rotate, num_workers=num_workers, page=page)
     if labels is not None:
         paths, names = read_label_csv(root, Path(labels))
         return _split(root, paths, names, valid_pct, seed, **common)
@@ -288,7 +324,7 @@ def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, ba
 
 def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callable[[Path], str] | str | None = None,
                    valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
-                   flip: bool = True, rotate: float = 10.0, num_workers: int = 0) -> DataLoaders:
+                   flip: bool = True, rotate: float = 10.0, num_workers: int = 0, page: int = 1) -> DataLoaders:
     """Images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
     group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
     root = _check_folder(path)
@@ -308,7 +344,7 @@ def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callab
 
     labels = [str(label_func(f)) for f in files]
     return _split(root, files, labels, valid_pct, seed, size=size, batch_size=batch_size, flip=flip,
-                  rotate=rotate, num_workers=num_workers)
+                  rotate=rotate, num_workers=num_workers, page=page)
 
 
 def read_label_csv(root: Path, csv_path: Path) -> tuple[list[Path], list[str]]:
