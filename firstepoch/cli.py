@@ -420,15 +420,21 @@ def export(
 
 @app.command()
 def predict(
-    bundle: Path = typer.Argument(..., help="A bundle folder (from train or learn.export)."),
-    files: List[Path] = typer.Argument(..., help="Images, or CSV files of rows, to predict."),
+    bundle: Path = typer.Argument(..., help="A bundle folder (from train or learn.export), or a pretrained "
+                                  "architecture (efficientnet_lite0) for ImageNet's 1,000 classes."),
+    files: List[Path] = typer.Argument(..., help="Images, PDFs, or CSV files of rows, to predict."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
     device: Optional[str] = typer.Option(None),
 ):
-    """Predict with a trained bundle."""
+    """Predict with a trained bundle, or name what is in photos with a pretrained ImageNet model."""
     import firstepoch
 
-    predictor = firstepoch.load(bundle, device=device)
+    if not bundle.exists() and bundle.name == str(bundle):
+        from firstepoch.models.vision import ImageNetClassifier
+
+        predictor = ImageNetClassifier(str(bundle))
+    else:
+        predictor = firstepoch.load(bundle, device=device)
     results = [(str(name), predictor.predict(item)) for name, item in _raw_items(predictor, files)]
     if json_out:
         for name, result in results:
@@ -436,7 +442,10 @@ def predict(
         return
     table = Table("input", "prediction", "probability" if predictor.task == "classification" else "")
     for name, r in results:
-        table.add_row(name, str(r.get("label", r.get("value"))), f"{r['probability']:.3f}" if "probability" in r else "")
+        label = str(r.get("label", r.get("value")))
+        if "top" in r:  # ImageNet: the top five, one a line
+            label = "\n".join(f"{t['label']}  ({t['probability']:.3f})" for t in r["top"])
+        table.add_row(name, label, f"{r['probability']:.3f}" if "probability" in r else "")
     console.print(table)
 
 

