@@ -15,7 +15,7 @@ def imagenet_top5(model, image) -> list[str]:
     from PIL import Image
     from timm.data import ImageNetInfo
 
-    config = timm.data.resolve_data_config({}, model=model)
+    config = {**timm.data.resolve_data_config({}, model=model), **vision.PACKAGED_STATS["efficientnet_lite0"]}
     x = timm.data.create_transform(**config)(Image.fromarray(image)).unsqueeze(0)
     with torch.no_grad():
         top = model.eval()(x)[0].topk(5).indices
