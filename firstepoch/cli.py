@@ -105,9 +105,10 @@ def train_images(
               "epochs": epochs, "lr": lr, "size": size, "seed": seed}
     model = arch
     if fine_tune:
-        from firstepoch.models.vision import pretrained_model
+        from firstepoch.models.vision import pretrained_model, use_pretrained_stats
 
         model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
+        use_pretrained_stats(dls, arch)
     _train(dls, model, epochs, lr or (2e-3 if fine_tune else 3e-3), opt, seed, device, precision, compile, name,
            resume, out, "images", config, freeze_epochs=freeze_epochs if fine_tune else None)
 

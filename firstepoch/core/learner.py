@@ -153,10 +153,11 @@ class Learner:
         (EfficientNet-Lite0's ImageNet weights work offline; `weights` takes your own file), or from
         scratch with `pretrained=False`. Then `fine_tune(epochs)`."""
         from firstepoch.models import create_model
-        from firstepoch.models.vision import pretrained_model
+        from firstepoch.models.vision import pretrained_model, use_pretrained_stats
 
         if pretrained or weights is not None:
             model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
+            use_pretrained_stats(dls, arch)
         else:
             model = create_model(arch, dls.input_shape, dls.n_out)
         return cls(dls, model, **kwargs)

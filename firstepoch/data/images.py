@@ -155,6 +155,15 @@ class ImagePreprocessor:
             raise FirstEpochError(f"{source if isinstance(source, (str, Path)) else 'image'}: cannot read "
                                   f"it as an image ({exc})") from exc
 
+    def set_stats(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with these per-channel stats instead (a pretrained model's own; 3 values are averaged for
+        grey images)."""
+        if self.channels == 1 and len(mean) == 3:
+            mean, std = [sum(mean) / 3], [sum(std) / 3]
+        self.mean, self.std = list(mean), list(std)
+        self._mean = torch.tensor(self.mean).view(-1, 1, 1)
+        self._std = torch.tensor(self.std).view(-1, 1, 1)
+
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return (pixels.float() / 255 - self._mean) / self._std
 

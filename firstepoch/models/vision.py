@@ -79,6 +79,23 @@ def packaged_state_dict(arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def pretrained_stats(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the pretrained weights of `arch` expect their inputs normalised with."""
+    if arch in PACKAGED_STATS:
+        return PACKAGED_STATS[arch]["mean"], PACKAGED_STATS[arch]["std"]
+    import timm
+
+    config = timm.create_model(arch, pretrained=False).pretrained_cfg
+    return tuple(config.get("mean", (0.485, 0.456, 0.406))), tuple(config.get("std", (0.229, 0.224, 0.225)))
+
+
+def use_pretrained_stats(dls, arch: str) -> None:
+    """Normalise `dls`'s images as the pretrained backbone saw ImageNet (as fastai does): its BatchNorm
+    statistics then fit the new data from the first batch, and the bundle's preprocessing records it."""
+    if getattr(dls.preprocessor, "kind", None) == "image":
+        dls.preprocessor.set_stats(*pretrained_stats(arch))
+
+
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A person's own backbone: safetensors, or a torch file read with `weights_only=True` (never unpickled)."""
     path = Path(path)
