@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -32,13 +31,10 @@ def models_dir() -> Path:
 
 
 def bundled_path(name: str) -> Path | None:
-    """The GGUF file of a bundled model, found without importing its package (which needs extra deps)."""
-    package, file = BUNDLED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / file
-    return path if path.is_file() else None
+    """The GGUF file of a bundled model, or None when its package is not installed."""
+    from firstepoch.data.samples import package_file
+
+    return package_file(*BUNDLED[name])
 
 
 def resolve(name_or_path: str | Path | None) -> Path:

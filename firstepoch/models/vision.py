@@ -9,7 +9,6 @@ A person's own backbone (`.safetensors`, or `.pth`/`.pt` read with `weights_only
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
@@ -27,12 +26,9 @@ PACKAGED_STATS = {"efficientnet_lite0": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0
 
 
 def _packaged_file(arch: str) -> Path | None:
-    package, file = PACKAGED[arch]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / file
-    return path if path.is_file() else None
+    from firstepoch.data.samples import package_file
+
+    return package_file(*PACKAGED[arch])
 
 
 def has_offline_weights(arch: str) -> bool:
