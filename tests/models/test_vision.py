@@ -76,3 +76,40 @@ def test_offline_other_architectures_fail_fast_with_the_alternative(monkeypatch)
     monkeypatch.setattr(timm, "create_model", offline)
     with pytest.raises(FirstEpochError, match="--arch efficientnet_lite0.*--weights FILE"):
         vision.pretrained_model("resnet18", 3, 2)
+
+
+def texture_folder(root, crop: int = 96):
+    """Real photos of brick, grass and gravel (scikit-image's sample textures, 512x512): training crops from
+    each photo's left half, validation crops from its right half, so no pixel is in both."""
+    import random
+
+    from PIL import Image
+
+    from firstepoch.data.samples import package_file
+
+    sources = {name: package_file("skimage", f"data/{name}.png") for name in ("brick", "grass", "gravel")}
+    if None in sources.values():
+        pytest.skip("scikit-image's sample photos are not installed (make test installs them)")
+    rng = random.Random(0)
+    for split, (left, right), count in (("train", (0, 256 - crop), 24), ("valid", (256, 512 - crop), 12)):
+        for name, source in sources.items():
+            image = Image.open(source).convert("L")
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                x, y = rng.randint(left, right), rng.randint(0, 512 - crop)
+                image.crop((x, y, x + crop, y + crop)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_fine_tuning_beats_the_same_model_from_scratch_on_real_photos(tmp_path):
+    folder = texture_folder(tmp_path / "textures")
+    accuracy = {}
+    for pretrained in (True, False):
+        dls = DataLoaders.from_folder(folder, size=64, seed=0, batch_size=8)
+        learn = Learner.for_images(dls, pretrained=pretrained, progress=False, seed=0)
+        if pretrained:  # the same 4 epochs: the head alone for 1, then everything for 3
+            history = learn.fine_tune(3, base_lr=2e-3)
+        else:
+            history = learn.fit_one_cycle(4, 2e-3)
+        accuracy[pretrained] = history[-1]["accuracy"]
+    assert accuracy[True] >= 0.7 and accuracy[True] >= accuracy[False] + 0.25, accuracy
