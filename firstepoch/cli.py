@@ -76,6 +76,9 @@ def train_images(
     size: Optional[int] = typer.Option(None, min=8, help="Images are resized to SIZE x SIZE (default 64; 128 for "
                                        "a pretrained backbone)."),
     valid_pct: float = typer.Option(0.2, help="Fraction held out for validation when there is no valid/ folder."),
+    test_pct: float = typer.Option(0.0, min=0.0, max=0.9, help="Fraction held out as a test set, never seen in "
+                                   "training; reported at the end."),
+    page: int = typer.Option(1, min=1, help="The page of each PDF to use."),
     seed: int = typer.Option(42),
     label_regex: Optional[str] = typer.Option(None, help="Take labels from file names: first group of this regex."),
     labels: Optional[Path] = typer.Option(None, help="Take labels from a CSV of file,label rows."),
@@ -96,7 +99,8 @@ def train_images(
         arch = DEFAULT_ARCH if has_offline_weights(DEFAULT_ARCH) or not pretrained else "cnn"
     fine_tune = arch not in ("cnn", "mlp", "linear") and (pretrained or weights is not None)
     size = size or (128 if fine_tune else 64)
-    common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip)
+    common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip, page=page,
+                  test_pct=test_pct)
     if label_regex:
         dls = images.from_name_func(folder, label_func=label_regex, **common)
     else:

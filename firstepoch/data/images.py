@@ -276,10 +276,18 @@ def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int
                              "skipped": len(all_bad), "source": str(root)})
 
 
-def _split(root, paths, labels, valid_pct, seed, **kwargs) -> DataLoaders:
+def _split(root, paths, labels, valid_pct, seed, test_pct: float = 0.0, **kwargs) -> DataLoaders:
+    """Seeded splits: first `test_pct` held out as a test set that training never sees (the same whatever
+    `valid_pct` is), then `valid_pct` of the rest for validation."""
+    test = None
+    if test_pct:
+        rest, test_idx = split_indices(len(paths), test_pct, seed + 1)
+        test = ([paths[i] for i in test_idx], [labels[i] for i in test_idx])
+        paths, labels = [paths[i] for i in rest], [labels[i] for i in rest]
     train_idx, valid_idx = split_indices(len(paths), valid_pct, seed)
     pick = lambda idx: ([paths[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
-    return build(root, {"train": pick(train_idx), "valid": pick(valid_idx)}, seed=seed, **kwargs)
+    splits = {"train": pick(train_idx), "valid": pick(valid_idx), **({"test": test} if test else {})}
+    return build(root, splits, seed=seed, **kwargs)
 
 
 def _check_folder(path) -> Path:
@@ -306,11 +314,12 @@ def _labelled_by_folder(folder: Path) -> tuple[list[Path], list[str]]:
 
 def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
                 labels: str | Path | None = None, flip: bool = True, rotate: float = 10.0,
-                num_workers: int = 0, page: int = 1) -> DataLoaders:
+                num_workers: int = 0, page: int = 1, test_pct: float = 0.0) -> DataLoaders:
     """Images labelled by sub-folder names (`path/<class>/*.png`).
 
     If `path/train/` and `path/valid/` exist (and optionally `path/test/`), they are the splits; otherwise
-    `valid_pct` of the images, chosen with `seed`, are held out. `labels` names a CSV of `file,label`
+    `valid_pct` of the images, chosen with `seed`, are held out for validation, after `test_pct` of them
+    for a test set that training never sees. `labels` names a CSV of `file,label`
     rows (paths relative to `path`) to use instead of folder names. PDFs count as images: their page
     `page` (default the first) is rendered; encrypted, empty or broken ones are skipped with a count.
     """
@@ -318,8 +327,11 @@ def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, ba
     common = dict(size=size, batch_size=batch_size, flip=flip, rotate=rotate, num_workers=num_workers, page=page)
     if labels is not None:
         paths, names = read_label_csv(root, Path(labels))
-        return _split(root, paths, names, valid_pct, seed, **common)
+        return _split(root, paths, names, valid_pct, seed, test_pct, **common)
     if (root / "train").is_dir() and (root / "valid").is_dir():
+        if test_pct:
+            raise FirstEpochError(f"{root}: has train/ and valid/ folders, so --test-pct does not apply; put the "
+                                  f"test images in {root / 'test'}/ instead")
         splits = {s: _labelled_by_folder(root / s) for s in ("train", "valid", "test") if (root / s).is_dir()}
         return build(root, splits, seed=seed, **common)
     paths, names = _labelled_by_folder(root)
@@ -328,12 +340,13 @@ def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, ba
         hint = ("; they sit directly in the folder: put each class in its own sub-folder, or use --label-regex"
                 if loose else "")
         raise FirstEpochError(f"{root}: no class sub-folders with images found{hint}")
-    return _split(root, paths, names, valid_pct, seed, **common)
+    return _split(root, paths, names, valid_pct, seed, test_pct, **common)
 
 
 def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callable[[Path], str] | str | None = None,
                    valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
-                   flip: bool = True, rotate: float = 10.0, num_workers: int = 0, page: int = 1) -> DataLoaders:
+                   flip: bool = True, rotate: float = 10.0, num_workers: int = 0, page: int = 1,
+                   test_pct: float = 0.0) -> DataLoaders:
     """Images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
     group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
     root = _check_folder(path)
@@ -352,7 +365,7 @@ def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callab
             return match.group(1) if match.groups() else match.group(0)
 
     labels = [str(label_func(f)) for f in files]
-    return _split(root, files, labels, valid_pct, seed, size=size, batch_size=batch_size, flip=flip,
+    return _split(root, files, labels, valid_pct, seed, test_pct, size=size, batch_size=batch_size, flip=flip,
                   rotate=rotate, num_workers=num_workers, page=page)
 
 

@@ -46,6 +46,15 @@ def test_from_folder_labels_and_a_seeded_split(folder):
     assert dls.preprocessor.mean != [0.0, 0.0, 0.0] and x_all.abs().max() < 10
 
 
+def test_a_test_split_is_held_out_first_and_never_trained_on(folder):
+    dls = images.from_folder(folder, size=8, valid_pct=0.25, test_pct=0.2, seed=3)
+    other = images.from_folder(folder, size=8, valid_pct=0.5, test_pct=0.2, seed=3)
+    test = set(dls.test.dataset.paths)
+    assert len(test) == 4 and dls.info["n_test"] == 4 and (dls.info["n_train"], dls.info["n_valid"]) == (12, 4)
+    assert not test & (set(dls.train.dataset.paths) | set(dls.valid.dataset.paths))
+    assert set(other.test.dataset.paths) == test  # the same test set whatever the validation split
+
+
 def test_train_valid_test_folders(tmp_path):
     for split, n in (("train", 6), ("valid", 2), ("test", 3)):
         for cls in ("a", "b"):
