@@ -476,6 +476,8 @@ def evaluate(
     bundle: Path = typer.Argument(..., help="A bundle folder."),
     data: Path = typer.Argument(..., help="Labelled data: an image folder with class sub-folders, or a CSV."),
     fail_under: List[str] = typer.Option([], help="METRIC=VALUE: exit 1 when the metric is below it."),
+    out: Optional[Path] = typer.Option(None, help="Where classifiers get confusion.png, top_losses.png and "
+                                       "per_class.csv (default: an evaluation/ folder beside the bundle)."),
     json_out: bool = typer.Option(False, "--json"),
     device: Optional[str] = typer.Option(None),
 ):
@@ -486,11 +488,24 @@ def evaluate(
     predictor = firstepoch.load(bundle, device=device)
     result = predictor.evaluate(data, metrics=sorted(set(predictor.config.get("training", {}).get("metrics", []))
                                                      | set(bars)) or None)
+    pictures = None
+    if predictor.task == "classification":
+        from firstepoch.core.interpret import interpret
+
+        pictures = interpret(predictor, data, out or bundle.resolve().parent / "evaluation")
     if json_out:
-        print(json.dumps(result))
+        print(json.dumps({**result, **({"per_class": pictures["per_class"]} if pictures else {})}))
     else:
         console.print("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()),
                       highlight=False)
+        if pictures:
+            table = Table("class", "precision", "recall", "f1", "support")
+            for row in pictures["per_class"]:
+                table.add_row(row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                              str(row["support"]))
+            console.print(table)
+            shown = [str(pictures[k]) for k in ("confusion", "top_losses", "table") if k in pictures]
+            console.print("wrote " + ", ".join(shown), highlight=False)
     failed = [f"{name} {result[name]:.4f} < {bar}" for name, bar in bars.items() if result[name] < bar]
     if failed:
         console.print(f"[bold red]below the bar:[/bold red] {'; '.join(failed)}", highlight=False)

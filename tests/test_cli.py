@@ -66,6 +66,11 @@ def test_evaluate_is_a_quality_gate(trained, digits_dir):
     assert passed.returncode == 0, passed.stderr
     accuracy = json.loads(passed.stdout)["accuracy"]
     assert accuracy > 0.5 and json.loads(passed.stdout)["n"] == 360
+    per_class = json.loads(passed.stdout)["per_class"]
+    assert [row["class"] for row in per_class] == [str(d) for d in range(10)]
+    assert sum(row["support"] for row in per_class) == 360
+    for name in ("confusion.png", "top_losses.png", "per_class.csv"):
+        assert (run / "evaluation" / name).stat().st_size > 0
     failed = cli("evaluate", run / "model", digits_dir / "test", "--fail-under", "accuracy=0.9999")
     assert failed.returncode == 1 and "below the bar: accuracy" in failed.stdout
 
