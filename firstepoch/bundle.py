@@ -100,20 +100,42 @@ class Predictor:
         self.model, self.preprocessor, self.task, self.classes = model, preprocessor, task, classes
         self.device = torch.device(device)
         self.config = config or {}
+        self.tta = False
 
     def _outputs(self, x: torch.Tensor) -> torch.Tensor:
         self.model.eval()
         with torch.no_grad():
+            if self.tta and self.task == "classification" and x.dim() == 4:
+                return self._tta_outputs(x)
             return self.model(x.to(self.device)).float().cpu()
 
-    def predict(self, item) -> dict:
-        """Predict one raw item (an image path, a dict of CSV fields, a tensor).
+    def _tta_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time augmentation: the mean of the class probabilities over the image, a 90% centre zoom and,
+        when the model was trained with flips, the mirror image; as log-probabilities (so argmax, softmax
+        and the loss read them as usual)."""
+        size = x.shape[-2:]
+        margin_h, margin_w = round(size[0] * 0.05), round(size[1] * 0.05)
+        zoom = x[..., margin_h:size[0] - margin_h, margin_w:size[1] - margin_w]
+        views = [x, torch.nn.functional.interpolate(zoom, size=size, mode="bilinear", align_corners=False)]
+        if getattr(self.preprocessor, "flip", False):
+            views.append(x.flip(-1))
+        probs = torch.stack([self.model(v.to(self.device)).float().softmax(-1).cpu() for v in views]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+    def predict(self, item, tta: bool | None = None) -> dict:
+        """Predict one raw item (an image path, a dict of CSV fields, a tensor); `tta` averages over
+        augmented views of an image (default: the predictor's `tta` attribute, False).
 
         Returns:
             classification: {"label", "index", "probability", "probs": {class: p}};
             regression: {"value"} (a float, or a list for several targets).
         """
-        out = self._outputs(self.preprocessor.encode(item).unsqueeze(0))[0]
+        before = self.tta
+        self.tta = before if tta is None else tta
+        try:
+            out = self._outputs(self.preprocessor.encode(item).unsqueeze(0))[0]
+        finally:
+            self.tta = before
         return self._decode(out)
 
     def _decode(self, out: torch.Tensor) -> dict:
@@ -133,12 +155,19 @@ class Predictor:
                    for s in range(0, len(items), batch_size)]
         return torch.cat(outputs), targets
 
-    def evaluate(self, data: str | Path, metrics: list[str] | None = None, batch_size: int = 64) -> dict:
+    def evaluate(self, data: str | Path, metrics: list[str] | None = None, batch_size: int = 64,
+                 tta: bool | None = None) -> dict:
         """Metrics of this model on labelled data: an image folder with one sub-folder per class, or a CSV
-        with the target column. Returns {"n": number of items, metric: value, ...}."""
+        with the target column; `tta` averages over augmented views. Returns {"n": number of items, metric:
+        value, ...}."""
         from firstepoch.core.metrics import DEFAULT_METRICS, get_metric
 
-        outputs, targets = self._labelled_outputs(data, batch_size)
+        before = self.tta
+        self.tta = before if tta is None else tta
+        try:
+            outputs, targets = self._labelled_outputs(data, batch_size)
+        finally:
+            self.tta = before
         names = metrics or self.config.get("training", {}).get("metrics") or DEFAULT_METRICS[self.task]
         result = {"n": len(targets)}
         for meter in map(get_metric, names):

@@ -429,6 +429,7 @@ def predict(
                                   "architecture (efficientnet_lite0) for ImageNet's 1,000 classes."),
     files: List[Path] = typer.Argument(..., help="Images, PDFs, or CSV files of rows, to predict."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of a table."),
+    tta: bool = typer.Option(False, help="Test-time augmentation: average over augmented views of each image."),
     device: Optional[str] = typer.Option(None),
 ):
     """Predict with a trained bundle, or name what is in photos with a pretrained ImageNet model."""
@@ -440,6 +441,7 @@ def predict(
         predictor = ImageNetClassifier(str(bundle))
     else:
         predictor = firstepoch.load(bundle, device=device)
+        predictor.tta = tta
     results = [(str(name), predictor.predict(item)) for name, item in _raw_items(predictor, files)]
     if json_out:
         for name, result in results:
@@ -479,6 +481,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Where classifiers get confusion.png, top_losses.png and "
                                        "per_class.csv (default: an evaluation/ folder beside the bundle)."),
     json_out: bool = typer.Option(False, "--json"),
+    tta: bool = typer.Option(False, help="Test-time augmentation: average over augmented views of each image."),
     device: Optional[str] = typer.Option(None),
 ):
     """Evaluate a bundle on labelled data; with --fail-under it is a quality gate for CI."""
@@ -486,6 +489,7 @@ def evaluate(
 
     bars = _parse_bars(fail_under)
     predictor = firstepoch.load(bundle, device=device)
+    predictor.tta = tta
     result = predictor.evaluate(data, metrics=sorted(set(predictor.config.get("training", {}).get("metrics", []))
                                                      | set(bars)) or None)
     pictures = None

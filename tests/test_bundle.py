@@ -87,3 +87,28 @@ def test_weights_that_do_not_fit_the_config_are_refused(trained, tmp_path):
     (bad / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
     with pytest.raises(FirstEpochError, match="cannot load the weights|do not match"):
         firstepoch.load(bad)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_test_time_augmentation_averages_the_views_the_model_was_trained_for(tmp_path, flip):
+    import torch.nn.functional as F
+
+    from firstepoch.data import samples
+
+    folder = samples.digits(tmp_path / "digits") / "test"
+    dls = DataLoaders.from_folder(folder, size=16, batch_size=32, flip=flip)
+    learn = Learner(dls, "cnn", progress=False)
+    learn.fit_one_cycle(1, 3e-3)
+    predictor = firstepoch.load(learn.export(tmp_path / "bundle"))
+    assert predictor.preprocessor.flip is flip
+    image = sorted(folder.rglob("*.png"))[0]
+    x = predictor.preprocessor.encode(image).unsqueeze(0)
+    zoom = F.interpolate(x[..., 1:15, 1:15], size=(16, 16), mode="bilinear", align_corners=False)
+    views = [x, zoom] + ([x.flip(-1)] if flip else [])
+    with torch.no_grad():
+        expected = torch.stack([predictor.model(v).softmax(-1)[0] for v in views]).mean(0)
+    averaged = predictor.predict(image, tta=True)
+    assert averaged["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+    assert predictor.predict(image)["probability"] != averaged["probability"]  # off by default
+    accuracy = predictor.evaluate(folder, tta=True)["accuracy"]
+    assert 0.0 <= accuracy <= 1.0 and predictor.tta is False

@@ -142,8 +142,10 @@ def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
 class ImagePreprocessor:
     """File -> normalised float tensor (C, size, size), exactly as the validation set sees it."""
 
-    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], page: int = 1):
+    def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], page: int = 1,
+                 flip: bool = False):
         self.size, self.channels, self.mean, self.std, self.page = size, channels, list(mean), list(std), page
+        self.flip = flip  # trained with mirror images: test-time augmentation may use them too
         self._mean = torch.tensor(self.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.std).view(-1, 1, 1)
 
@@ -172,11 +174,12 @@ class ImagePreprocessor:
 
     def to_config(self) -> dict:
         return {"kind": "image", "size": self.size, "channels": self.channels, "mean": self.mean, "std": self.std,
-                "page": self.page}
+                "page": self.page, "flip": self.flip}
 
     @classmethod
     def from_config(cls, config: dict) -> "ImagePreprocessor":
-        return cls(config["size"], config["channels"], config["mean"], config["std"], config.get("page", 1))
+        return cls(config["size"], config["channels"], config["mean"], config["std"], config.get("page", 1),
+                   config.get("flip", False))
 
 
 def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float) -> torch.Tensor:
@@ -260,7 +263,7 @@ def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int
     caches = {name: None if pixels is None else [_as_channels(t, channels) for t in pixels]
               for name, (_, _, _, pixels) in scanned.items()}
     sample = caches["train"] or [_to_tensor(open_image(p, page), channels, size) for p in train_paths[:2000]]
-    pre = ImagePreprocessor(size, channels, *_stats(sample), page=page)
+    pre = ImagePreprocessor(size, channels, *_stats(sample), page=page, flip=flip)
     loaders = {}
     for name, (paths, labels, _, _) in scanned.items():
         train = name == "train"
