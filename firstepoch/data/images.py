@@ -182,8 +182,9 @@ class ImagePreprocessor:
                    config.get("flip", False))
 
 
-def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float) -> torch.Tensor:
-    """Random crop of 80-100% of the area (resized back), optional flip, rotation in [-rotate, rotate]."""
+def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float, jitter: float = 0.2) -> torch.Tensor:
+    """Random crop of 80-100% of the area (resized back), optional flip, rotation in [-rotate, rotate], and for
+    colour images brightness, contrast and saturation each scaled by a factor in [1 - jitter, 1 + jitter]."""
     size = pixels.shape[-1]
     scale = 0.8 + 0.2 * torch.rand((), generator=g).item()
     crop = max(1, round(size * scale ** 0.5))
@@ -194,6 +195,9 @@ def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float)
     if rotate:
         angle = (torch.rand((), generator=g).item() * 2 - 1) * rotate
         out = TF.rotate(out, angle)
+    if jitter and out.shape[0] == 3:
+        brightness, contrast, saturation = (1 + (torch.rand(3, generator=g) * 2 - 1) * jitter).tolist()
+        out = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(out, brightness), contrast), saturation)
     return out
 
 

@@ -152,3 +152,15 @@ def test_bad_input_is_one_clear_error(tmp_path, setup, call, message):
     setup(tmp_path)
     with pytest.raises(FirstEpochError, match=message):
         call(tmp_path)
+
+
+def test_colour_images_get_colour_jitter_grey_ones_do_not():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    colour = torch.full((3, 16, 16), 120, dtype=torch.uint8)
+    colour[0] = 200
+    grey = torch.full((1, 16, 16), 120, dtype=torch.uint8)
+    plain = images.augment(colour, g(), flip=False, rotate=0, jitter=0)
+    jittered = images.augment(colour, g(), flip=False, rotate=0, jitter=0.2)
+    assert not torch.equal(plain, jittered) and jittered.dtype == torch.uint8
+    assert (jittered.float().mean() - plain.float().mean()).abs() < 0.25 * plain.float().mean()
+    assert torch.equal(images.augment(grey, g(), False, 0, jitter=0), images.augment(grey, g(), False, 0, jitter=0.2))
