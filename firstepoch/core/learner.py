@@ -172,7 +172,7 @@ class Learner:
         if lr is not None:
             self.lr = lr
             for group in self.opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
         return self._fit(epochs, list(callbacks), resume=resume)
 
     def fit_one_cycle(self, epochs: int, lr_max: float | None = None, resume: bool | str | Path = False,
@@ -208,6 +208,9 @@ class Learner:
 
     def freeze(self) -> None:
         """Train only the head (and every BatchNorm layer); the body's lr is a tenth of the head's."""
+        if self.world_size > 1:
+            raise FirstEpochError("fine-tuning with a frozen body is not supported under torchrun yet; train on "
+                                  "one process, or use --freeze-epochs 0")
         norm_params = {id(p) for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                        for p in m.parameters()}
         body, _ = self._split()
@@ -229,6 +232,7 @@ class Learner:
         self.iters_per_epoch = self.dls.train.sampler.per_rank // self.dls.train.batch_size
         self.total_iters = epochs * self.iters_per_epoch
         start_epoch, skip_batches = 0, 0
+        self.train_iter = 0  # each fit runs its own schedule from the start (fine_tune's two phases, say)
         if resume:
             start_epoch, skip_batches = self._restore(resume)
         self.fitting = True

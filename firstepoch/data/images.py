@@ -54,6 +54,8 @@ def render_pdf(source, page: int = 1) -> Image.Image:
         sheet = pdf[page - 1]
         scale = PDF_SHORT_SIDE / max(1.0, min(sheet.get_size()))
         return sheet.render(scale=scale).to_pil().convert("RGB")
+    except pdfium.PdfiumError as exc:
+        raise ValueError(f"PDF page {page} cannot be rendered ({exc})") from exc
     finally:
         pdf.close()
 
@@ -289,6 +291,9 @@ def _split(root, paths, labels, valid_pct, seed, test_pct: float = 0.0, **kwargs
     test = None
     if test_pct:
         rest, test_idx = split_indices(len(paths), test_pct, seed + 1)
+        if not test_idx:
+            raise FirstEpochError(f"{root}: test_pct {test_pct} of {len(paths)} images is no image at all; "
+                                  f"raise it or leave it out")
         test = ([paths[i] for i in test_idx], [labels[i] for i in test_idx])
         paths, labels = [paths[i] for i in rest], [labels[i] for i in rest]
     train_idx, valid_idx = split_indices(len(paths), valid_pct, seed)

@@ -40,8 +40,9 @@ class ChatTemplate:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise FirstEpochError(f"message {i}: each message needs a 'role' and a 'content' string")
         tok = self.tokenizer
-        bos = tok.token_text(tok.bos_id) if tok.bos_id is not None else ""
-        eos = tok.token_text(tok.eos_id) if tok.eos_id is not None else ""
+        bos_id, eos_id = getattr(tok, "bos_id", None), getattr(tok, "eos_id", None)  # a GPT of your own has none
+        bos = tok.token_text(bos_id) if bos_id is not None else ""
+        eos = tok.token_text(eos_id) if eos_id is not None else ""
         try:
             return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
                                          bos_token=bos, eos_token=eos)

@@ -65,7 +65,8 @@ def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None, min_p:
 
 
 def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator) -> int:
-    logits = _penalise(logits.float(), history[-s.repeat_last_n:], s.repetition_penalty)
+    recent = history[-s.repeat_last_n:] if s.repeat_last_n > 0 else (history if s.repeat_last_n < 0 else [])
+    logits = _penalise(logits.float(), recent, s.repetition_penalty)  # llama.cpp: 0 disables, -1 is everything
     if s.temperature <= 0:
         return int(logits.argmax())
     probs = (_filter(logits, s.top_k, s.top_p, s.min_p) / s.temperature).softmax(-1)
@@ -170,6 +171,10 @@ class LanguageModel:
 
     def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str]) -> Iterator[str]:
         end_ids = set(getattr(self.tokenizer, "end_ids", ()))
+        # decoded after the prompt's last token, so a SentencePiece "▁word" keeps its space (a decoder strips
+        # the leading space of a whole text, not of a continuation)
+        prefix = ids[-1:] if end_ids else []
+        skip = len(self.tokenizer.decode(prefix)) if prefix else 0
         new: list[int] = []
         shown = ""
         self.stats = {"prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "length"}
@@ -187,7 +192,7 @@ class LanguageModel:
                 self.stats["finish_reason"] = "stop"
                 break
             new.append(token)
-            text = self.tokenizer.decode(new)
+            text = self.tokenizer.decode(prefix + new)[skip:]
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 continue
             window = max(0, len(shown) - max(map(len, stops), default=0))
@@ -201,5 +206,5 @@ class LanguageModel:
             if safe > len(shown):
                 yield text[len(shown):safe]
                 shown = text[:safe]
-        if rest := self.tokenizer.decode(new)[len(shown):]:  # a trailing incomplete character or held text
+        if rest := self.tokenizer.decode(prefix + new)[skip:][len(shown):]:  # an incomplete character or held text
             yield rest

@@ -47,6 +47,8 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     if c.get("head_dim", dim // heads) != dim // heads:
         raise FirstEpochError(f"{folder}: a head size other than hidden_size / heads is not supported yet")
     trained = c.get("max_position_embeddings", 2048)
+    if c.get("sliding_window") and c.get("use_sliding_window", True) is not False:  # Mistral v0.1: local attention
+        trained = min(trained, c["sliding_window"])  # within the window it is ordinary attention
     return TransformerConfig(
         vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
         n_kv_heads=c.get("num_key_value_heads", heads), hidden_dim=c["intermediate_size"],
@@ -75,7 +77,10 @@ def _tokenizer(folder: Path):
     ends = generation.get("eos_token_id", config.get("eos_token_id", eos))
     ends = set(ends if isinstance(ends, list) else [ends]) | ({eos} if isinstance(eos, int) else set())
     eos = eos[0] if isinstance(eos, list) else eos
-    add_bos = settings.get("add_bos_token", False)
+    if "add_bos_token" in settings:
+        add_bos = settings["add_bos_token"]
+    else:  # Llama 3 style: the BOS comes from tokenizer.json's post-processor
+        add_bos = bos is not None and tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
     # a tokenizer.json parses special tokens in any text: plain and special encoding are the same here
     return LLMTokenizer(tok, tok, bos, eos, bool(add_bos), {i for i in ends if i is not None}), settings.get("chat_template")
 

@@ -24,8 +24,9 @@ def perplexity(lm, text: str, window: int = 512, max_windows: int | None = None)
     starts = list(range(0, len(ids) - window + 1, window))[:max_windows]
     total, count, began = 0.0, 0, time.perf_counter()
     lm.model.eval()
+    device = next(iter(lm.model.state_dict().values())).device
     for start in starts:
-        chunk = torch.tensor([ids[start:start + window]])
+        chunk = torch.tensor([ids[start:start + window]], device=device)
         logits = lm.model(chunk)[0, :-1].float()
         targets = chunk[0, 1:]
         scored = slice(window // 2 - 1, None)  # the second half of the window

@@ -68,10 +68,17 @@ def packaged_state_dict(arch: str) -> dict[str, torch.Tensor]:
             raise FirstEpochError(f"{source}: {theirs_name} has shape {tuple(theirs[theirs_name].shape)}, but timm's "
                                   f"{our_name} has {tuple(ours[our_name].shape)}; the weights do not fit {arch}")
         state[our_name] = theirs[theirs_name].contiguous()
+    import os
+    import tempfile
+
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(f".{cache.name}.partial")
-    save_file(state, str(partial))
-    partial.replace(cache)
+    fd, partial = tempfile.mkstemp(suffix=".partial", dir=cache.parent)  # one per process: no race
+    os.close(fd)
+    try:
+        save_file(state, partial)
+        os.replace(partial, cache)
+    finally:
+        Path(partial).unlink(missing_ok=True)
     return state
 
 

@@ -64,6 +64,30 @@ def test_fine_tune_trains_the_head_first_then_everything_with_smaller_body_lrs(d
     assert body["lr_scale"] == 0.01 and head["lr_scale"] == 1.0 and history
 
 
+def test_each_phase_of_fine_tune_runs_its_own_one_cycle_schedule(digits):
+    from firstepoch.core.callbacks import Callback
+
+    class Lrs(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def after_batch(self):
+            if self.learn.training:
+                self.seen.append([group["lr"] for group in self.learn.opt.param_groups])
+
+    x, y = digits
+    images = x[:64].view(-1, 1, 8, 8).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    learn = Learner.for_images(DataLoaders.from_tensors(images, y[:64], valid_pct=0.25, batch_size=8), progress=False)
+    lrs = Lrs()
+    learn.fine_tune(2, base_lr=1e-3, freeze_epochs=1, lr_mult=100, callbacks=[lrs])
+    steps = len(lrs.seen) // 3  # one frozen epoch, then two
+    frozen, unfrozen = lrs.seen[:steps], lrs.seen[steps:]
+    assert 5e-4 < max(head for _, head in frozen) <= 1e-3  # warming up to base_lr over the frozen epoch
+    head = [h for _, h in unfrozen]
+    assert head[0] < 1e-4 and max(head) == pytest.approx(5e-4, rel=0.05) and head[-1] < 5e-5  # warm-up, peak, down
+    assert all(body == pytest.approx(h / 100) for body, h in unfrozen)
+
+
 def test_offline_other_architectures_fail_fast_with_the_alternative(monkeypatch):
     import timm
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +29,7 @@ FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
 def ggml_matmul() -> ctypes.CDLL | None:
     if os.environ.get("FIRSTEPOCH_KERNELS", "1") == "0":
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")  # CC may be "ccache gcc"
     if compiler is None:
         warnings.warn("no C compiler found: quantized LLM weights are expanded to bf16 (slower, more memory); "
                       "install gcc for firstepoch's quantized kernels", stacklevel=2)
@@ -35,7 +37,11 @@ def ggml_matmul() -> ctypes.CDLL | None:
     library = _build(compiler)
     if library is None:
         return None
-    lib = ctypes.CDLL(str(library))
+    try:
+        lib = ctypes.CDLL(str(library))
+    except OSError as exc:
+        warnings.warn(f"loading firstepoch's quantized kernels failed ({exc}); using bf16 weights", stacklevel=2)
+        return None
     for name in FUNCTIONS:
         fn = getattr(lib, name)
         fn.restype = None
@@ -58,16 +64,19 @@ def _build(compiler: str) -> Path | None:
 
     source = b"".join(path.read_bytes() for path in SOURCES)
     errors = []
-    for flags in FLAG_SETS:
-        key = hashlib.sha256(source + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    for flags in FLAG_SETS:  # -march=native: the key names this CPU too, for a home folder shared by machines
+        key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu()]).encode()).hexdigest()[:16]
         library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
         if library.is_file():
             return library
         library.parent.mkdir(parents=True, exist_ok=True)
         fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
         os.close(fd)
-        result = subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", partial, "-lm"], capture_output=True,
-                                text=True)
+        try:
+            result = subprocess.run([*shlex.split(compiler), *flags, *map(str, SOURCES), "-o", partial, "-lm"],
+                                    capture_output=True, text=True)
+        except OSError as exc:
+            result = subprocess.CompletedProcess([], 1, "", str(exc))
         if result.returncode == 0:
             os.replace(partial, library)  # another process sees no library or a whole one
             return library
@@ -75,3 +84,17 @@ def _build(compiler: str) -> Path | None:
         errors.append((result.stderr.strip().splitlines() or ["?"])[0])
     warnings.warn(f"building firstepoch's quantized kernels failed ({errors[0]}); using bf16 weights", stacklevel=3)
     return None
+
+
+def _cpu() -> str:
+    """The machine and its CPU's instruction-set flags (Linux), so a library built for one CPU is not loaded
+    on another."""
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()} {flags}"
