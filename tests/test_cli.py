@@ -187,6 +187,8 @@ def test_train_a_gpt_and_generate(tmp_path):
     (["train", "text", "--sample", "shakespeare", "--time", "soon"], "expected a duration such as 90s"),
     (["export", "{tmp}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
     (["generate", "{html}", "hi"], "an HTML page, not a model"),
+    (["train", "images", "{tmp}", "--arch", "cnn", "--weights", "w.safetensors"], "--weights needs a timm"),
+    (["predict", "efficientnet_lite0", "{csv}", "--tta"], "--tta works with trained bundles"),
     (["chat", "no-such-model"], "no-such-model: no such model file, folder or name"),
     (["quantize", "{html}", "out.gguf", "--to", "q8"], "an HTML page"),
     (["perplexity", "{html}", "{csv}"], "an HTML page"),
