@@ -298,3 +298,30 @@ class Interrupt(Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+class RecalibrateBatchNorm(Callback):
+    """After each training epoch, recompute every BatchNorm layer's running statistics as a plain average over
+    up to `max_batches` training batches, before validation uses them.
+
+    Fine-tuning needs it: after few steps the momentum-averaged statistics still carry the pretraining data's,
+    and a model that fits its training batches well predicts a single class in evaluation mode (seen on a
+    64-document PDF set: 94% with batch statistics, 50% with the running ones).
+    """
+
+    order = 5
+
+    def __init__(self, max_batches: int = 64):
+        self.max_batches = max_batches
+
+    def after_train(self):
+        import itertools
+
+        from torch.optim.swa_utils import update_bn
+
+        model = self.learn.model
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return
+        batches = itertools.islice(self.learn.dls.train, self.max_batches)
+        with torch.no_grad():
+            update_bn((x for x, _ in batches), model, device=self.learn.device)

@@ -18,7 +18,7 @@ from torch import nn
 from firstepoch.core.callbacks import (Callback, CancelBatchException, CancelEpochException, CancelFitException,
                                        CancelStepException, CancelTrainException, CancelValidateException,
                                        EVENTS, GradientAccumulation, GradientClip, Interrupt, MixedPrecision,
-                                       NaNGuard, ParamScheduler, TrainingInterrupted)
+                                       NaNGuard, ParamScheduler, RecalibrateBatchNorm, TrainingInterrupted)
 from firstepoch.core.checkpoint import Checkpoint, clean_state_dict, load_checkpoint, save_checkpoint
 from firstepoch.core.device import default_device, rng_state, seed_everything, set_rng_state
 from firstepoch.core.metrics import DEFAULT_METRICS, Metric, get_metric
@@ -185,9 +185,11 @@ class Learner:
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100.0,
                   callbacks: Iterable[Callback] = ()) -> list[dict]:
         """fastai's recipe for a pretrained model: train the new head with the body frozen for `freeze_epochs`
-        (BatchNorm layers keep training, so their statistics follow the new data), then train everything for
+        (BatchNorm layers keep training, and their statistics are recomputed on the new data before each
+        validation), then train everything for
         `epochs` with a 1cycle schedule and discriminative learning rates: the body's `lr_mult` times smaller
         than the head's `base_lr / 2`. Returns the epoch history (both phases)."""
+        callbacks = [RecalibrateBatchNorm(), *callbacks]
         if freeze_epochs > 0:
             self.freeze()
             self.fit_one_cycle(freeze_epochs, base_lr, pct_start=0.99, callbacks=callbacks)
