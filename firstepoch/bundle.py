@@ -148,26 +148,35 @@ class Predictor:
         return {"value": out.item() if out.numel() == 1 else out.tolist()}
 
     def _labelled_outputs(self, data: str | Path, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        _, outputs, targets = self.labelled_outputs(data, batch_size)
+        return outputs, targets
+
+    def labelled_outputs(self, data: str | Path, batch_size: int = 64) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """(items, model outputs, targets) for labelled data, for `score` and `interpret` to share."""
         from firstepoch.data.labelled import read_labelled
 
         items, targets = read_labelled(data, self)
         outputs = [self._outputs(torch.stack([self.preprocessor.encode(i) for i in items[s:s + batch_size]]))
                    for s in range(0, len(items), batch_size)]
-        return torch.cat(outputs), targets
+        return items, torch.cat(outputs), targets
 
     def evaluate(self, data: str | Path, metrics: list[str] | None = None, batch_size: int = 64,
                  tta: bool | None = None) -> dict:
         """Metrics of this model on labelled data: an image folder with one sub-folder per class, or a CSV
         with the target column; `tta` averages over augmented views. Returns {"n": number of items, metric:
         value, ...}."""
-        from firstepoch.core.metrics import DEFAULT_METRICS, get_metric
-
         before = self.tta
         self.tta = before if tta is None else tta
         try:
             outputs, targets = self._labelled_outputs(data, batch_size)
         finally:
             self.tta = before
+        return self.score(outputs, targets, metrics)
+
+    def score(self, outputs: torch.Tensor, targets: torch.Tensor, metrics: list[str] | None = None) -> dict:
+        """{"n", metric: value, ...} of outputs against targets (the bundle's own metrics by default)."""
+        from firstepoch.core.metrics import DEFAULT_METRICS, get_metric
+
         names = metrics or self.config.get("training", {}).get("metrics") or DEFAULT_METRICS[self.task]
         result = {"n": len(targets)}
         for meter in map(get_metric, names):

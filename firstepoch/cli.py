@@ -33,7 +33,8 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
     if resume and not run_name:
         raise FirstEpochError("--resume needs --name NAME: the run whose last checkpoint to continue")
     if resume and freeze_epochs is not None:
-        raise FirstEpochError("--resume does not continue a fine-tuning run yet; start it again, or train with --arch cnn")
+        raise FirstEpochError("--resume does not continue a fine-tuning run yet; start it again, or train with "
+                              "--arch cnn")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
     run = Run.create(name=run_name, task=task, config=config) if is_main else None
     resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
@@ -384,7 +385,8 @@ def quantize(
 
     source = resolve(model)
     if source.is_dir():
-        raise FirstEpochError(f"{model}: quantize takes a GGUF file; export a GPT bundle first with `firstepoch export`")
+        raise FirstEpochError(f"{model}: quantize takes a GGUF file; export a GPT bundle first with "
+                              f"`firstepoch export`")
     path = quantize_gguf(source, to, out)
     console.print(f"[bold green]wrote[/bold green] {path} ({path.stat().st_size / 2**20:.1f} MiB, from "
                   f"{source.stat().st_size / 2**20:.1f} MiB)", highlight=False)
@@ -504,14 +506,15 @@ def evaluate(
     bars = _parse_bars(fail_under)
     predictor = firstepoch.load(bundle, device=device)
     predictor.tta = tta
-    result = predictor.evaluate(data, metrics=sorted(set(predictor.config.get("training", {}).get("metrics", []))
-                                                     | set(bars)) or None)
+    labelled = predictor.labelled_outputs(data)  # predicted once, for the metrics and the pictures
+    metrics = sorted(set(predictor.config.get("training", {}).get("metrics", [])) | set(bars)) or None
+    result = predictor.score(*labelled[1:], metrics=metrics)
     pictures = None
     if predictor.task == "classification":
         from firstepoch.core.interpret import interpret
 
         try:
-            pictures = interpret(predictor, data, out or bundle.resolve().parent / "evaluation")
+            pictures = interpret(predictor, labelled, out or bundle.resolve().parent / "evaluation")
         except OSError as exc:
             raise FirstEpochError(f"cannot write the evaluation pictures ({exc.strerror}: {exc.filename}); "
                                   f"give a writable folder with --out")

@@ -52,16 +52,14 @@ def plot_top_losses(items: list, predictor, outputs: torch.Tensor, targets: torc
     return _save(fig, path)
 
 
-def interpret(predictor, data: str | Path, out_dir: str | Path) -> dict:
-    """Confusion matrix, top losses and per-class table of an image classifier on labelled data in `out_dir`.
+def interpret(predictor, data: str | Path | tuple, out_dir: str | Path) -> dict:
+    """Confusion matrix, top losses and per-class table of a classifier on labelled data in `out_dir`;
+    `data` may also be the (items, outputs, targets) of `predictor.labelled_outputs`, to predict only once.
 
-    Returns {"per_class": rows, "confusion": path, "top_losses": path, "table": path}."""
-    from firstepoch.data.labelled import read_labelled
-
+    Returns {"per_class": rows, "confusion": path, "top_losses": path (images), "table": path}."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    items, targets = read_labelled(data, predictor)
-    outputs, _ = predictor._labelled_outputs(data)
+    items, outputs, targets = data if isinstance(data, tuple) else predictor.labelled_outputs(data)
     n = outputs.shape[-1]
     confusion = torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
     rows = per_class(confusion, predictor.classes)

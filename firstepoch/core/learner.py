@@ -198,7 +198,8 @@ class Learner:
 
     def _split(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(body, head) parameters: the head is the model's classifier (timm's `get_classifier`) or last layer."""
-        head_module = self.model.get_classifier() if hasattr(self.model, "get_classifier") else list(self.model.children())[-1]
+        model = self.model
+        head_module = model.get_classifier() if hasattr(model, "get_classifier") else list(model.children())[-1]
         head_ids = {id(p) for p in head_module.parameters()}
         params = list(self.model.parameters())
         return [p for p in params if id(p) not in head_ids], [p for p in params if id(p) in head_ids]

@@ -59,7 +59,8 @@ class InferenceTransformer(Transformer):
             qkv, gate_up = _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)
             if qkv is None or gate_up is None:
                 return False
-            types = (ctypes.c_int * 4)(*(TYPE_CODES[lin.qtype] for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)))
+            codes = [TYPE_CODES[lin.qtype] for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
+            types = (ctypes.c_int * 4)(*codes)
             layers.append((block, qkv, gate_up, types))
         self._layers_c = layers
         return True

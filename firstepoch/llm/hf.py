@@ -42,7 +42,8 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
         raise FirstEpochError(f"{folder}: architecture {architecture} is not supported yet; supported: "
                               f"{', '.join(ARCHITECTURES)}")
     if c.get("rope_scaling"):
-        raise FirstEpochError(f"{folder}: RoPE scaling ({c['rope_scaling'].get('rope_type', '?')}) is not supported yet")
+        kind = c["rope_scaling"].get("rope_type", c["rope_scaling"].get("type", "?"))
+        raise FirstEpochError(f"{folder}: RoPE scaling ({kind}) is not supported yet")
     dim, heads = c["hidden_size"], c["num_attention_heads"]
     if c.get("head_dim", dim // heads) != dim // heads:
         raise FirstEpochError(f"{folder}: a head size other than hidden_size / heads is not supported yet")
@@ -82,7 +83,8 @@ def _tokenizer(folder: Path):
     else:  # Llama 3 style: the BOS comes from tokenizer.json's post-processor
         add_bos = bos is not None and tok.encode("a", add_special_tokens=True).ids[:1] == [bos]
     # a tokenizer.json parses special tokens in any text: plain and special encoding are the same here
-    return LLMTokenizer(tok, tok, bos, eos, bool(add_bos), {i for i in ends if i is not None}), settings.get("chat_template")
+    tokenizer = LLMTokenizer(tok, tok, bos, eos, bool(add_bos), {i for i in ends if i is not None})
+    return tokenizer, settings.get("chat_template")
 
 
 def load_hf_folder(folder: Path, context: int | None = None):

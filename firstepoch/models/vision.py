@@ -150,7 +150,8 @@ def pretrained_model(arch: str, in_channels: int, n_out: int, weights: str | Pat
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in head and not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise FirstEpochError(f"the weights do not fit {arch}: missing {missing[:3]}, unexpected {list(unexpected)[:3]}")
+        raise FirstEpochError(f"the weights do not fit {arch}: missing {missing[:3]}, "
+                              f"unexpected {list(unexpected)[:3]}")
     return model
 
 
