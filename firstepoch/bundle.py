@@ -147,10 +147,6 @@ class Predictor:
                     "probs": {c: float(p) for c, p in zip(classes, probs)}}
         return {"value": out.item() if out.numel() == 1 else out.tolist()}
 
-    def _labelled_outputs(self, data: str | Path, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-        _, outputs, targets = self.labelled_outputs(data, batch_size)
-        return outputs, targets
-
     def labelled_outputs(self, data: str | Path, batch_size: int = 64) -> tuple[list, torch.Tensor, torch.Tensor]:
         """(items, model outputs, targets) for labelled data, for `score` and `interpret` to share."""
         from firstepoch.data.labelled import read_labelled
@@ -168,7 +164,7 @@ class Predictor:
         before = self.tta
         self.tta = before if tta is None else tta
         try:
-            outputs, targets = self._labelled_outputs(data, batch_size)
+            _, outputs, targets = self.labelled_outputs(data, batch_size)
         finally:
             self.tta = before
         return self.score(outputs, targets, metrics)
@@ -187,7 +183,7 @@ class Predictor:
 
     def confusion(self, data: str | Path) -> torch.Tensor:
         """The confusion matrix (rows: true class, columns: predicted) on labelled data."""
-        outputs, targets = self._labelled_outputs(data)
+        _, outputs, targets = self.labelled_outputs(data)
         n = outputs.shape[-1]
         return torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
 

@@ -54,6 +54,7 @@ class GGUFFile:
     version: int
     metadata: dict
     tensors: dict = field(repr=False)  # name -> gguf.ReaderTensor (data is a view into the mapped file)
+    types: dict = field(default_factory=dict, repr=False)  # metadata name -> its GGUFValueType(s), for rewriting
 
     @property
     def architecture(self) -> str:
@@ -98,6 +99,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
     try:
         reader = gguf.GGUFReader(path, mode="c")  # copy-on-write map: tensors are used in place, never copied
         metadata = {name: _value(f) for name, f in reader.fields.items()}
+        types = {name: list(f.types) for name, f in reader.fields.items()}
     except Exception as exc:  # the gguf package raises many kinds on a damaged header
         raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:120]}); download it again")
     tensors = {t.name: t for t in reader.tensors}
@@ -108,7 +110,7 @@ def read_gguf(path: str | Path) -> GGUFFile:
         if t.data_offset + t.n_bytes > size:
             raise FirstEpochError(f"{path}: the file is truncated ({size:,} bytes, tensor {t.name} ends at "
                                   f"{t.data_offset + t.n_bytes:,}); download it again")
-    return GGUFFile(path, version, metadata, tensors)
+    return GGUFFile(path, version, metadata, tensors, types)
 
 
 def _value(f):

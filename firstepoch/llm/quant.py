@@ -156,12 +156,8 @@ def _target_type(name: str, array: np.ndarray, target: str, gguf):
 
 def _copy_metadata(g, writer, gguf) -> None:
     skip = {"general.architecture", "general.file_type", "GGUF.version", "GGUF.tensor_count", "GGUF.kv_count"}
-    reader = gguf.GGUFReader(g.path)
-    for name, f in reader.fields.items():
+    for name, types in g.types.items():  # the header read_gguf already parsed: the file is not read again
         if name in skip:
             continue
-        kind = f.types[0]
-        if kind == gguf.GGUFValueType.ARRAY:
-            writer.add_key_value(name, g.metadata[name], kind, sub_type=f.types[-1])
-        else:
-            writer.add_key_value(name, g.metadata[name], kind)
+        sub_type = types[-1] if types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, g.metadata[name], types[0], sub_type=sub_type)
