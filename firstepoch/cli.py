@@ -577,6 +577,11 @@ def demo(
     run_demo(console, epochs=epochs, out=out, device=device)
 
 
+from firstepoch import cli_documents  # noqa: E402  (embed, index, search, ask)
+
+cli_documents.register(app)
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 

@@ -1,0 +1,134 @@
+"""Answers from your documents (retrieval-augmented generation): search the index, fit the best passages
+into the model's context by rank, and let the LLM answer from them with numbered citations.
+
+When even the best passage scores under `threshold` (cosine similarity), the documents most likely don't
+hold the answer: `ask` says so instead of letting the model guess.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+NO_ANSWER_THRESHOLD = 0.3  # cosine similarity; chosen on the retrieval evaluation (BENCHMARKS.md)
+SYSTEM = ("You answer questions using only the numbered sources you are given. Cite the sources you use by "
+          "their numbers, like [1]. If the sources do not contain the answer, say that you don't know.")
+
+
+@dataclass
+class Citation:
+    number: int
+    source: str
+    page: int | None
+    score: float
+    text: str
+    path: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}, page {self.page}" if self.page else self.source
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]
+    answered: bool  # False: no passage scored over the threshold, and no model was asked
+
+
+class AnswerStream:
+    """An answer being generated: iterate for text pieces; `citations` are known from the start, `text`
+    holds what has been streamed so far."""
+
+    def __init__(self, question: str, citations: list[Citation], pieces: Iterator[str], answered: bool):
+        self.question, self.citations, self.answered = question, citations, answered
+        self._pieces = pieces
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self.text += piece
+            yield piece
+
+    def close(self) -> None:
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+
+    def result(self) -> Answer:
+        for _ in self:
+            pass
+        return Answer(self.question, self.text, self.citations, self.answered)
+
+
+def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
+        threshold: float = NO_ANSWER_THRESHOLD, max_tokens: int = 256, temperature: float = 0.0,
+        **sampling) -> Answer | AnswerStream:
+    """Answer `question` from `index`.
+
+    Args:
+        index: an open `Index`.
+        question: the question, in plain words.
+        model: a `LanguageModel`, or a name or path for `firstepoch.llm.load` (default: the bundled
+            SmolLM2-135M-Instruct).
+        k: passages to retrieve.
+        stream: return an `AnswerStream` (iterate it for text as it comes) instead of an `Answer`.
+        threshold: the lowest cosine similarity of the best passage for an answer to be attempted.
+        max_tokens: the longest answer; the passages get the rest of the context.
+        temperature: 0 answers greedily (the same answer every time).
+    """
+    hits = index.search(question, k=k)
+    best = max((h.score for h in hits), default=0.0)
+    if best < threshold:
+        text = (f"The indexed documents don't seem to contain the answer: the best matching passage scores "
+                f"{best:.2f}, under the {threshold:.2f} needed to answer from it.")
+        result = AnswerStream(question, [], iter([text]), answered=False)
+        return result if stream else result.result()
+    lm = model if hasattr(model, "chat") else _load_model(model)
+    citations, messages = _fit_context(lm, question, hits, max_tokens)
+    pieces = lm.chat(messages, stream=True, max_new_tokens=max_tokens, temperature=temperature, **sampling)
+    result = AnswerStream(question, citations, pieces, answered=True)
+    return result if stream else result.result()
+
+
+def _load_model(name):
+    from firstepoch.llm.models import load
+
+    return load(name)
+
+
+def _messages(question: str, passages: list[tuple[Citation, str]]) -> list[dict]:
+    sources = "\n\n".join(f"[{c.number}] ({c.where})\n{text}" for c, text in passages)
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"}]
+
+
+def _fit_context(lm, question: str, hits, max_tokens: int) -> tuple[list[Citation], list[dict]]:
+    """Passages in rank order while the prompt still leaves `max_tokens` for the answer; the first one is
+    cut to fit when even it alone is too long. Never more than the context."""
+    budget = lm.context - max_tokens
+
+    def size(passages) -> int:
+        return len(lm.encode(lm.render_chat(_messages(question, passages)), special=True))
+
+    if size([]) > budget:
+        from firstepoch.errors import FirstEpochError
+
+        raise FirstEpochError(f"the question alone takes more than the model's context of {lm.context} tokens "
+                              f"minus {max_tokens} for the answer; ask a shorter question or lower max_tokens")
+    chosen: list[tuple[Citation, str]] = []
+    for hit in hits:
+        citation = Citation(len(chosen) + 1, hit.source, hit.page, hit.score, hit.text, hit.path)
+        if size(chosen + [(citation, hit.text)]) <= budget:
+            chosen.append((citation, hit.text))
+        elif not chosen:  # cut the best passage down until it fits
+            text = hit.text
+            while text and size([(citation, text)]) > budget:
+                text = text[: int(len(text) * 0.8)]
+            if text:
+                chosen.append((citation, text))
+            break
+        else:
+            break
+    return [c for c, _ in chosen], _messages(question, chosen)
+
