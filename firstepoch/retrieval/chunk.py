@@ -19,6 +19,11 @@ class Chunk:
     page: int | None  # 1-based page number in a PDF
     start: int  # character span in the page's text
     end: int
+    title: str = ""  # the document's title, embedded with every chunk so that a chunk knows what it is about
+
+    @property
+    def embedding_text(self) -> str:
+        return f"{self.title}\n\n{self.text}" if self.title else self.text
 
 
 @dataclass
@@ -44,12 +49,28 @@ def chunk_pages(pages: list[Page], source: str, count_tokens: Callable[[list[str
         hard_limit: the embedder's own limit; a chunk over it is re-split, never truncated.
     """
     hard_limit = hard_limit or max_tokens
+    title = document_title(pages, source)
+    room = hard_limit - (count_tokens([title])[0] + 2 if title else 0)  # the title is embedded with each chunk
+    max_tokens = max(1, min(max_tokens, room))
     chunks = []
     for page in pages:
         units = _units(page.text, count_tokens, token_offsets, max_tokens)
         for start, end in _pack(units, max_tokens, overlap):
-            chunks.append(Chunk(page.text[start:end], source, page.number, start, end))
-    return _enforce_limit(chunks, count_tokens, token_offsets, hard_limit)
+            chunks.append(Chunk(page.text[start:end], source, page.number, start, end, title))
+    return _enforce_limit(chunks, count_tokens, token_offsets, max(1, room))
+
+
+def document_title(pages: list[Page], source: str, max_chars: int = 120) -> str:
+    """A short name for the document: its file name in words plus its first line of prose (a heading, usually),
+    skipping markup-only lines such as reStructuredText labels."""
+    from pathlib import PurePath
+
+    name = re.sub(r"[_\-.]+", " ", PurePath(source).stem).strip()
+    for line in pages[0].text.splitlines() if pages else []:
+        line = line.strip().strip("#=*-_ ").strip()
+        if line and not line.startswith("..") and re.search(r"[^\W\d_]{3}", line):
+            return f"{name}: {line}"[:max_chars]
+    return name[:max_chars]
 
 
 def _units(text: str, count_tokens, token_offsets, max_tokens: int) -> list[_Unit]:
@@ -129,5 +150,6 @@ def _enforce_limit(chunks: list[Chunk], count_tokens, token_offsets, limit: int)
             out.append(chunk)
             continue
         for a, b, _ in _split_by_tokens(chunk.text, 0, len(chunk.text), token_offsets, limit):
-            out.append(Chunk(chunk.text[a:b], chunk.source, chunk.page, chunk.start + a, chunk.start + b))
+            out.append(Chunk(chunk.text[a:b], chunk.source, chunk.page, chunk.start + a, chunk.start + b,
+                             chunk.title))
     return out
