@@ -110,7 +110,7 @@ def ask(
     model: Optional[str] = typer.Option(None, help="The LLM that answers (default: the bundled "
                                         "SmolLM2-135M-Instruct)."),
     k: int = typer.Option(5, "-k", min=1, help="Passages to retrieve."),
-    max_tokens: int = typer.Option(256, min=1),
+    max_tokens: int = typer.Option(200, min=1),
     temperature: float = typer.Option(0.0, min=0.0, help="0: the same answer every time."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
 ):

@@ -62,8 +62,8 @@ class AnswerStream:
 
 
 def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
-        threshold: float = NO_ANSWER_THRESHOLD, max_tokens: int = 256, temperature: float = 0.0,
-        **sampling) -> Answer | AnswerStream:
+        threshold: float = NO_ANSWER_THRESHOLD, max_tokens: int = 200, temperature: float = 0.0,
+        repetition_penalty: float = 1.1, **sampling) -> Answer | AnswerStream:
     """Answer `question` from `index`.
 
     Args:
@@ -73,9 +73,11 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
             SmolLM2-135M-Instruct).
         k: passages to retrieve.
         stream: return an `AnswerStream` (iterate it for text as it comes) instead of an `Answer`.
-        threshold: the lowest cosine similarity of the best passage for an answer to be attempted.
+        threshold: the lowest cosine similarity of the best passage for an answer to be attempted; passages
+            under it are not shown to the model either.
         max_tokens: the longest answer; the passages get the rest of the context.
         temperature: 0 answers greedily (the same answer every time).
+        repetition_penalty: above 1 keeps a small model from repeating itself.
     """
     hits = index.search(question, k=k)
     best = max((h.score for h in hits), default=0.0)
@@ -85,8 +87,9 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
         result = AnswerStream(question, [], iter([text]), answered=False)
         return result if stream else result.result()
     lm = model if hasattr(model, "chat") else _load_model(model)
-    citations, messages = _fit_context(lm, question, hits, max_tokens)
-    pieces = lm.chat(messages, stream=True, max_new_tokens=max_tokens, temperature=temperature, **sampling)
+    citations, messages = _fit_context(lm, question, [h for h in hits if h.score >= threshold], max_tokens)
+    pieces = lm.chat(messages, stream=True, max_new_tokens=max_tokens, temperature=temperature,
+                     repetition_penalty=repetition_penalty, **sampling)
     result = AnswerStream(question, citations, pieces, answered=True)
     return result if stream else result.result()
 
@@ -94,7 +97,7 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
 def _load_model(name):
     from firstepoch.llm.models import load
 
-    return load(name)
+    return load(name, context=4096)  # room for the passages and the answer, with a modest KV cache
 
 
 def _messages(question: str, passages: list[tuple[Citation, str]]) -> list[dict]:

