@@ -16,7 +16,8 @@ from firstepoch.core.learner import Learner
 from firstepoch.core.runs import Run, list_runs
 from firstepoch.data.loaders import DataLoaders
 from firstepoch.errors import FirstEpochError
+from firstepoch.retrieval import Index, embed
 
 __all__ = ["Callback", "DataLoaders", "EarlyStopping", "FirstEpochError", "GradientAccumulation", "GradientClip",
-           "Learner", "MixedPrecision", "Predictor", "Run", "TimeBudget", "TrainingInterrupted", "list_runs",
-           "load"]
+           "Index", "Learner", "MixedPrecision", "Predictor", "Run", "TimeBudget", "TrainingInterrupted", "embed",
+           "list_runs", "load"]

@@ -38,6 +38,8 @@ def read_pdf(path: Path) -> list[Page]:
     try:
         pdf = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
+        if "password" in str(exc).lower():
+            raise Unreadable("encrypted PDF (it needs a password)") from None
         raise Unreadable(f"not a readable PDF ({exc})") from None
     try:
         pages = []
@@ -106,8 +108,10 @@ def read_document(path: str | Path) -> list[Page]:
         raise Unreadable(f"unsupported file type {path.suffix or '(none)'}")
     try:
         pages = reader(path)
-    except OSError as exc:
-        raise Unreadable(str(exc)) from None
+    except (NoText, Unreadable):
+        raise
+    except Exception as exc:  # a parser failing on one odd file must not stop the indexing of a folder
+        raise Unreadable(f"{type(exc).__name__}: {exc}") from None
     pages = [p for p in pages if p.text.strip()]
     if not pages:
         raise NoText("no text extracted (a scanned or image-only PDF, or an empty file)")

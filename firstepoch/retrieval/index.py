@@ -134,7 +134,11 @@ class Index:
                         f"index {name!r} was built with the embedding model {recorded['model']} "
                         f"({recorded['dim']} dimensions); searching it with {model} would compare unlike "
                         f"vectors. Re-index with: firstepoch index DOCS --index {name} --model {model} --rebuild")
-            embedder = load_embedder(recorded["model_path"] if model is None else model)
+            from firstepoch.retrieval.embed import BUNDLED_EMBEDDERS
+
+            # a bundled model by name (its folder moves with the Python environment), else the recorded folder
+            own = recorded["model"] if recorded["model"] in BUNDLED_EMBEDDERS else recorded["model_path"]
+            embedder = load_embedder(own if model is None else model)
             if embedder.dim != int(recorded["dim"]):
                 db.close()
                 raise FirstEpochError(f"index {name!r}: its vectors have {recorded['dim']} dimensions but the "
