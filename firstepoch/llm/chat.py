@@ -19,7 +19,7 @@ class ChatTemplate:
     """`render(messages)` -> the prompt text (with control tokens) that the model was fine-tuned on."""
 
     def __init__(self, source: str | None, tokenizer, origin: str = "model"):
-        self.tokenizer, self.origin = tokenizer, origin
+        self.tokenizer, self.origin, self.source = tokenizer, origin, source
         self.fallback = False
         try:
             self._template = _environment().from_string(source) if source else None

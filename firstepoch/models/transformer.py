@@ -59,6 +59,12 @@ class TransformerConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    def n_parameters(self) -> int:
+        """Weights in the model: embeddings (and output head when untied), attention, SwiGLU and norms."""
+        kv = self.n_kv_heads * self.head_dim
+        layer = self.dim * (2 * self.dim + 2 * kv) + 3 * self.dim * self.hidden_dim + 2 * self.dim
+        return self.vocab_size * self.dim * (1 if self.tie_embeddings else 2) + self.n_layers * layer + self.dim
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -457,7 +457,7 @@ def _fuse(vector: list[tuple[int, float]], lexical: list[tuple[int, float]], wei
 
 
 def _connect(file: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(file), timeout=30)
+    db = sqlite3.connect(str(file), timeout=30, check_same_thread=False)  # a server uses it from one worker thread
     try:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")

@@ -1,0 +1,182 @@
+"""`firstepoch serve`: one FastAPI app with OpenAI- and Ollama-compatible APIs, model endpoints and a web page.
+
+    app = create_app(load_registry(["smollm2-135m-instruct", "all-minilm-l6-v2"], ["notes"]))
+    serve(app, host="127.0.0.1", port=8000)
+"""
+from __future__ import annotations
+
+import hmac
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import HTMLResponse
+
+from firstepoch.serve.errors import ApiError, error_response
+from firstepoch.serve.registry import Busy, Registry
+from firstepoch.serve.streaming import Limits, Metrics
+
+OPEN_PATHS = {"/", "/favicon.ico"}  # the page itself holds no data; it asks for the key when one is set
+
+
+@dataclass
+class ServerState:
+    registry: Registry
+    limits: Limits
+    api_key: str | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    stopping: Callable[[], bool] = lambda: False
+
+
+class _BodyLimit:
+    """Pure ASGI middleware: a body over the limit is a 413, whether it says its length or streams it."""
+
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        upload = scope["path"].startswith("/v1/predict/")
+        limit = self.limits.max_upload_bytes + (64 << 10) if upload else self.limits.max_body_bytes
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _send_413(scope, send, limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _send_413(scope, send, limit)
+
+
+class _Guard:
+    """Pure ASGI middleware (so streams and disconnects pass straight through): the API key on every route
+    but the page, and the request counts of /metrics."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.requests import Request as StarletteRequest
+
+        request = StarletteRequest(scope)
+        route = _route_name(request)
+        key = self.state.api_key
+        if key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), key.encode()):  # constant time
+                self.state.metrics.count(route, 401)
+                response = error_response(request, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.state.metrics.count(route, message["status"])
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_413(scope, send, limit: int):
+    from starlette.requests import Request as StarletteRequest
+
+    response = error_response(StarletteRequest(scope), 413, f"the request body is over the {limit:,}-byte limit")
+    await response(scope, None, send)
+
+
+def create_app(registry: Registry, limits: Limits | None = None, api_key: str | None = None,
+               cors: list[str] | None = None, stopping: Callable[[], bool] | None = None) -> FastAPI:
+    """The server's app: routes for what `registry` holds, checked by `api_key` when given."""
+    from firstepoch.serve import endpoints, ollama, openai, ui
+
+    limits = limits or Limits(queue_size=registry.queue_size)
+    app = FastAPI(title="firstepoch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.state.firstepoch = ServerState(registry, limits, api_key, stopping=stopping or (lambda: False))
+    for router in (openai.router, ollama.router, endpoints.router):
+        app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(ui.PAGE, headers={"Cache-Control": "no-cache"})
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return error_response(request, exc.status, exc.message, exc.code, exc.param, exc.headers)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, exc: Busy):
+        request.app.state.firstepoch.metrics.rejected_busy += 1
+        return error_response(request, 503, str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = "no such route" if exc.status_code == 404 else str(exc.detail)
+        return error_response(request, exc.status_code, message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error_response(request, 400, f"{where}: {first.get('msg', 'invalid request')}")
+
+    app.add_middleware(_BodyLimit, limits=limits)
+    app.add_middleware(_Guard, state=app.state.firstepoch)
+    if cors:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors, allow_methods=["*"], allow_headers=["*"])
+    return app
+
+
+def _route_name(request: Request) -> str:
+    """The route pattern, not the raw path (bounded label values in /metrics)."""
+    path = request.url.path
+    for prefix in ("/v1/predict/", "/v1/search/", "/v1/ask/", "/v1/runs/"):
+        if path.startswith(prefix):
+            return prefix + "{name}"
+    return path if len(path) < 40 else path[:40]
+
+
+def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,
+          api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
+          context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None) -> None:
+    """Load what to serve, then run the server until SIGINT/SIGTERM, which stop new requests and end
+    in-flight answers cleanly (their streams close with their usual last message)."""
+    import uvicorn
+
+    from firstepoch.serve.registry import load_registry
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        warnings.warn(f"serving on {host} without --api-key: anyone who can reach this port can use the models")
+    limits = limits or Limits()
+    registry = load_registry(models, indexes, queue_size=limits.queue_size, context=context)
+    server: uvicorn.Server | None = None
+    app = create_app(registry, limits, api_key, cors, stopping=lambda: bool(server and server.should_exit))
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=15,
+                            access_log=log_level == "debug")
+    server = uvicorn.Server(config)
+    if ready is not None:
+        ready(f"http://{host}:{port}")
+    server.run()

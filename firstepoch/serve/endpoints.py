@@ -1,0 +1,249 @@
+"""firstepoch's own routes: predictions from bundles, search and answers from indexes, training runs, health
+and metrics. No route builds a file path from what a request says: names are looked up in the registry
+or in the list of runs, and uploads go to a private temporary folder that is removed afterwards."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from starlette.responses import PlainTextResponse, StreamingResponse
+
+from firstepoch.serve.errors import ApiError, field, read_json
+
+router = APIRouter()
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pdf", ".tif", ".tiff"}
+
+
+def _state(request: Request):
+    return request.app.state.firstepoch
+
+
+@router.get("/health")
+async def health(request: Request):
+    state = _state(request)
+    return {"status": "shutting down" if state.stopping() else "ok",
+            "models": {s.name: {"kind": s.kind, "busy": s.slot.lock.locked(), "queued": s.slot.waiting}
+                       for s in state.registry.items.values()}}
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    """Prometheus text format."""
+    state = _state(request)
+    m = state.metrics
+    lines = ["# TYPE firstepoch_requests_total counter"]
+    lines += [f'firstepoch_requests_total{{route="{route}",status="{status}"}} {n}'
+              for (route, status), n in sorted(m.requests.items())]
+    lines += ["# TYPE firstepoch_queue_depth gauge"]
+    lines += [f'firstepoch_queue_depth{{model="{s.name}"}} {s.slot.waiting}' for s in state.registry.items.values()]
+    lines += ["# TYPE firstepoch_busy gauge"]
+    lines += [f'firstepoch_busy{{model="{s.name}"}} {int(s.slot.lock.locked())}' for s in state.registry.items.values()]
+    rate = m.completion_tokens / m.decode_seconds if m.decode_seconds else 0.0
+    lines += [f"firstepoch_prompt_tokens_total {m.prompt_tokens}",
+              f"firstepoch_completion_tokens_total {m.completion_tokens}",
+              f"firstepoch_decode_tokens_per_second {rate:.2f}",
+              f"firstepoch_cancelled_generations_total {m.cancelled}",
+              f"firstepoch_rejected_busy_total {m.rejected_busy}",
+              f"firstepoch_uptime_seconds {time.time() - m.started:.0f}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+# ------------------------------------------------------------------------------------------ predict
+
+
+@router.post("/v1/predict/{name}")
+async def predict(name: str, request: Request):
+    state = _state(request)
+    served = state.registry.get(name, ("classifier", "regressor"))
+    if served is None:
+        known = ", ".join(s.name for s in state.registry.of_kind("classifier", "regressor")) or "none"
+        raise ApiError(404, f"model {name!r} is not served here (predict models: {known})", code="model_not_found")
+    predictor = served.obj
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        if getattr(predictor.preprocessor, "to_config", lambda: {})().get("kind") != "image":
+            raise ApiError(400, f"model {name!r} takes a JSON row, not a file upload")
+        item = await _upload(request, state.limits.max_upload_bytes)
+        try:
+            async with served.slot:
+                result = await served.slot.run(_predict_file, predictor, item)
+        finally:
+            shutil.rmtree(item.parent, ignore_errors=True)
+    else:
+        body = await read_json(request)
+        row = field(body, "row", dict, body if "row" not in body else None)
+        if getattr(predictor.preprocessor, "to_config", lambda: {})().get("kind") == "image":
+            raise ApiError(400, f"model {name!r} takes an image or PDF upload (multipart field 'file')")
+        async with served.slot:
+            result = await served.slot.run(_predict_row, predictor, row)
+    return {"model": served.name, **result}
+
+
+async def _upload(request: Request, limit: int) -> Path:
+    form = await request.form(max_files=1, max_fields=4)
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise ApiError(400, "send the image or PDF as a multipart file field named 'file'")
+    suffix = Path(upload.filename or "").suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ApiError(400, f"upload type {suffix or '(none)'} is not supported; send one of "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+    data = await upload.read(limit + 1)
+    await upload.close()
+    if len(data) > limit:
+        raise ApiError(413, f"the upload is over the {limit // (1 << 20)} MB limit")
+    folder = Path(tempfile.mkdtemp(prefix="firstepoch-upload-"))  # private (0700), removed by the caller
+    path = folder / f"upload{suffix}"  # our own name: nothing of the client's name reaches the file system
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _predict_file(predictor, path: Path) -> dict:
+    from firstepoch.errors import FirstEpochError
+
+    try:
+        return predictor.predict(path)
+    except FirstEpochError as exc:
+        raise ApiError(400, str(exc).replace(str(path), "the upload")) from None
+    except Exception as exc:  # Pillow/pdfium on a file that is not what its name says
+        raise ApiError(400, f"the upload could not be read as an image or PDF ({type(exc).__name__})") from None
+
+
+def _predict_row(predictor, row: dict) -> dict:
+    from firstepoch.errors import FirstEpochError
+
+    try:
+        return predictor.predict(row)
+    except FirstEpochError as exc:
+        raise ApiError(400, str(exc)) from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ApiError(400, f"the row does not fit the model's columns ({exc})") from None
+
+
+# ------------------------------------------------------------------------------------------ documents
+
+
+def _index(request: Request, name: str):
+    served = _state(request).registry.get(name, ("index",))
+    if served is None:
+        known = ", ".join(s.name for s in _state(request).registry.of_kind("index")) or "none"
+        raise ApiError(404, f"index {name!r} is not served here (indexes: {known})")
+    return served
+
+
+@router.post("/v1/search/{name}")
+async def search(name: str, request: Request):
+    served = _index(request, name)
+    body = await read_json(request)
+    query = field(body, "query", str, required=True)
+    k = field(body, "k", int, 5, low=1, high=100)
+    mode = field(body, "mode", str, "hybrid")
+    from firstepoch.errors import FirstEpochError
+
+    async with served.slot:
+        try:
+            hits = await served.slot.run(lambda: served.obj.search(query, k=k, mode=mode))
+        except FirstEpochError as exc:
+            raise ApiError(400, str(exc)) from None
+    return {"index": served.name, "results": [
+        {"rank": r + 1, "score": round(h.score, 4), "source": h.source, "page": h.page, "start": h.start,
+         "end": h.end, "text": h.text} for r, h in enumerate(hits)]}
+
+
+@router.post("/v1/ask/{name}")
+async def ask(name: str, request: Request):
+    """Streamed as NDJSON: first {"citations": [...]}, then {"text": piece} lines, then {"done": true}."""
+    from firstepoch.serve.streaming import stream_generation
+
+    state = _state(request)
+    served = _index(request, name)
+    body = await read_json(request)
+    question = field(body, "question", str, required=True)
+    k = field(body, "k", int, 5, low=1, high=20)
+    model_name = field(body, "model", str, None)
+    llms = state.registry.of_kind("llm")
+    llm = state.registry.get(model_name, ("llm",)) if model_name else (llms[0] if llms else None)
+    if llm is None:
+        raise ApiError(404 if model_name else 400, f"language model {model_name!r} is not served here" if model_name
+                       else "no language model is served to answer with; start the server with one")
+    stream = field(body, "stream", bool, True)
+    async with served.slot:
+        hits = await served.slot.run(lambda: served.obj.search(question, k=k))
+    plan = _answer_plan(hits, question, llm.obj)
+    if not stream:
+        text = plan["refusal"]
+        if text is None:
+            async with llm.slot:
+                text = "".join([p async for p in stream_generation(llm, plan["ids"], plan["max_new"],
+                                                                   plan["options"], state.limits, state.metrics,
+                                                                   state.stopping)])
+        return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
+                "citations": plan["citations"]}
+    llm.slot.admit()
+
+    async def lines():
+        yield json.dumps({"citations": plan["citations"], "answered": plan["refusal"] is None}) + "\n"
+        if plan["refusal"] is not None:
+            yield json.dumps({"text": plan["refusal"]}) + "\n"
+        else:
+            async with llm.slot:
+                async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"],
+                                                     state.limits, state.metrics, state.stopping):
+                    yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
+        yield json.dumps({"done": True}) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def _answer_plan(hits, question: str, lm) -> dict:
+    """What `rag.ask` does, split so the server can stream it on the model's slot."""
+    from firstepoch.retrieval.rag import NO_ANSWER_THRESHOLD, _fit_context
+
+    best = max((h.score for h in hits), default=0.0)
+    if best < NO_ANSWER_THRESHOLD:
+        return {"refusal": f"The indexed documents don't seem to contain the answer: the best matching passage "
+                           f"scores {best:.2f}, under the {NO_ANSWER_THRESHOLD:.2f} needed to answer from it.",
+                "citations": []}
+    max_new = 200
+    citations, messages = _fit_context(lm, question, [h for h in hits if h.score >= NO_ANSWER_THRESHOLD], max_new)
+    ids = lm.encode(lm.render_chat(messages), special=True)
+    return {"refusal": None, "ids": ids, "max_new": max_new,
+            "options": {"temperature": 0.0, "repetition_penalty": 1.1},
+            "citations": [{"number": c.number, "source": c.source, "page": c.page, "score": round(c.score, 4),
+                           "text": c.text} for c in citations]}
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+
+@router.get("/v1/runs")
+async def runs(request: Request):
+    from firstepoch.core.runs import list_runs
+
+    return {"runs": [{"name": r.get("name"), "task": r.get("task"), "status": r.get("status"),
+                      "epochs_done": r.get("epochs_done", 0), "best": r.get("best")} for r in list_runs()]}
+
+
+@router.get("/v1/runs/{name}")
+async def run_metrics(name: str, request: Request):
+    from firstepoch.core.runs import list_runs
+
+    found = [r for r in list_runs() if r.get("name") == name]  # looked up by name, never joined into a path
+    if not found:
+        raise ApiError(404, f"no run named {name!r}")
+    metrics_file = Path(found[0]["path"]) / "metrics.jsonl"
+    rows = []
+    if metrics_file.is_file():
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return {"name": name, "task": found[0].get("task"), "history": rows}

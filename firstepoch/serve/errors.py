@@ -1,0 +1,73 @@
+"""Errors the server answers with: OpenAI's shape under /v1, Ollama's under /api, never a 500 for bad input."""
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+          405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+          422: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy", 504: "timeout"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+        self.headers = headers or {}
+
+
+def error_response(request: Request | None, status: int, message: str, code: str | None = None,
+                   param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    path = request.url.path if request is not None else ""
+    if path.startswith("/api/"):
+        body = {"error": message}  # Ollama's shape
+    else:
+        body = {"error": {"message": message, "type": _TYPES.get(status, "server_error"), "param": param,
+                          "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_json(request: Request) -> dict:
+    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def field(body: dict, name: str, kind, default=None, required: bool = False, low=None, high=None):
+    """body[name] checked against `kind` (a type or a tuple of types) and an optional range."""
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(400, f"'{name}' is required", param=name)
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ApiError(400, f"'{name}' must be {names}, not {type(value).__name__}", param=name)
+    if low is not None and value < low or high is not None and value > high:
+        raise ApiError(400, f"'{name}' must be between {low} and {high}, not {value}", param=name)
+    return value
+
+
+def stop_list(body: dict, name: str = "stop") -> list[str]:
+    stop = body.get(name)
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        return stop[:8]
+    raise ApiError(400, f"'{name}' must be a string or a list of strings", param=name)

@@ -1,0 +1,203 @@
+"""Ollama-compatible routes: /api/tags, /api/show, /api/generate, /api/chat, /api/embed, /api/version."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Request
+from starlette.responses import StreamingResponse
+
+from firstepoch.serve.errors import ApiError, field, read_json, stop_list
+from firstepoch.serve.streaming import prompt_ids, stream_generation
+
+router = APIRouter(prefix="/api")
+DEFAULT_NUM_PREDICT = 512
+
+
+def _state(request: Request):
+    return request.app.state.firstepoch
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _details(served) -> dict:
+    config = served.obj.config if served.kind == "llm" else {}
+    source = str(config.get("source", served.source))
+    family = config.get("architecture", "bert" if served.kind == "embedder" else "llama")
+    return {"parent_model": "", "format": "gguf" if source.endswith(".gguf") else "safetensors",
+            "family": family, "families": [family], "parameter_size": _parameter_size(served),
+            "quantization_level": config.get("quantization", "F32")}
+
+
+def _parameter_size(served) -> str:
+    if served.kind == "llm":
+        n = served.obj.model.config.n_parameters()
+    else:
+        n = sum(p.numel() for p in served.obj.encoder.parameters())
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n else ""
+
+
+@router.get("/version")
+async def version():
+    from firstepoch import __version__
+
+    return {"version": __version__}
+
+
+@router.get("/tags")
+async def tags(request: Request):
+    models = []
+    for s in _state(request).registry.items.values():
+        if s.kind not in ("llm", "embedder"):
+            continue
+        digest = hashlib.sha256(f"{s.name}:{s.source}".encode()).hexdigest()
+        models.append({"name": s.name, "model": s.name, "size": _size(s),
+                       "modified_at": datetime.fromtimestamp(s.created, timezone.utc).isoformat(),
+                       "digest": digest, "details": _details(s)})
+    return {"models": models}
+
+
+def _size(served) -> int:
+    from pathlib import Path
+
+    source = str(served.obj.config.get("source", served.source)) if served.kind == "llm" else served.source
+    path = Path(source)
+    if path.is_file():
+        return path.stat().st_size
+    from firstepoch.llm.models import BUNDLED, bundled_path
+
+    if source in BUNDLED and (p := bundled_path(source)):
+        return p.stat().st_size
+    return 0
+
+
+@router.post("/show")
+async def show(request: Request):
+    body = await read_json(request)
+    served = _served(request, body, ("llm", "embedder"))
+    capabilities = ["completion"] if served.kind == "llm" else ["embedding"]
+    template = ""
+    if served.kind == "llm" and served.obj.chat_template is not None:
+        template = served.obj.chat_template.source or ""
+    info = {"general.architecture": _details(served)["family"]}
+    if served.kind == "llm":
+        info[f"{_details(served)['family']}.context_length"] = served.obj.context
+    return {"modelfile": f"FROM {served.source}\n", "parameters": "", "template": template,
+            "details": _details(served), "model_info": info, "capabilities": capabilities,
+            "modified_at": datetime.fromtimestamp(served.created, timezone.utc).isoformat()}
+
+
+def _served(request: Request, body: dict, kinds: tuple[str, ...]):
+    name = field(body, "model", str, required=True)
+    served = _state(request).registry.get(name, kinds)
+    if served is None:
+        raise ApiError(404, f"model '{name}' not found")
+    return served
+
+
+def _options(body: dict) -> tuple[dict, int | None]:
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise ApiError(400, "'options' must be an object")
+    sampling = {"temperature": field(options, "temperature", float, 0.8, low=0.0, high=2.0),
+                "top_k": field(options, "top_k", int, 40, low=0) or None,
+                "top_p": field(options, "top_p", float, 0.9, low=0.0, high=1.0),
+                "min_p": field(options, "min_p", float, None, low=0.0, high=1.0),
+                "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01),
+                "seed": field(options, "seed", int, None), "stop": stop_list(options)}
+    num_predict = field(options, "num_predict", int, None)
+    return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict))
+
+
+@router.post("/generate")
+async def generate(request: Request):
+    body = await read_json(request)
+    served = _served(request, body, ("llm",))
+    prompt = field(body, "prompt", str, "")
+    if not prompt:  # Ollama loads the model and answers with nothing
+        return {"model": served.name, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+    sampling, num_predict = _options(body)
+    lm = served.obj
+    system = field(body, "system", str, None)
+    if field(body, "raw", bool, False):
+        text, special = prompt, False
+    else:  # as Ollama does: the prompt goes through the model's template as one user turn
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        text, special = lm.render_chat(messages), True
+    ids, max_new = prompt_ids(lm, text, special, num_predict, DEFAULT_NUM_PREDICT)
+    return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
+                          lambda piece: {"response": piece})
+
+
+@router.post("/chat")
+async def chat(request: Request):
+    body = await read_json(request)
+    served = _served(request, body, ("llm",))
+    messages = field(body, "messages", list, required=True)
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") or \
+                not isinstance(m.get("content", ""), str):
+            raise ApiError(400, f"messages[{i}] needs a role (system, user or assistant) and string content")
+        clean.append({"role": m["role"], "content": m.get("content", "")})
+    if not clean:
+        return {"model": served.name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
+                "done": True, "done_reason": "load"}
+    sampling, num_predict = _options(body)
+    ids, max_new = prompt_ids(served.obj, served.obj.render_chat(clean), True, num_predict, DEFAULT_NUM_PREDICT)
+    return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
+                          lambda piece: {"message": {"role": "assistant", "content": piece}})
+
+
+async def _respond(request, served, ids, max_new, sampling, stream: bool, shape):
+    state = _state(request)
+    started = time.perf_counter_ns()
+
+    def final(text: str) -> dict:
+        s = served.obj.stats
+        reason = s.get("finish_reason", "stop")
+        return {"model": served.name, "created_at": _now(), **shape(text), "done": True,
+                "done_reason": reason if reason in ("stop", "length") else "length",
+                "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
+                "prompt_eval_count": s.get("prompt_tokens", len(ids)),
+                "prompt_eval_duration": int(s.get("prompt_seconds", 0) * 1e9),
+                "eval_count": s.get("completion_tokens", 0), "eval_duration": int(s.get("decode_seconds", 0) * 1e9)}
+
+    if not stream:
+        async with served.slot:
+            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state.limits,
+                                                               state.metrics, state.stopping)])
+            return final(text)
+
+    served.slot.admit()
+
+    async def lines():
+        async with served.slot:
+            async for piece in stream_generation(served, ids, max_new, sampling, state.limits, state.metrics,
+                                                 state.stopping):
+                yield json.dumps({"model": served.name, "created_at": _now(), **shape(piece), "done": False},
+                                 ensure_ascii=False) + "\n"
+            yield json.dumps(final(""), ensure_ascii=False) + "\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+@router.post("/embed")
+async def embed(request: Request):
+    body = await read_json(request)
+    served = _served(request, body, ("embedder",))
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "'input' must be a string or a non-empty list of strings")
+    started = time.perf_counter_ns()
+    async with served.slot:
+        vectors = await served.slot.run(served.obj.embed, texts)
+    return {"model": served.name, "embeddings": [[float(x) for x in v] for v in vectors],
+            "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
+            "prompt_eval_count": sum(served.obj.count_tokens(texts)) + 2 * len(texts)}

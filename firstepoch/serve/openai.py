@@ -1,0 +1,183 @@
+"""OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from firstepoch.serve.errors import ApiError, field, read_json, stop_list
+from firstepoch.serve.streaming import prompt_ids, stream_generation
+
+router = APIRouter(prefix="/v1")
+DEFAULT_MAX_TOKENS = 512
+
+
+def _state(request: Request):
+    return request.app.state.firstepoch
+
+
+@router.get("/models")
+async def list_models(request: Request):
+    state = _state(request)
+    return {"object": "list", "data": [
+        {"id": s.name, "object": "model", "created": s.created, "owned_by": "firstepoch", "kind": s.kind}
+        for s in state.registry.items.values() if s.kind != "index"]}
+
+
+def _llm(request: Request, body: dict):
+    name = field(body, "model", str, required=True)
+    served = _state(request).registry.get(name, ("llm",))
+    if served is None:
+        known = ", ".join(s.name for s in _state(request).registry.of_kind("llm")) or "none"
+        raise ApiError(404, f"model {name!r} is not served here (language models: {known})", code="model_not_found",
+                       param="model")
+    if field(body, "n", int, 1) != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    return served
+
+
+def _sampling(body: dict) -> dict:
+    return {"temperature": field(body, "temperature", float, 1.0, low=0.0, high=2.0),
+            "top_p": field(body, "top_p", float, None, low=0.0, high=1.0),
+            "seed": field(body, "seed", int, None), "stop": stop_list(body)}
+
+
+def _max_tokens(body: dict) -> int | None:
+    return field(body, "max_completion_tokens", int, None, low=1) or field(body, "max_tokens", int, None, low=1)
+
+
+def _messages(body: dict) -> list[dict]:
+    messages = field(body, "messages", list, required=True)
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+            raise ApiError(400, f"messages[{i}] needs a role (system, user or assistant) and content",
+                           param="messages")
+        content = m.get("content") or ""
+        if isinstance(content, list):  # the parts form: keep the text parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
+        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+    if not out:
+        raise ApiError(400, "messages is empty", param="messages")
+    return out
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request):
+    body = await read_json(request)
+    served = _llm(request, body)
+    lm = served.obj
+    ids, max_new = prompt_ids(lm, lm.render_chat(_messages(body)), True, _max_tokens(body), DEFAULT_MAX_TOKENS)
+    return await _complete(request, served, ids, max_new, _sampling(body), bool(body.get("stream")), chat=True,
+                           include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+
+
+@router.post("/completions")
+async def completions(request: Request):
+    body = await read_json(request)
+    served = _llm(request, body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "'prompt' must be a string", param="prompt")
+    ids, max_new = prompt_ids(served.obj, prompt, False, _max_tokens(body) or 16, 16)
+    return await _complete(request, served, ids, max_new, _sampling(body), bool(body.get("stream")), chat=False,
+                           include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+
+
+async def _complete(request, served, ids, max_new, sampling, stream: bool, chat: bool, include_usage: bool):
+    state = _state(request)
+    kind = "chat.completion" if chat else "text_completion"
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+
+    def choice(text: str | None, finish: str | None, delta: bool) -> dict:
+        if not chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        message = ({"content": text} if text is not None else {}) if delta else {"role": "assistant",
+                                                                                   "content": text}
+        return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
+
+    def usage() -> dict:
+        s = served.obj.stats
+        return {"prompt_tokens": s.get("prompt_tokens", len(ids)), "completion_tokens": s.get("completion_tokens", 0),
+                "total_tokens": s.get("prompt_tokens", len(ids)) + s.get("completion_tokens", 0)}
+
+    if not stream:
+        async with served.slot:
+            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state.limits,
+                                                               state.metrics, state.stopping)])
+            return {"id": rid, "object": kind, "created": created, "model": served.name,
+                    "choices": [choice(text, _finish(served), delta=False)], "usage": usage()}
+
+    served.slot.admit()  # a full queue is a 503 before any byte is sent
+
+    async def events():
+        async with served.slot:  # waits its turn; released however the stream ends
+            chunk = kind + ".chunk" if chat else kind
+            if chat:
+                first = {"role": "assistant", "content": ""}
+                yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
+                            "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]})
+            async for piece in stream_generation(served, ids, max_new, sampling, state.limits, state.metrics,
+                                                 state.stopping):
+                yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
+                            "choices": [choice(piece, None, delta=True)]})
+            last = {"id": rid, "object": chunk, "created": created, "model": served.name,
+                    "choices": [choice(None if chat else "", _finish(served), delta=True)]}
+            yield _sse(last)
+            if include_usage:
+                yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name, "choices": [],
+                            "usage": usage()})
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _finish(served) -> str:
+    reason = served.obj.stats.get("finish_reason", "stop")
+    return reason if reason in ("stop", "length") else "length"  # timeout/shutdown: cut short
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request):
+    body = await read_json(request)
+    state = _state(request)
+    name = field(body, "model", str, required=True)
+    served = state.registry.get(name, ("embedder",))
+    if served is None:
+        known = ", ".join(s.name for s in state.registry.of_kind("embedder")) or "none"
+        raise ApiError(404, f"embedding model {name!r} is not served here (embedding models: {known})",
+                       code="model_not_found", param="model")
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "'input' must be a string or a non-empty list of strings (token arrays are not "
+                            "supported)", param="input")
+    if len(texts) > 2048:
+        raise ApiError(400, f"'input' has {len(texts)} texts; send at most 2048 at a time", param="input")
+    encoding = field(body, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "'encoding_format' must be float or base64", param="encoding_format")
+    embedder = served.obj
+    async with served.slot:
+        vectors = await served.slot.run(embedder.embed, texts)
+        tokens = sum(embedder.count_tokens(texts)) + 2 * len(texts)
+    data = [{"object": "embedding", "index": i,
+             "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if encoding == "base64"
+             else [float(x) for x in v]} for i, v in enumerate(vectors)]
+    return JSONResponse({"object": "list", "data": data, "model": served.name,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -1,0 +1,143 @@
+"""What a server serves: models and indexes loaded once at start, each under a name, each with a slot that
+runs one request at a time and a bounded first-come-first-served queue in front of it."""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from firstepoch.errors import FirstEpochError
+
+KINDS = ("llm", "embedder", "classifier", "regressor", "index")
+
+
+class Busy(Exception):
+    """The model's queue is full: the client should retry later (503 + Retry-After)."""
+
+    def __init__(self, name: str, retry_after: int):
+        super().__init__(f"model {name!r} is busy ({retry_after}s); try again shortly")
+        self.retry_after = retry_after
+
+
+class Slot:
+    """One request at a time on one model, in arrival order, with at most `queue_size` waiting.
+
+    Work runs on the slot's own thread, so the event loop (and `/health`) stays free while a model computes.
+    """
+
+    def __init__(self, name: str, queue_size: int):
+        self.name, self.queue_size = name, queue_size
+        self.lock = asyncio.Lock()  # asyncio's lock wakes waiters in arrival order: fair
+        self.waiting = 0
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot-{name}")
+        self.busy_seconds = 0.0
+
+    def __repr__(self):
+        return f"Slot({self.name!r}, waiting={self.waiting}, busy={self.lock.locked()})"
+
+    def admit(self) -> None:
+        """Raise Busy when the queue is full (checked again on entering)."""
+        if self.lock.locked() and self.waiting >= self.queue_size:
+            raise Busy(self.name, retry_after=max(1, round(self.busy_seconds or 1)))
+
+    async def __aenter__(self):
+        self.admit()
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        self._since = time.perf_counter()
+        return self
+
+    async def __aexit__(self, *exc):
+        self.busy_seconds = 0.8 * self.busy_seconds + 0.2 * (time.perf_counter() - self._since)
+        self.lock.release()
+
+    async def run(self, fn, *args):
+        """`fn(*args)` on the slot's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+
+@dataclass
+class Served:
+    name: str
+    kind: str  # one of KINDS
+    obj: Any  # LanguageModel, Embedder, Predictor or Index
+    source: str  # where it came from, for /v1/models and /api/show
+    slot: Slot
+    info: dict = field(default_factory=dict)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Registry:
+    """Name -> what is served. Requests name a model or an index; nothing else is ever looked up."""
+
+    def __init__(self, queue_size: int = 16):
+        self.queue_size = queue_size
+        self.items: dict[str, Served] = {}
+
+    def add(self, name: str, kind: str, obj, source: str, **info) -> Served:
+        if name in self.items:
+            raise FirstEpochError(f"two things to serve are both named {name!r}; rename one (NAME=PATH)")
+        served = Served(name, kind, obj, source, Slot(name, self.queue_size), info)
+        self.items[name] = served
+        return served
+
+    def get(self, name: str, kinds: tuple[str, ...]) -> Served | None:
+        served = self.items.get(name)
+        return served if served is not None and served.kind in kinds else None
+
+    def of_kind(self, *kinds: str) -> list[Served]:
+        return [s for s in self.items.values() if s.kind in kinds]
+
+
+def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, context: int = 4096) -> Registry:
+    """Load what `firstepoch serve` was given. MODEL is a bundled name, a path (GGUF, Hugging Face folder,
+    bundle, sentence-transformers folder), or NAME=PATH to choose the served name. With no MODEL: the bundled
+    chat model and the bundled embedding model."""
+    from firstepoch.llm.models import BUNDLED, DEFAULT_MODEL
+    from firstepoch.retrieval.embed import BUNDLED_EMBEDDERS, DEFAULT_EMBEDDER
+
+    registry = Registry(queue_size)
+    for spec in models or [DEFAULT_MODEL, DEFAULT_EMBEDDER]:
+        name, _, target = spec.partition("=") if "=" in spec else ("", "", spec)
+        if target in BUNDLED_EMBEDDERS or _is_sentence_transformers(target):
+            from firstepoch.retrieval.embed import load_embedder
+
+            embedder = load_embedder(target)
+            registry.add(name or embedder.name, "embedder", embedder, target, dim=embedder.dim)
+            continue
+        path = Path(target)
+        if path.is_dir() and (path / "firstepoch.json").is_file():
+            from firstepoch.bundle import load as load_bundle
+
+            obj = load_bundle(path)
+            kind = "llm" if obj.config.get("task") == "language_model" else (
+                "classifier" if obj.task == "classification" else "regressor")
+            registry.add(name or _bundle_name(path), kind, obj, str(path))
+            continue
+        from firstepoch.llm.models import load
+
+        lm = load(target, context=context)
+        default = target if target in BUNDLED else (path.stem if path.suffix == ".gguf" else path.name)
+        registry.add(name or default, "llm", lm, target)
+    for spec in indexes:
+        from firstepoch.retrieval.index import Index
+
+        name, _, target = spec.partition("=") if "=" in spec else (spec, "", spec)
+        registry.add(Path(name).name, "index", Index.open(target, create=False), target)
+    return registry
+
+
+def _is_sentence_transformers(target: str) -> bool:
+    path = Path(target)
+    return path.is_dir() and (path / "modules.json").is_file() and (path / "tokenizer.json").is_file()
+
+
+def _bundle_name(path: Path) -> str:
+    path = path.resolve()
+    return path.parent.name if path.name == "model" else path.name

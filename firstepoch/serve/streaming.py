@@ -1,0 +1,89 @@
+"""Running a model's work on its slot: generation streamed piece by piece, stopped when the client leaves,
+when the request runs past its time limits, or when the server shuts down."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import anyio
+
+from firstepoch.serve.errors import ApiError
+
+_END = object()
+
+
+@dataclass
+class Limits:
+    idle_timeout: float = 60.0  # the longest wait for the next piece of an answer
+    total_timeout: float = 600.0  # the longest a request may run
+    max_body_bytes: int = 1 << 20  # JSON bodies
+    max_upload_bytes: int = 20 << 20  # image and PDF uploads
+    queue_size: int = 16
+
+
+@dataclass
+class Metrics:
+    """What `/metrics` reports."""
+    started: float = field(default_factory=time.time)
+    requests: dict = field(default_factory=dict)  # (route, status) -> count
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    decode_seconds: float = 0.0
+    cancelled: int = 0
+    rejected_busy: int = 0
+
+    def count(self, route: str, status: int) -> None:
+        self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
+
+
+def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
+    """Token ids of a prompt and the number of tokens to generate; a prompt that leaves no room in the context
+    is a 400 with the counts."""
+    ids = lm.encode(text, special=special)
+    room = lm.context - len(ids)
+    if room <= 0:
+        raise ApiError(400, f"the prompt has {len(ids)} tokens but the model's context is {lm.context}; "
+                            f"shorten it", code="context_length_exceeded")
+    return ids, min(max_tokens or default_max, room)
+
+
+async def stream_generation(served, ids: list[int], max_new_tokens: int, options: dict, limits: Limits,
+                            metrics: Metrics, stopping=lambda: False) -> AsyncIterator[str]:
+    """Text pieces of `served.obj.generate(ids)`, holding the model's slot until the generator is closed.
+
+    The caller must already hold `served.slot`. If the consumer stops iterating (a client disconnect cancels
+    it), the generation is closed on the slot's thread before the slot is given back. `served.obj.stats`
+    holds the counts afterwards; `finish_reason` is "timeout" or "shutdown" when it was cut short here.
+    """
+    lm, slot = served.obj, served.slot
+    pieces = lm.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
+    deadline = time.monotonic() + limits.total_timeout
+    finished = False
+    try:
+        while True:
+            if stopping():
+                lm.stats["finish_reason"] = "shutdown"
+                break
+            wait = min(limits.idle_timeout, deadline - time.monotonic())
+            if wait <= 0:
+                lm.stats["finish_reason"] = "timeout"
+                break
+            with anyio.move_on_after(wait) as scope:
+                piece = await slot.run(next, pieces, _END)
+            if scope.cancelled_caught:
+                lm.stats["finish_reason"] = "timeout"
+                break
+            if piece is _END:
+                break
+            yield piece
+        finished = True
+    finally:
+        if not finished:
+            metrics.cancelled += 1
+        with anyio.CancelScope(shield=True):  # even when cancelled: free the model before the slot
+            await slot.run(pieces.close)
+        stats = lm.stats
+        metrics.prompt_tokens += stats.get("prompt_tokens", 0)
+        metrics.completion_tokens += stats.get("completion_tokens", 0)
+        metrics.decode_seconds += stats.get("decode_seconds", 0.0)

@@ -1,0 +1,54 @@
+"""The official `openai` and `ollama` Python clients against a running `firstepoch serve`."""
+import numpy as np
+import pytest
+
+from tests.retrieval.conftest import docs_folder  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.slow
+CHAT = "smollm2-135m-instruct"
+
+
+def test_openai_client(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.api_key)
+    assert {m.id for m in client.models.list()} >= {CHAT, "all-minilm-l6-v2", "digits", "iris"}
+    reply = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                           max_tokens=12, temperature=0)
+    text = reply.choices[0].message.content
+    assert text and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage.completion_tokens <= 12 and reply.usage.prompt_tokens > 5
+    stream = client.chat.completions.create(model=CHAT, messages=[{"role": "user", "content": "What is 2+2?"}],
+                                            max_tokens=12, temperature=0, stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert len(pieces) > 2 and "".join(pieces) == text  # greedy: streamed equals whole
+    completion = client.completions.create(model=CHAT, prompt="The capital of France is", max_tokens=6,
+                                           temperature=0)
+    assert completion.choices[0].text.strip() and completion.usage.completion_tokens <= 6
+    embeddings = client.embeddings.create(model="all-minilm-l6-v2", input=["a cat", "stocks fell"])
+    vectors = np.array([e.embedding for e in embeddings.data], dtype=np.float32)
+    from firstepoch.retrieval import embed
+
+    np.testing.assert_allclose(vectors, embed(["a cat", "stocks fell"]), atol=1e-5)
+
+
+def test_ollama_client(server):
+    import ollama
+
+    client = ollama.Client(host=server.url, headers=server.headers)
+    assert {m.model for m in client.list().models} == {CHAT, "all-minilm-l6-v2"}
+    answer = client.chat(model=CHAT, messages=[{"role": "user", "content": "Say hello."}],
+                         options={"num_predict": 8, "temperature": 0})
+    assert answer.message.content and answer.done and answer.eval_count <= 8
+    streamed = list(client.chat(model=CHAT, messages=[{"role": "user", "content": "Say hello."}],
+                                options={"num_predict": 8, "temperature": 0}, stream=True))
+    assert "".join(p.message.content for p in streamed) == answer.message.content and streamed[-1].done
+    generated = client.generate(model=CHAT, prompt="Say hello.", options={"num_predict": 8, "temperature": 0})
+    assert generated.response == answer.message.content  # /api/generate templates the prompt as a user turn
+    embedded = client.embed(model="all-minilm-l6-v2", input=["hello", "world"])
+    assert len(embedded.embeddings) == 2 and len(embedded.embeddings[0]) == 384
+    shown = client.show(CHAT)
+    assert shown.details.format == "gguf" and shown.details.quantization_level == "Q4_1"
+    assert shown.details.parameter_size == "135M"
+    with pytest.raises(ollama.ResponseError, match="not found"):
+        client.chat(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
