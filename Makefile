@@ -36,11 +36,18 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/firstepoch demo
 
-test: $(VENV)/.installed $(VENV)/.llamacpp
+# Debian's chromium for the browser test of the web page (Playwright drives it; no browser download)
+$(VENV)/.chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) || \
+		echo "chromium could not be installed: the browser test will be skipped"
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/learner_overhead.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache test-artifacts

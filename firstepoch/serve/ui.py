@@ -36,7 +36,7 @@ canvas { background:#fff; border:1px solid var(--line); border-radius:8px; }
 <header><b>firstepoch</b>
 <nav><button data-tab="chat" class="on">Chat</button><button data-tab="classify">Classify</button>
 <button data-tab="ask">Ask documents</button><button data-tab="runs">Runs</button></nav>
-<span style="flex:1"></span><input id="key" type="password" placeholder="API key (if set)" size="14"></header>
+<span id="status" class="muted" style="flex:1"></span><input id="key" type="password" placeholder="API key (if set)" size="14"></header>
 <main>
 <section id="chat" class="on">
   <div class="row"><label>Model <select id="chat-model"></select></label>
@@ -92,7 +92,8 @@ async function load() {
     fill($("predict-model"), models.filter((m) => m.kind === "classifier" || m.kind === "regressor").map((m) => m.id));
     const health = await (await api("/health")).json();
     fill($("index"), Object.entries(health.models).filter(([n, m]) => m.kind === "index").map(([n]) => n));
-  } catch (e) { $("log").textContent = "Could not list models: " + e.message; }
+    $("status").textContent = "";
+  } catch (e) { $("status").textContent = "Could not list models: " + e.message; }
 }
 // ---- chat: OpenAI-style streaming over server-sent events
 let history = [], controller = null;

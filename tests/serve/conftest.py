@@ -81,7 +81,7 @@ def served_things(tmp_path_factory, docs_folder):
     tmp = tmp_path_factory.mktemp("served")
     env = server_env(tmp)
     digits = samples.digits(tmp / "digits")
-    run_cli(env, "train", "images", digits / "train", "--arch", "cnn", "--epochs", 1, "--size", 16, "--no-flip",
+    run_cli(env, "train", "images", digits / "train", "--arch", "cnn", "--epochs", 3, "--size", 16, "--no-flip",
             "--name", "digits", "--out", tmp / "digits-model")
     from sklearn.datasets import load_iris
 
