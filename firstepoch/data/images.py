@@ -95,6 +95,8 @@ def _to_tensor(img: Image.Image, channels: int | None, size: int) -> torch.Tenso
     """uint8 (C, size, size): shorter side resized to `size`, centre crop. `channels=None` keeps the mode's."""
     if channels == 3 and img.mode != "RGB":
         img = img.convert("RGB")  # for 'L' this repeats the channel, as `_as_channels` does after resizing
+    elif channels == 1 and img.mode != "L":
+        img = img.convert("L")  # a colour photo or a rendered PDF given to a model trained on grey images
     t = TF.pil_to_tensor(img)
     t = TF.resize(t, size, antialias=True)
     return TF.center_crop(t, [size, size])

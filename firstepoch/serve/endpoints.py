@@ -47,6 +47,8 @@ async def metrics(request: Request):
     lines += [f"firstepoch_prompt_tokens_total {m.prompt_tokens}",
               f"firstepoch_completion_tokens_total {m.completion_tokens}",
               f"firstepoch_decode_tokens_per_second {rate:.2f}",
+              f"firstepoch_decode_seconds_total {m.decode_seconds:.3f}",
+              f"firstepoch_prompt_seconds_total {m.prompt_seconds:.3f}",
               f"firstepoch_cancelled_generations_total {m.cancelled}",
               f"firstepoch_rejected_busy_total {m.rejected_busy}",
               f"firstepoch_uptime_seconds {time.time() - m.started:.0f}"]

@@ -164,3 +164,16 @@ def test_colour_images_get_colour_jitter_grey_ones_do_not():
     assert not torch.equal(plain, jittered) and jittered.dtype == torch.uint8
     assert (jittered.float().mean() - plain.float().mean()).abs() < 0.25 * plain.float().mean()
     assert torch.equal(images.augment(grey, g(), False, 0, jitter=0), images.augment(grey, g(), False, 0, jitter=0.2))
+
+
+def test_a_grey_model_takes_colour_photos_and_pdfs(tmp_path):
+    """A model trained on grey images is given a colour photo or a rendered PDF page at predict time."""
+    pre = ImagePreprocessor(16, 1, [0.5], [0.5])
+    photo = Image.new("RGB", (40, 30), (200, 30, 30))
+    photo.save(tmp_path / "photo.png")
+    photo.save(tmp_path / "scan.pdf")
+    for source in (tmp_path / "photo.png", tmp_path / "scan.pdf"):
+        x = pre.encode(source)
+        assert x.shape == (1, 16, 16)
+    grey = round(0.299 * 200 + 0.587 * 30 + 0.114 * 30)  # Pillow's L conversion of the photo's colour
+    assert abs(int(pre.pixels(tmp_path / "photo.png")[0, 8, 8]) - grey) <= 1
