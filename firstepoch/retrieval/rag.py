@@ -80,14 +80,12 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
         repetition_penalty: above 1 keeps a small model from repeating itself.
     """
     hits = index.search(question, k=k)
-    best = max((h.score for h in hits), default=0.0)
-    if best < threshold:
-        text = (f"The indexed documents don't seem to contain the answer: the best matching passage scores "
-                f"{best:.2f}, under the {threshold:.2f} needed to answer from it.")
-        result = AnswerStream(question, [], iter([text]), answered=False)
+    refusal = no_answer(hits, threshold)
+    if refusal is not None:
+        result = AnswerStream(question, [], iter([refusal]), answered=False)
         return result if stream else result.result()
     lm = model if hasattr(model, "chat") else _load_model(model)
-    citations, messages = _fit_context(lm, question, [h for h in hits if h.score >= threshold], max_tokens)
+    citations, messages = fit_context(lm, question, hits, max_tokens, threshold)
     pieces = lm.chat(messages, stream=True, max_new_tokens=max_tokens, temperature=temperature,
                      repetition_penalty=repetition_penalty, **sampling)
     result = AnswerStream(question, citations, pieces, answered=True)
@@ -106,9 +104,21 @@ def _messages(question: str, passages: list[tuple[Citation, str]]) -> list[dict]
             {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"}]
 
 
-def _fit_context(lm, question: str, hits, max_tokens: int) -> tuple[list[Citation], list[dict]]:
-    """Passages in rank order while the prompt still leaves `max_tokens` for the answer; the first one is
-    cut to fit when even it alone is too long. Never more than the context."""
+def no_answer(hits, threshold: float = NO_ANSWER_THRESHOLD) -> str | None:
+    """What to say instead of answering when no passage is similar enough to the question, else None."""
+    best = max((h.score for h in hits), default=0.0)
+    if best >= threshold:
+        return None
+    return (f"The indexed documents don't seem to contain the answer: the best matching passage scores "
+            f"{best:.2f}, under the {threshold:.2f} needed to answer from it.")
+
+
+def fit_context(lm, question: str, hits, max_tokens: int,
+                threshold: float = NO_ANSWER_THRESHOLD) -> tuple[list[Citation], list[dict]]:
+    """The chat messages for `lm`: passages scoring at least `threshold`, in rank order, while the prompt
+    still leaves `max_tokens` for the answer; the first one is cut to fit when even it alone is too long.
+    Never more than the context."""
+    hits = [h for h in hits if h.score >= threshold]
     budget = lm.context - max_tokens
 
     def size(passages) -> int:

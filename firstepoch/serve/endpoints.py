@@ -205,18 +205,15 @@ async def ask(name: str, request: Request):
 
 
 def _answer_plan(hits, question: str, lm) -> dict:
-    """What `rag.ask` does, split so the server can stream it on the model's slot."""
-    from firstepoch.retrieval.rag import NO_ANSWER_THRESHOLD, _fit_context
+    """What `rag.ask` does, in steps, so the server can stream the answer on the model's slot."""
+    from firstepoch.retrieval.rag import fit_context, no_answer
 
-    best = max((h.score for h in hits), default=0.0)
-    if best < NO_ANSWER_THRESHOLD:
-        return {"refusal": f"The indexed documents don't seem to contain the answer: the best matching passage "
-                           f"scores {best:.2f}, under the {NO_ANSWER_THRESHOLD:.2f} needed to answer from it.",
-                "citations": []}
+    refusal = no_answer(hits)
+    if refusal is not None:
+        return {"refusal": refusal, "citations": []}
     max_new = 200
-    citations, messages = _fit_context(lm, question, [h for h in hits if h.score >= NO_ANSWER_THRESHOLD], max_new)
-    ids = lm.encode(lm.render_chat(messages), special=True)
-    return {"refusal": None, "ids": ids, "max_new": max_new,
+    citations, messages = fit_context(lm, question, hits, max_new)
+    return {"refusal": None, "ids": lm.encode(lm.render_chat(messages), special=True), "max_new": max_new,
             "options": {"temperature": 0.0, "repetition_penalty": 1.1},
             "citations": [{"number": c.number, "source": c.source, "page": c.page, "score": round(c.score, 4),
                            "text": c.text} for c in citations]}

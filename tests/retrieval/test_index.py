@@ -43,34 +43,41 @@ def consistent(ix: Index) -> None:
     assert dup == 0
 
 
-def test_index_reports_every_file_and_finds_the_right_one(docs):
-    with Index.open("t", create=True) as ix:
-        report = ix.add(docs)
-        status = {f.path: f.status for f in report.files}
-        assert status["reports/survey.pdf"] == "indexed" and status["page.html"] == "indexed"
-        assert status["reports/scanned.pdf"] == "no text" and status["broken.pdf"] == "unreadable"
-        assert status["photo.bin"] == "skipped" and report.count("indexed") == 17
-        consistent(ix)
-        for question, source in QUESTIONS:
-            top3 = [h.source for h in ix.search(question, k=3)]
-            assert source in top3, (question, top3)
-        hit = ix.search("zebra herd Naivasha", k=1)[0]
-        assert (hit.source, hit.page) == ("reports/survey.pdf", 1)
-        assert ix.search("rainfall in March millimetres", k=1)[0].page == 2
+@pytest.fixture(scope="module")
+def built(docs_folder, tmp_path_factory):
+    """An index of the documents, built once, for the tests that only read it."""
+    ix = Index.open(str(tmp_path_factory.mktemp("built") / "index"), create=True)
+    report = ix.add(docs_folder)
+    yield ix, report
+    ix.close()
 
 
-def test_search_modes_and_bad_queries(docs):
-    with Index.open("t", create=True) as ix:
-        ix.add(docs)
-        for mode in ("vector", "lexical", "hybrid"):
-            hits = ix.search("Bell Rock lighthouse", k=2, mode=mode)
-            assert hits[0].source == "page.html", mode
-            assert hits[0].text[:] and -1.0 <= hits[0].score <= 1.0
-        assert ix.search("!!! ???", k=3, mode="lexical") == []
-        with pytest.raises(FirstEpochError, match="search mode"):
-            ix.search("x", mode="fuzzy")
-        with pytest.raises(FirstEpochError, match="empty"):
-            ix.search("  ")
+def test_index_reports_every_file_and_finds_the_right_one(built):
+    ix, report = built
+    status = {f.path: f.status for f in report.files}
+    assert status["reports/survey.pdf"] == "indexed" and status["page.html"] == "indexed"
+    assert status["reports/scanned.pdf"] == "no text" and status["broken.pdf"] == "unreadable"
+    assert status["photo.bin"] == "skipped" and report.count("indexed") == 17
+    consistent(ix)
+    for question, source in QUESTIONS:
+        top3 = [h.source for h in ix.search(question, k=3)]
+        assert source in top3, (question, top3)
+    hit = ix.search("zebra herd Naivasha", k=1)[0]
+    assert (hit.source, hit.page) == ("reports/survey.pdf", 1)
+    assert ix.search("rainfall in March millimetres", k=1)[0].page == 2
+
+
+def test_search_modes_and_bad_queries(built):
+    ix, _ = built
+    for mode in ("vector", "lexical", "hybrid"):
+        hits = ix.search("Bell Rock lighthouse", k=2, mode=mode)
+        assert hits[0].source == "page.html", mode
+        assert hits[0].text[:] and -1.0 <= hits[0].score <= 1.0
+    assert ix.search("!!! ???", k=3, mode="lexical") == []
+    with pytest.raises(FirstEpochError, match="search mode"):
+        ix.search("x", mode="fuzzy")
+    with pytest.raises(FirstEpochError, match="empty"):
+        ix.search("  ")
 
 
 def test_reindexing_is_incremental(docs, monkeypatch):

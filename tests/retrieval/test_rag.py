@@ -16,9 +16,9 @@ def lm():
     return load(DEFAULT_MODEL, context=1024)
 
 
-@pytest.fixture()
-def ix(docs_folder):
-    ix = Index.open("rag", create=True)
+@pytest.fixture(scope="module")
+def ix(docs_folder, tmp_path_factory):
+    ix = Index.open(str(tmp_path_factory.mktemp("rag") / "index"), create=True)
     ix.add(docs_folder)
     yield ix
     ix.close()
