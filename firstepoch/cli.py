@@ -357,9 +357,10 @@ def _enable_history() -> None:
 
 @app.command()
 def models():
-    """The language models firstepoch can find: bundled, GGUF files in the models folder, your GPT runs."""
+    """The models firstepoch can find: bundled LLMs and embedders, GGUF files in the models folder, your GPTs."""
     from firstepoch.llm import find_models
     from firstepoch.llm.models import models_dir
+    from firstepoch.retrieval.embed import bundled_embedders
 
     table = Table(title=f"models (GGUF files are also looked for in {models_dir()})")
     table.add_column("name", overflow="fold", min_width=21)
@@ -370,6 +371,9 @@ def models():
         params = f"{m['parameters'] / 1e6:.0f}M" if m.get("parameters") else ""
         table.add_row(m["name"], m["where"], m.get("architecture", m.get("error", "?")), m.get("quantization", ""),
                       params, f"{m['size'] / 2**20:.0f} MiB", m["path"])
+    for m in bundled_embedders():
+        table.add_row(m["name"], "bundled", "bert (embeddings)", "F32", f"{m['parameters'] / 1e6:.0f}M",
+                      f"{m['size'] / 2**20:.0f} MiB", m["path"])
     console.print(table)
 
 

@@ -222,6 +222,7 @@ def test_generate_and_models_run_the_bundled_llm(tmp_path):
     assert "tokens/s" in streamed.stderr
     listed = cli("models", cwd=tmp_path)
     assert DEFAULT_MODEL in listed.stdout and "Q4_1" in listed.stdout
+    assert "all-minilm-l6-v2" in listed.stdout and "23M" in listed.stdout  # the embedder `serve` names so
     chat = subprocess.run([sys.executable, "-m", "firstepoch", "chat", "--temperature", "0", "--max-tokens", "16"],
                           input="Say hello.\n/clear\nSay hello.\n/exit\n", capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)

@@ -153,6 +153,24 @@ def resolve_embedder(name_or_path: str | Path | None) -> Path:
     return path
 
 
+def bundled_embedders() -> list[dict]:
+    """The installed bundled embedding models: name, folder, weights size and parameter count (read from the
+    safetensors header, without loading the weights)."""
+    from safetensors import safe_open
+
+    found = []
+    for name in BUNDLED_EMBEDDERS:
+        try:
+            folder = resolve_embedder(name)
+        except FirstEpochError:
+            continue
+        weights = folder / "model.safetensors"
+        with safe_open(str(weights), "np") as f:
+            n = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys() if not k.endswith("position_ids"))
+        found.append({"name": name, "path": str(folder), "size": weights.stat().st_size, "parameters": n})
+    return found
+
+
 @lru_cache(maxsize=2)
 def load_embedder(name_or_path: str | None = None) -> Embedder:
     """The embedder by name (default all-minilm-l6-v2) or sentence-transformers folder; loaded once."""

@@ -67,8 +67,8 @@ class _Guard:
     """Pure ASGI middleware (so streams and disconnects pass straight through): the API key on every route
     but the page, and the request counts of /metrics."""
 
-    def __init__(self, app, state: ServerState):
-        self.app, self.state = app, state
+    def __init__(self, app, state: ServerState, known: set[str]):
+        self.app, self.state, self.known = app, state, known
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -76,7 +76,7 @@ class _Guard:
         from starlette.requests import Request as StarletteRequest
 
         request = StarletteRequest(scope)
-        route = _route_name(request)
+        route = _route_name(scope["path"], self.known)
         key = self.state.api_key
         if key and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
             given = request.headers.get("authorization", "")
@@ -142,7 +142,8 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
         return error_response(request, 400, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, limits=limits)
-    app.add_middleware(_Guard, state=app.state.firstepoch)
+    known = {route.path for router in (openai.router, ollama.router, endpoints.router) for route in router.routes}
+    app.add_middleware(_Guard, state=app.state.firstepoch, known=known | OPEN_PATHS)
     if cors:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -150,13 +151,12 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     return app
 
 
-def _route_name(request: Request) -> str:
-    """The route pattern, not the raw path (bounded label values in /metrics)."""
-    path = request.url.path
+def _route_name(path: str, known: set[str]) -> str:
+    """The route pattern, not the raw path, so that /metrics has a bounded set of labels."""
     for prefix in ("/v1/predict/", "/v1/search/", "/v1/ask/", "/v1/runs/"):
         if path.startswith(prefix):
             return prefix + "{name}"
-    return path if len(path) < 40 else path[:40]
+    return path if path in known else "other"
 
 
 def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,

@@ -42,8 +42,8 @@ class Server:
                     return
             except httpx.HTTPError:
                 time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("the server did not start in 120 s")
+        output = self.stop()
+        raise RuntimeError(f"the server did not answer /health in 120 s:\n{output[-3000:]}")
 
     @property
     def headers(self) -> dict:
