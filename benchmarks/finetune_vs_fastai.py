@@ -76,9 +76,11 @@ def run_fastai(folder: Path, args) -> tuple[float, float]:
     missing, unexpected = body.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("classifier") for k in missing), (missing, unexpected)
     start = time.perf_counter()
-    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
+    with learn.no_bar(), learn.no_logging():
+        learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=args.freeze_epochs)
     seconds = time.perf_counter() - start
-    accuracy_value = float(learn.validate()[1])
+    with learn.no_bar():
+        accuracy_value = float(learn.validate()[1])
     images = len(dls.train_ds) * (args.epochs + args.freeze_epochs)
     return accuracy_value, images / seconds
 
