@@ -161,9 +161,10 @@ def test_the_hnsw_graph_agrees_with_exact_search_and_survives_a_lost_file(docs, 
         ix.add(docs)
         graph_file = ix._ann_file(ix.generation)
         assert graph_file.exists()
-        graph = [[h.id for h in ix.search(q, k=3, mode="vector")] for q in queries]
-        exact = _exact_top(ix, queries, 3)
-        assert np.mean([len(set(a) & set(b)) / 3 for a, b in zip(graph, exact)]) >= 0.95
+        graph = [[h.score for h in ix.search(q, k=3, mode="vector")] for q in queries]  # true cosines
+        exact = _exact_top_scores(ix, queries, 3)
+        # as good as the exact top 3, up to the graph's fp16 rounding (near-ties may swap places)
+        np.testing.assert_allclose(np.sort(graph, axis=1), np.sort(exact, axis=1), atol=5e-3)
         (docs / "iris.rst").unlink()  # an incremental edit of the graph
         ix.add(docs)
         assert not graph_file.exists() and ix._ann_file(ix.generation).exists()
@@ -176,10 +177,9 @@ def test_the_hnsw_graph_agrees_with_exact_search_and_survives_a_lost_file(docs, 
         assert ix._ann_file(ix.generation).exists()
 
 
-def _exact_top(ix, queries, k):
-    ids, matrix = ix._all_vectors()
-    q = ix.embedder.embed(queries)
-    return [list(ids[np.argsort(-(matrix @ v))[:k]]) for v in q]
+def _exact_top_scores(ix, queries, k):
+    _, matrix = ix._all_vectors()
+    return [np.sort(matrix @ v)[::-1][:k] for v in ix.embedder.embed(queries)]
 
 
 def test_opening_with_another_model_is_refused(docs, tmp_path):
