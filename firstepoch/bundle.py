@@ -10,6 +10,7 @@ import platform
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -130,13 +131,19 @@ class Predictor:
             classification: {"label", "index", "probability", "probs": {class: p}};
             regression: {"value"} (a float, or a list for several targets).
         """
+        with self._tta(tta):
+            out = self._outputs(self.preprocessor.encode(item).unsqueeze(0))[0]
+        return self._decode(out)
+
+    @contextmanager
+    def _tta(self, tta: bool | None):
+        """Test-time augmentation on or off for one call (None: the predictor's own setting)."""
         before = self.tta
         self.tta = before if tta is None else tta
         try:
-            out = self._outputs(self.preprocessor.encode(item).unsqueeze(0))[0]
+            yield
         finally:
             self.tta = before
-        return self._decode(out)
 
     def _decode(self, out: torch.Tensor) -> dict:
         if self.task == "classification":
@@ -161,12 +168,8 @@ class Predictor:
         """Metrics of this model on labelled data: an image folder with one sub-folder per class, or a CSV
         with the target column; `tta` averages over augmented views. Returns {"n": number of items, metric:
         value, ...}."""
-        before = self.tta
-        self.tta = before if tta is None else tta
-        try:
+        with self._tta(tta):
             _, outputs, targets = self.labelled_outputs(data, batch_size)
-        finally:
-            self.tta = before
         return self.score(outputs, targets, metrics)
 
     def score(self, outputs: torch.Tensor, targets: torch.Tensor, metrics: list[str] | None = None) -> dict:
@@ -183,9 +186,10 @@ class Predictor:
 
     def confusion(self, data: str | Path) -> torch.Tensor:
         """The confusion matrix (rows: true class, columns: predicted) on labelled data."""
+        from firstepoch.core.metrics import confusion_matrix
+
         _, outputs, targets = self.labelled_outputs(data)
-        n = outputs.shape[-1]
-        return torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
+        return confusion_matrix(outputs, targets)
 
 
 def load(path: str | Path, device: str | None = None):

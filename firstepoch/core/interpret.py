@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from firstepoch.core.io import atomic_open
+from firstepoch.core.metrics import confusion_matrix
 from firstepoch.core.plots import _pyplot, _save, plot_confusion
 
 
@@ -60,8 +61,7 @@ def interpret(predictor, data: str | Path | tuple, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items, outputs, targets = data if isinstance(data, tuple) else predictor.labelled_outputs(data)
-    n = outputs.shape[-1]
-    confusion = torch.bincount(targets * n + outputs.argmax(-1), minlength=n * n).view(n, n)
+    confusion = confusion_matrix(outputs, targets)
     rows = per_class(confusion, predictor.classes)
     table = out_dir / "per_class.csv"
     with atomic_open(table, "w") as f:

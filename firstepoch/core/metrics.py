@@ -70,6 +70,12 @@ class TopKAccuracy(_Counted):
         return (pred.topk(k, dim=-1).indices == target.unsqueeze(-1)).any(dim=-1).float()
 
 
+def confusion_matrix(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Counts (n_classes, n_classes) of each (true class, predicted class) pair; rows are the true class."""
+    n = outputs.shape[-1]
+    return torch.bincount(targets * n + outputs.detach().argmax(dim=-1), minlength=n * n).view(n, n)
+
+
 class F1(Metric):
     """Macro-averaged F1 over the classes that appear in targets or predictions."""
 
@@ -79,11 +85,8 @@ class F1(Metric):
         self.confusion = None
 
     def accumulate(self, pred, target):
-        n = pred.shape[-1]
-        if self.confusion is None:
-            self.confusion = torch.zeros(n, n, dtype=torch.long, device=pred.device)
-        idx = target * n + pred.detach().argmax(dim=-1)
-        self.confusion += torch.bincount(idx, minlength=n * n).view(n, n)
+        counts = confusion_matrix(pred, target)
+        self.confusion = counts if self.confusion is None else self.confusion + counts
 
     @property
     def value(self) -> float:
