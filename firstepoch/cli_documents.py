@@ -52,20 +52,18 @@ def index(
     """Index a folder of documents for `search` and `ask`; again later, it updates only what changed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from firstepoch.retrieval.index import Index
+    from firstepoch.retrieval.index import Index, document_files
 
-    if not docs.exists():
-        raise FirstEpochError(f"{docs}: no such file or folder")
+    files = document_files(docs)  # one listing, for the progress bar and the run
     if overlap >= chunk_tokens:
         raise FirstEpochError(f"--overlap {overlap} must be smaller than --chunk-tokens {chunk_tokens}")
     if rebuild:
         Index.remove(index)
-    n_files = 1 if docs.is_file() else sum(1 for p in docs.rglob("*") if p.is_file())
     with Index.open(index, model=model, create=True) as ix, Progress(
             TextColumn("[bold]indexing[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.description}"), console=console, transient=True) as bar:
-        task = bar.add_task("", total=n_files)
-        report = ix.add(docs, chunk_tokens=chunk_tokens, overlap=overlap,
+        task = bar.add_task("", total=len(files))
+        report = ix.add(docs, chunk_tokens=chunk_tokens, overlap=overlap, files=files,
                         progress=lambda f: bar.update(task, advance=f.status != "removed", description=f.path))
         info = ix.info()
     counts = {s: report.count(s) for s in ("indexed", "unchanged", "removed", "no text", "unreadable", "skipped")}

@@ -97,6 +97,18 @@ def index_path(name: str | Path) -> Path:
     return home() / "indexes" / name
 
 
+def document_files(folder: str | Path) -> list[Path]:
+    """The files an indexing run looks at: `folder` itself when it is a file, else every file below it but
+    hidden ones (or ones in hidden folders), sorted."""
+    root = Path(folder).expanduser().resolve()
+    if not root.exists():
+        raise FirstEpochError(f"{folder}: no such file or folder")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 class Index:
     """Chunks of documents with their embeddings, on disk. Open with `Index.open(name)`."""
 
@@ -188,16 +200,14 @@ class Index:
     # ---------------------------------------------------------------------------------- indexing
 
     def add(self, folder: str | Path, chunk_tokens: int = 200, overlap: int = 32,
-            progress: Callable[[FileReport], None] | None = None) -> Report:
+            progress: Callable[[FileReport], None] | None = None, files: list[Path] | None = None) -> Report:
         """Bring the index up to date with `folder` (a folder, or one file): new and changed files are
         read, chunked and embedded, unchanged ones (same content hash) are left alone, files gone from the
-        folder are removed. Files of other folders in the same index are not touched."""
+        folder are removed. Files of other folders in the same index are not touched. `files` is
+        `document_files(folder)` when the caller already listed them."""
         started = time.perf_counter()
         root = Path(folder).expanduser().resolve()
-        if not root.exists():
-            raise FirstEpochError(f"{folder}: no such file or folder")
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and
-                                                     not any(part.startswith(".") for part in p.relative_to(root).parts))
+        files = files if files is not None else document_files(root)
         base = root.parent if root.is_file() else root
         known = {path: digest for path, digest in self.db.execute(
             "SELECT path, hash FROM files WHERE root = ?", (str(base),))}

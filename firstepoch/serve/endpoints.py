@@ -66,9 +66,9 @@ async def predict(name: str, request: Request):
         known = ", ".join(s.name for s in state.registry.of_kind("classifier", "regressor")) or "none"
         raise ApiError(404, f"model {name!r} is not served here (predict models: {known})", code="model_not_found")
     predictor = served.obj
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        if getattr(predictor.preprocessor, "to_config", lambda: {})().get("kind") != "image":
+    takes_images = predictor.preprocessor.kind == "image"
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not takes_images:
             raise ApiError(400, f"model {name!r} takes a JSON row, not a file upload")
         item = await _upload(request, state.limits.max_upload_bytes)
         try:
@@ -79,7 +79,7 @@ async def predict(name: str, request: Request):
     else:
         body = await read_json(request)
         row = field(body, "row", dict, body if "row" not in body else None)
-        if getattr(predictor.preprocessor, "to_config", lambda: {})().get("kind") == "image":
+        if takes_images:
             raise ApiError(400, f"model {name!r} takes an image or PDF upload (multipart field 'file')")
         async with served.slot:
             result = await served.slot.run(_predict_row, predictor, row)
@@ -184,8 +184,7 @@ async def ask(name: str, request: Request):
         if text is None:
             async with llm.slot:
                 text = "".join([p async for p in stream_generation(llm, plan["ids"], plan["max_new"],
-                                                                   plan["options"], state.limits, state.metrics,
-                                                                   state.stopping)])
+                                                                   plan["options"], state)])
         return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
                 "citations": plan["citations"]}
     llm.slot.admit()
@@ -196,8 +195,7 @@ async def ask(name: str, request: Request):
             yield json.dumps({"text": plan["refusal"]}) + "\n"
         else:
             async with llm.slot:
-                async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"],
-                                                     state.limits, state.metrics, state.stopping):
+                async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"], state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 

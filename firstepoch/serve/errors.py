@@ -62,6 +62,19 @@ def field(body: dict, name: str, kind, default=None, required: bool = False, low
     return value
 
 
+def text_list(body: dict, name: str = "input", most: int = 2048) -> list[str]:
+    """body[name] as a list of texts (one string or a list of them), for the embedding routes."""
+    texts = body.get(name)
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, f"'{name}' must be a string or a non-empty list of strings (token arrays are not "
+                            f"supported)", param=name)
+    if len(texts) > most:
+        raise ApiError(400, f"'{name}' has {len(texts)} texts; send at most {most} at a time", param=name)
+    return texts
+
+
 def stop_list(body: dict, name: str = "stop") -> list[str]:
     stop = body.get(name)
     if stop is None:

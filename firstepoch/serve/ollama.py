@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
-from firstepoch.serve.errors import ApiError, field, read_json, stop_list
+from firstepoch.serve.errors import ApiError, field, read_json, stop_list, text_list
 from firstepoch.serve.streaming import prompt_ids, stream_generation
 
 router = APIRouter(prefix="/api")
@@ -169,16 +169,14 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape)
 
     if not stream:
         async with served.slot:
-            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state.limits,
-                                                               state.metrics, state.stopping)])
+            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state)])
             return final(text)
 
     served.slot.admit()
 
     async def lines():
         async with served.slot:
-            async for piece in stream_generation(served, ids, max_new, sampling, state.limits, state.metrics,
-                                                 state.stopping):
+            async for piece in stream_generation(served, ids, max_new, sampling, state):
                 yield json.dumps({"model": served.name, "created_at": _now(), **shape(piece), "done": False},
                                  ensure_ascii=False) + "\n"
             yield json.dumps(final(""), ensure_ascii=False) + "\n"
@@ -190,11 +188,7 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape)
 async def embed(request: Request):
     body = await read_json(request)
     served = _served(request, body, ("embedder",))
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "'input' must be a string or a non-empty list of strings")
+    texts = text_list(body)
     started = time.perf_counter_ns()
     async with served.slot:
         vectors = await served.slot.run(served.obj.embed, texts)

@@ -9,7 +9,7 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from firstepoch.serve.errors import ApiError, field, read_json, stop_list
+from firstepoch.serve.errors import ApiError, field, read_json, stop_list, text_list
 from firstepoch.serve.streaming import prompt_ids, stream_generation
 
 router = APIRouter(prefix="/v1")
@@ -112,8 +112,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
 
     if not stream:
         async with served.slot:
-            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state.limits,
-                                                               state.metrics, state.stopping)])
+            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state)])
             return {"id": rid, "object": kind, "created": created, "model": served.name,
                     "choices": [choice(text, _finish(served), delta=False)], "usage": usage()}
 
@@ -126,8 +125,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                 first = {"role": "assistant", "content": ""}
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]})
-            async for piece in stream_generation(served, ids, max_new, sampling, state.limits, state.metrics,
-                                                 state.stopping):
+            async for piece in stream_generation(served, ids, max_new, sampling, state):
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [choice(piece, None, delta=True)]})
             last = {"id": rid, "object": chunk, "created": created, "model": served.name,
@@ -161,14 +159,7 @@ async def embeddings(request: Request):
         known = ", ".join(s.name for s in state.registry.of_kind("embedder")) or "none"
         raise ApiError(404, f"embedding model {name!r} is not served here (embedding models: {known})",
                        code="model_not_found", param="model")
-    texts = body.get("input")
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "'input' must be a string or a non-empty list of strings (token arrays are not "
-                            "supported)", param="input")
-    if len(texts) > 2048:
-        raise ApiError(400, f"'input' has {len(texts)} texts; send at most 2048 at a time", param="input")
+    texts = text_list(body)
     encoding = field(body, "encoding_format", str, "float")
     if encoding not in ("float", "base64"):
         raise ApiError(400, "'encoding_format' must be float or base64", param="encoding_format")

@@ -60,15 +60,16 @@ def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max
     return ids, min(max_tokens or default_max, room)
 
 
-async def stream_generation(served, ids: list[int], max_new_tokens: int, options: dict, limits: Limits,
-                            metrics: Metrics, stopping=lambda: False) -> AsyncIterator[str]:
+async def stream_generation(served, ids: list[int], max_new_tokens: int, options: dict,
+                            state) -> AsyncIterator[str]:
     """Text pieces of `served.obj.generate(ids)`, holding the model's slot until the generator is closed.
 
-    The caller must already hold `served.slot`. If the consumer stops iterating (a client disconnect cancels
+    `state` is the server's (its limits, metrics and shutdown flag). The caller must already hold `served.slot`. If the consumer stops iterating (a client disconnect cancels
     it), the generation is closed on the slot's thread before the slot is given back. `served.obj.stats`
     holds the counts afterwards; `finish_reason` is "timeout" or "shutdown" when it was cut short here.
     """
     lm, slot = served.obj, served.slot
+    limits, metrics, stopping = state.limits, state.metrics, state.stopping
     pieces = lm.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
     deadline = time.monotonic() + limits.total_timeout
     finished = False
