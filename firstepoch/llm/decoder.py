@@ -1,9 +1,11 @@
-"""The Transformer for LLM inference, with its decode step (one new token) in one C call a layer.
+"""The Transformer for LLM inference, its layers run in C for prefill and decode alike.
 
-`InferenceTransformer` is the one `Transformer`; only `forward` for a single token with a KV cache on the
-CPU takes the fast path (`kernels/decode.c`), and only when every matrix of every layer is in blocks the
-kernel multiplies (Q4_0, Q4_1, Q8_0). Prefill, training-style full passes, other devices and other weight
-types run the PyTorch code. The fast path is tested against it (tests/llm/test_decoder.py).
+`InferenceTransformer` is the one `Transformer`. On the CPU, for one sequence, with every matrix of every
+layer in blocks the kernels multiply (Q4_0, Q4_1, Q8_0), `forward` runs all layers in one C call
+(`kernels/layers.c`), whose arithmetic is llama.cpp's operation by operation, so that a GGUF model's logits
+are the same bits as there. Other devices, batches and weight types run the PyTorch code; the two are
+tested against each other (tests/llm/test_decoder.py) and the C path against llama.cpp itself
+(tests/llm/test_models.py).
 """
 from __future__ import annotations
 
@@ -14,12 +16,19 @@ import torch
 from firstepoch.errors import FirstEpochError
 from firstepoch.models.transformer import Transformer
 
-TYPE_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # as decode.c's MATMULS table
+TYPE_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # as layers.c's MATMULS table
+# tokens a C call when prefilling, as llama.cpp's default batch: a one-token call sums attention in another order
+PREFILL_CHUNK = 512
 
 
-class _LayerWeights(ctypes.Structure):  # decode.c's layer_weights
+class _LayerWeights(ctypes.Structure):  # layers.c's layer_weights
     _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_qkv", "w_o", "w_gate_up", "w_down",
                                                       "k_cache", "v_cache")] + [("types", ctypes.c_int * 4)]
+
+
+class _LayerShape(ctypes.Structure):  # layers.c's layer_shape
+    _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_heads", "n_kv", "head_dim", "hidden", "max_len")] + [
+        ("eps", ctypes.c_float)]
 
 
 def _fuse(*linears) -> torch.Tensor | None:
@@ -35,21 +44,23 @@ def _fuse(*linears) -> torch.Tensor | None:
 
 
 class InferenceTransformer(Transformer):
-    """A `Transformer` whose single-token decode steps run in C when its weights allow (see module doc)."""
+    """A `Transformer` whose layers run in C when its weights allow (see the module's doc)."""
 
     _layers_c: list | None = None
-    _pointers = None  # (the cache they point into, the ctypes array of every layer's pointers)
+    _rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layers.c's cos and sin tables, (context, head_dim / 2)
+    _pointers = None  # (the cache they point into, the ctypes array of every layer's pointers, the layer shape)
 
     def __init__(self, config):
         super().__init__(config)
         for block in self.layers:
-            block.attn.like_llamacpp = True  # fp16 KV cache arithmetic, as in decode.c
+            block.attn.like_llamacpp = True  # the PyTorch path rounds to fp16 where layers.c does
 
-    def prepare_fast_decode(self) -> bool:
-        """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C decode step; False if not possible."""
+    def prepare_c_layers(self) -> bool:
+        """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible."""
         from firstepoch.llm.kernels import ggml_matmul
 
-        if ggml_matmul() is None or self.config.head_dim % 16:  # decode.c's attention works 16 lanes at a time
+        lib = ggml_matmul()
+        if lib is None or self.config.head_dim % 16:  # layers.c's attention works 16 lanes at a time
             return False
         layers = []
         for block in self.layers:
@@ -62,31 +73,57 @@ class InferenceTransformer(Transformer):
             codes = [TYPE_CODES[lin.qtype] for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
             types = (ctypes.c_int * 4)(*codes)
             layers.append((block, qkv, gate_up, types))
-        self._layers_c = layers
+        c = self.config
+        cos, sin = torch.empty(c.context, c.head_dim // 2), torch.empty(c.context, c.head_dim // 2)
+        lib.rope_tables_like_llamacpp(c.rope_theta, c.head_dim, c.context, cos.data_ptr(), sin.data_ptr())
+        self._layers_c, self._rope = layers, (cos, sin)
         return True
 
     def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         cache = self.layers[0].attn.cache
-        if self._layers_c is None or ids.shape != (1, 1) or cache is None or ids.device.type != "cpu":
+        if self._layers_c is None or ids.shape[0] != 1 or ids.device.type != "cpu" or (cache is None and start):
             return super().forward(ids, start, last_only)
         from firstepoch.llm.kernels import ggml_matmul
 
-        c = self.config
-        max_len = cache.k.shape[2]
-        if start >= max_len:
-            raise FirstEpochError(f"position {start} is past the KV cache ({max_len} positions); "
-                                  f"call setup_cache with a larger max_len")
-        if self._pointers is None or self._pointers[0] is not cache:
-            self._pointers = (cache, self._layer_pointers())
-        x = self.embed_tokens(ids).reshape(c.dim).contiguous()  # (dim,) fp32, updated in place layer by layer
-        cos, sin = self.rope_cos[start], self.rope_sin[start]
-        qkv_rows = (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
-        work = torch.empty(c.dim * 2 + qkv_rows + 2 * c.hidden_dim + c.n_heads * max_len)
-        scratch = torch.empty(max(c.dim, c.hidden_dim) // 32 * 36, dtype=torch.uint8)
-        ggml_matmul().decode_layers(x.data_ptr(), self._pointers[1], c.n_layers, c.norm_eps, c.dim, c.n_heads,
-                                    c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, start, cos.data_ptr(),
-                                    sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
-        return self.lm_head(self.norm(x.view(1, 1, c.dim)))  # (1, 1, vocab)
+        c, T = self.config, ids.shape[1]
+        self.check_fits(start, T)
+        temporary = cache is None  # a whole text scored at once: a cache just for this pass
+        if temporary:
+            self.setup_cache(1, T)
+            cache = self.layers[0].attn.cache
+        try:
+            max_len = cache.k.shape[2]
+            if start + T > max_len:
+                raise FirstEpochError(f"positions up to {start + T} are past the KV cache ({max_len} positions); "
+                                      f"call setup_cache with a larger max_len")
+            if self._pointers is None or self._pointers[0] is not cache:
+                shape = _LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
+                self._pointers = (cache, self._layer_pointers(), shape)
+            x = self.embed_tokens(ids)[0].float().contiguous()  # (T, dim), updated in place layer by layer
+            for first in range(0, T, PREFILL_CHUNK):
+                self._run_layers(x[first:first + PREFILL_CHUNK], start + first)
+            if last_only:
+                x = x[-1:]
+            normed = torch.empty_like(x)
+            ggml_matmul().rms_norm_rows(x.data_ptr(), self.norm.weight.data_ptr(), c.norm_eps, c.dim, x.shape[0],
+                                        normed.data_ptr())
+            return self.lm_head(normed).unsqueeze(0)  # (1, T or 1, vocab)
+        finally:
+            if temporary:
+                self.clear_cache()
+
+    def _run_layers(self, x: torch.Tensor, start: int) -> None:
+        """All layers for the rows of x (contiguous, (T, dim)) at positions [start, start + T), in one C call."""
+        from firstepoch.llm.kernels import ggml_matmul
+
+        lib, c, (_, layers, shape) = ggml_matmul(), self.config, self._pointers
+        T, threads = x.shape[0], torch.get_num_threads()
+        work = torch.empty(lib.layers_work_size(ctypes.byref(shape), T, threads))
+        widest = max(c.dim, c.hidden_dim, c.n_heads * c.head_dim)
+        scratch = torch.empty(T * widest // 32 * 36, dtype=torch.uint8)  # 8-bit activation blocks
+        cos, sin = self._rope
+        lib.forward_layers(x.data_ptr(), layers, c.n_layers, ctypes.byref(shape), start, T, cos.data_ptr(),
+                           sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
 
     def clear_cache(self) -> None:
         super().clear_cache()

@@ -208,7 +208,7 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Modul
     model.rope_cos, model.rope_sin = cos, sin
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
     assert not leftover, f"weights not loaded: {leftover[:5]}"
-    model.prepare_fast_decode()
+    model.prepare_c_layers()
     return model.eval()
 
 

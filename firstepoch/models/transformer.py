@@ -257,13 +257,16 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attn.cache = None
 
+    def check_fits(self, start: int, T: int) -> None:
+        if start + T > self.config.context:
+            raise FirstEpochError(f"{start + T} positions do not fit the model's context of "
+                                  f"{self.config.context} tokens; shorten the prompt or the generation")
+
     def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab), or (B, 1, vocab) for the last position only with `last_only` (generation
         needs no more, and the output layer is the largest matrix)."""
         B, T = ids.shape
-        if start + T > self.config.context:
-            raise FirstEpochError(f"{start + T} positions do not fit the model's context of "
-                                  f"{self.config.context} tokens; shorten the prompt or the generation")
+        self.check_fits(start, T)
         cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
         x = self.embed_tokens(ids)  # (B, T, dim)
         for layer in self.layers:

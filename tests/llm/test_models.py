@@ -5,48 +5,57 @@ import torch
 
 import firstepoch.llm
 from firstepoch import FirstEpochError
+from firstepoch.llm.generate import sample_tokens
 from firstepoch.llm.gguf import read_gguf
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, there was a little",
-           "The three primary colors are", "Water boils at a temperature of", "import numpy as np\nx = np."]
-MARGIN = 1.0
+           "The three primary colors are", "Water boils at a temperature of", "import numpy as np\nx = np.",
+           "My favourite recipe for pancakes", "The quick brown fox", "In 1492, Columbus", "Dear Sir or Madam,"]
 
 
 def llama_greedy(llama, ids, n):
+    """llama.cpp's n greedy tokens after ids, and its logits before each (prefill, then one token a step)."""
     llama.reset()
     llama.eval(ids)
     out = []
     for _ in range(n):
         out.append(int(np.argmax(llama.scores[llama.n_tokens - 1])))
         llama.eval([out[-1]])
-    return out, np.array(llama.scores[len(ids) - 1:len(ids) + n])
-
-
-def log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    return out, np.array(llama.scores[len(ids) - 1:len(ids) - 1 + n])
 
 
 @pytest.mark.slow
-def test_next_token_distributions_agree_with_llama_cpp(smollm, llama):
-    """Along llama.cpp's own 32-token greedy continuation of each prompt (teacher forcing, so one near-tie
-    does not derail the rest): the next-token distributions are close (KL divergence; llama.cpp's own
-    8-bit activations and fp16 KV cache make it differ from exact arithmetic by a similar amount), and
-    the top tokens agree where llama.cpp's choice leads its runner-up by a clear margin."""
-    decided = agreed = 0
+def test_greedy_continuations_and_logits_equal_llama_cpp(smollm, llama):
+    """The first 32 greedy tokens of each prompt are llama.cpp's, and so are the logits before each: the C
+    layers reproduce its arithmetic (8-bit activations, fp16 KV cache, its orders of summation), so even
+    near-ties (prompts here where the top two logits come within 0.02 of each other) go the same way."""
+    closest = np.inf
     for prompt in PROMPTS:
         ids = smollm.encode(prompt)
         reference, ref_logits = llama_greedy(llama, ids, 32)
-        with torch.no_grad():
-            ours = smollm.model(torch.tensor([ids + reference]))[0, len(ids) - 1:].numpy()
-        p, q = log_softmax(ref_logits), log_softmax(ours)
-        kl = (np.exp(p) * (p - q)).sum(-1)
-        assert kl.mean() < 0.01 and kl.max() < 0.1, (prompt, kl.mean(), kl.max())
+        assert list(sample_tokens(smollm.model, ids, 32, temperature=0)) == reference, prompt
+        logits = []
+        with torch.no_grad():  # the same steps, keeping the logits: a prefill, then one token at a time
+            smollm.model.setup_cache(1, len(ids) + 32)
+            logits.append(smollm.model(torch.tensor([ids]), last_only=True)[0, -1])
+            for i, token in enumerate(reference[:-1]):
+                logits.append(smollm.model(torch.tensor([[token]]), start=len(ids) + i)[0, -1])
+            smollm.model.clear_cache()
+        np.testing.assert_allclose(torch.stack(logits).numpy(), ref_logits, rtol=0, atol=1e-4, err_msg=prompt)
         top2 = np.sort(ref_logits, axis=-1)[:, -2:]
-        clear = (top2[:, 1] - top2[:, 0] > MARGIN)[:32]
-        decided += int(clear.sum())
-        agreed += int((ours[:32].argmax(-1) == np.array(reference))[clear].sum())
-    assert decided > 100 and agreed >= 0.9 * decided, f"{agreed} of {decided} clear choices agree"
+        closest = min(closest, float((top2[:, 1] - top2[:, 0]).min()))
+    assert closest < 0.02  # the prompts include near-ties, where any arithmetic difference shows
+
+
+@pytest.mark.slow
+def test_a_whole_text_scored_at_once_equals_llama_cpp(smollm, llama):
+    """Logits for every position of a text in one pass (as perplexity does) are llama.cpp's too."""
+    ids = smollm.encode("Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 3)
+    llama.reset()
+    llama.eval(ids)
+    with torch.no_grad():
+        ours = smollm.model(torch.tensor([ids]))[0].numpy()
+    np.testing.assert_allclose(ours, np.array(llama.scores[:len(ids)]), rtol=0, atol=1e-4)
 
 
 def test_prefill_with_cache_then_decode_equals_one_full_pass(smollm):

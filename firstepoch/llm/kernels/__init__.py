@@ -1,4 +1,4 @@
-"""firstepoch's own CPU kernels (block-quantized matmuls, the decode step of a layer), compiled on first use with the machine's C compiler and loaded with ctypes.
+"""firstepoch's own CPU kernels (block-quantized matmuls, the Transformer's layers for prefill and decode), compiled on first use with the machine's C compiler and loaded with ctypes.
 
 `ggml_matmul()` gives the compiled library, or None (with one warning) where no compiler is found or the
 build fails; callers then fall back to PyTorch's bf16 matmul. The library is cached in firstepoch's data
@@ -18,8 +18,9 @@ import warnings
 from functools import cache
 from pathlib import Path
 
-SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "decode.c")]
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "layers.c")]
+# -ffp-contract=off: no multiply-add fused unless written so (layers.c reproduces llama.cpp's rounding)
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
 # tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
 FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
 FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
@@ -48,13 +49,15 @@ def ggml_matmul() -> ctypes.CDLL | None:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    lib.decode_layer.restype = None
-    lib.decode_layer.argtypes = [pointer, pointer, pointer, ctypes.c_float, pointer, pointer, pointer, pointer, pointer,
-                                 size, size, size, size, size, pointer, pointer, size, size, pointer, pointer, pointer,
-                                 pointer, ctypes.c_int]
-    lib.decode_layers.restype = None
-    lib.decode_layers.argtypes = [pointer, pointer, size, ctypes.c_float, size, size, size, size, size, size, size,
-                                  pointer, pointer, pointer, pointer, ctypes.c_int]
+    signatures = {
+        "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
+        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer]),
+        "layers_work_size": (size, [pointer, size, ctypes.c_int]),
+        "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, pointer, pointer,
+                                  ctypes.c_int]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
     return lib
 
 

@@ -1,0 +1,297 @@
+/* The Transformer's layers in C for T new tokens at positions [start, start + T): prefill (many tokens at
+ * once) and decode (one), with every matrix in GGUF blocks multiplied by ggml_matmul.c.
+ *
+ * The same layer as `firstepoch.models.transformer.Block` with a KV cache (RMSNorm, RoPE, grouped-query
+ * attention over the cached positions, SwiGLU). Its arithmetic follows llama.cpp's CPU backend operation by
+ * operation, so that a GGUF model gives the same bits here as there:
+ *   - RMSNorm sums the float squares in double, in order;
+ *   - RoPE angles are built as its tables are (each pair's angle times a constant ratio), and a pair is
+ *     rotated with one fused multiply-add per output;
+ *   - the KV cache holds fp16 values; queries and attention weights are rounded to fp16, and products with
+ *     the cache are summed in LANES lanes, then pairwise across lanes (its vector units' order), over the
+ *     elements of a head in GGUF's order: keys are cached and queries multiplied in that order (pair i at
+ *     2i and 2i + 1, where our rotate-half layout has it at i and i + head_dim / 2);
+ *   - softmax and SiLU use its vectorised exp (a polynomial scaled by a power of two, `exp_like_llamacpp`).
+ * Bit-equal inputs matter because the quantized products round activations to 8 bits: one differing bit can
+ * move a value across a rounding boundary, and the difference then grows through the layers.
+ * Compiled with -ffp-contract=off, so the compiler fuses nothing: every fused multiply-add is written out.
+ * The lane counts and the exp variant follow the instruction set this file is compiled for, as llama.cpp's
+ * do; the bit-for-bit agreement is tested on AVX-512 machines (tests/llm/test_models.py).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+
+static inline float fp16(float f) {
+#if defined(__F16C__)
+    return _cvtsh_ss(_cvtss_sh(f, 0));
+#else
+    return (float)(_Float16)f;
+#endif
+}
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* v[0] + ... + v[n - 1] for n lanes (a power of two, at least 4), added as a vector unit's horizontal sum
+ * does: the upper half onto the lower half until four are left, then (0 + 2) + (1 + 3). */
+static inline float lanes_sum(float *v, int n) {
+    for (; n > 4; n /= 2)
+        for (int i = 0; i < n / 2; i++) v[i] = v[i + n / 2] + v[i];
+    return (v[0] + v[2]) + (v[1] + v[3]);
+}
+
+/* e^x with llama.cpp's vectorised polynomial: x = n ln2 + b, e^b from a degree-5 polynomial, times 2^n.
+ * Its AVX-512 code scales the polynomial (constant term 1) by 2^n; its AVX2/SSE code computes
+ * k + k * (polynomial - 1) with k = 2^n built from the bits of n. Same constants, different last bits. */
+static inline float exp_like_llamacpp(float x) {
+#if defined(__x86_64__) && (defined(__AVX512F__) && defined(__AVX512DQ__) || defined(__SSE2__))
+#if defined(__FMA__) || defined(__AVX512F__)
+#define MADD(a, b, c) fmaf(a, b, c)
+#else
+#define MADD(a, b, c) ((a) * (b) + (c))
+#endif
+    const float shift = 0x1.8p23f;
+    const float z = MADD(x, 0x1.715476p+0f, shift);
+    const float n = z - shift;  /* x / ln2 rounded to an integer */
+    const float b = MADD(-n, 0x1.7f7d1cp-20f, MADD(-n, 0x1.62e4p-1f, x));
+    const float u = b * b;
+    const float high = MADD(MADD(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, MADD(0x1.555e66p-3f, b, 0x1.fffdb6p-2f));
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    const float j = MADD(high, u, MADD(0x1.ffffecp-1f, b, 1.0f));
+    if (fabsf(n) <= 126.0f) return j * float_of((uint32_t)((int32_t)n + 127) << 23);  /* exact scaling */
+    return scalbnf(j, (int)n);
+#else
+    const float j = MADD(high, u, 0x1.ffffecp-1f * b);
+    const uint32_t e = bits_of(z) << 23;
+    const float k = float_of(e + bits_of(1.0f));
+    if (fabsf(n) <= 126.0f) return MADD(k, j, k);
+    const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = float_of(g + 0x7f000000u), s2 = float_of(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return MADD(s2, j, s2) * s1;
+#endif
+#undef MADD
+#else
+    return expf(x);
+#endif
+}
+
+/* ------------------------------------------------------------------------------------- row operations */
+
+/* out = x / rms(x) * weight for `rows` rows of n */
+void rms_norm_rows(const float *x, const float *weight, float eps, int64_t n, int64_t rows, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *o = out + r * n;
+        double sum = 0.0;
+        for (int64_t i = 0; i < n; i++) sum += (double)(xr[i] * xr[i]);
+        const float mean = (float)(sum / n);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int64_t i = 0; i < n; i++) o[i] = xr[i] * scale * weight[i];
+    }
+}
+
+/* gate_up rows hold [gate (n), up (n)]; out = silu(gate) * up */
+static void swiglu_rows(const float *gate_up, int64_t n, int64_t rows, float *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate_up + r * 2 * n, *u = g + n;
+        float *o = out + r * n;
+        const int64_t vector = n - n % LANES;  /* its vector loop; the rest goes through the C library's expf */
+        int64_t i = 0;
+        for (; i < vector; i++) o[i] = g[i] / (1.0f + exp_like_llamacpp(-g[i])) * u[i];
+        for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];  /* its scalar tail */
+    }
+}
+
+/* The cos and sin of every position's angles, (n_positions, head_dim / 2) each: pair i of position p turns
+ * by p * base^(-2i / head_dim), the powers built by repeated multiplication. */
+void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions, float *cos_out, float *sin_out) {
+    const int64_t half = head_dim / 2;
+    const float ratio = powf(base, -2.0f / (float)head_dim);
+    for (int64_t p = 0; p < n_positions; p++) {
+        float theta = (float)p;
+        for (int64_t i = 0; i < half; i++) {
+            cos_out[p * half + i] = cosf(theta);
+            sin_out[p * half + i] = sinf(theta);
+            theta *= ratio;
+        }
+    }
+}
+
+/* Where element d of a rotate-half head vector sits in GGUF's interleaved layout. */
+static inline int64_t gguf_order(int64_t d, int64_t head_dim) {
+    const int64_t half = head_dim / 2;
+    return d < half ? 2 * d : 2 * (d - half) + 1;
+}
+
+/* Rotate `heads` vectors of head_dim in place; pairs are (i, i + head_dim / 2) ("rotate half" layout). */
+static void rope(float *v, int64_t heads, int64_t head_dim, const float *cos, const float *sin) {
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        float *x = v + h * head_dim;
+        for (int64_t i = 0; i < half; i++) {
+            const float x0 = x[i], x1 = x[i + half];
+            x[i] = fmaf(x0, cos[i], -(x1 * sin[i]));
+            x[i + half] = fmaf(x0, sin[i], x1 * cos[i]);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ attention */
+
+/* llama.cpp multiplies by the fp16 cache in two orders: a matrix product of several query rows (prefill)
+ * keeps one LANES-wide sum per output (element i goes to lane i % LANES), a single query (decode) keeps
+ * GROUPS of them (block b of LANES elements goes to sum b % GROUPS; the sums are then added 0 + 2, 1 + 3,
+ * 0 + 1). The products are exact (fp16 times fp16), so only this order of additions matters. */
+#define GROUPS 4
+
+/* a . b over n: `groups` 1 or GROUPS as above; with GROUPS, elements past the last whole GROUPS * LANES
+ * block are added one by one in double (its vector loop's remainder). n is a multiple of LANES. */
+static inline float dot_f16(const float *a, const float *b, int64_t n, int groups) {
+    float acc[GROUPS][LANES] = {{0}};
+    const int64_t whole = groups == 1 ? n : n - n % (GROUPS * LANES);
+    for (int64_t c = 0; c < whole; c += LANES) {
+        float *sum = acc[(c / LANES) % groups];
+        for (int l = 0; l < LANES; l++) sum[l] += a[c + l] * b[c + l];
+    }
+    if (groups == GROUPS)
+        for (int l = 0; l < LANES; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    double total = lanes_sum(acc[0], LANES);
+    for (int64_t i = whole; i < n; i++) total += (double)(a[i] * b[i]);
+    return (float)total;
+}
+
+/* One head's attention for one query over positions [0, n): scores, softmax, weighted sum of values.
+ * groups: 1 for a query of a prefill, GROUPS for a decode step (see dot_f16). s: n floats of scratch;
+ * acc: GROUPS * LANES * head_dim floats of scratch. */
+static void attend(const float *q, const float *keys, const float *values, int64_t n, int64_t head_dim, float scale,
+                   int groups, float *s, float *acc, float *out) {
+    float qh[head_dim];
+    for (int64_t d = 0; d < head_dim; d++) qh[gguf_order(d, head_dim)] = fp16(q[d]);
+    float top = -INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] = dot_f16(qh, keys + j * head_dim, head_dim, groups) * scale;
+        top = s[j] > top ? s[j] : top;
+    }
+    double total = 0.0;  /* blocks of LANES exp values, each summed across lanes, added in double */
+    for (int64_t c = 0; c < n; c += LANES) {
+        float block[LANES];
+        for (int l = 0; l < LANES; l++) block[l] = c + l < n ? (s[c + l] = exp_like_llamacpp(s[c + l] - top)) : 0.0f;
+        total += (double)lanes_sum(block, LANES);
+    }
+    const float inverse = (float)(1.0 / total);
+    /* the weighted sum of values is dot_f16 of the weights with each column of values, for all columns at
+       once: acc[group][lane][column]; the cache past position n holds zeros there, which add nothing */
+    memset(acc, 0, sizeof(float) * GROUPS * LANES * head_dim);
+    for (int64_t j = 0; j < n; j++) {
+        const float p = fp16(s[j] * inverse);
+        const float *v = values + j * head_dim;
+        float *a = acc + (((j / LANES) % groups) * LANES + j % LANES) * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
+    }
+    for (int64_t d = 0; d < head_dim; d++) {
+        float lanes[LANES];
+        for (int l = 0; l < LANES; l++) {
+            const float *column = acc + l * head_dim + d;  /* group g, lane l: column + g * LANES * head_dim */
+            lanes[l] = groups == 1 ? column[0]
+                                   : (column[0] + column[2 * LANES * head_dim]) +
+                                     (column[LANES * head_dim] + column[3 * LANES * head_dim]);
+        }
+        out[d] = lanes_sum(lanes, LANES);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- layers */
+
+void matmul_q4_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+void matmul_q4_1(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+void matmul_q8_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+
+typedef void (*matmul_fn)(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0};  /* by type code 0, 1, 2 */
+
+typedef struct {
+    const float *attn_norm, *mlp_norm;
+    const void *w_qkv, *w_o, *w_gate_up, *w_down;  /* q, k, v rows stacked; gate, up rows stacked */
+    float *k_cache, *v_cache;                       /* (n_kv, max_len, head_dim) each */
+    int types[4];                                   /* block types of qkv, o, gate_up, down */
+} layer_weights;
+
+typedef struct {
+    int64_t dim, n_heads, n_kv, head_dim, hidden, max_len;
+    float eps;
+} layer_shape;
+
+/* Floats of `work` that forward_layers needs for T tokens. */
+int64_t layers_work_size(const layer_shape *c, int64_t T, int threads) {
+    const int64_t qkv = (c->n_heads + 2 * c->n_kv) * c->head_dim;
+    return T * (c->dim + qkv + c->n_heads * c->head_dim + 3 * c->hidden) + (int64_t)threads * (c->max_len + GROUPS * LANES * c->head_dim);
+}
+
+static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_t start, int64_t T, const float *cos,
+                  const float *sin, float *work, void *scratch, int threads) {
+    const int64_t dim = c->dim, head_dim = c->head_dim, hidden = c->hidden, n_heads = c->n_heads, n_kv = c->n_kv;
+    const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
+    const int64_t group = n_heads / n_kv, half = head_dim / 2, max_len = c->max_len;
+    float *h = work, *qkv = h + T * dim, *attn = qkv + T * qkv_rows, *gate_up = attn + T * q_rows;
+    float *act = gate_up + T * 2 * hidden, *per_thread = act + T * hidden;
+
+    rms_norm_rows(x, w->attn_norm, c->eps, dim, T, h);
+    MATMULS[w->types[0]](w->w_qkv, qkv_rows, dim, h, T, qkv, scratch, threads);
+    for (int64_t t = 0; t < T; t++) {
+        float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
+        const int64_t pos = start + t;
+        rope(q, n_heads, head_dim, cos + pos * half, sin + pos * half);
+        rope(k, n_kv, head_dim, cos + pos * half, sin + pos * half);
+        for (int64_t g = 0; g < n_kv; g++)
+            for (int64_t d = 0; d < head_dim; d++) {
+                w->k_cache[(g * max_len + pos) * head_dim + gguf_order(d, head_dim)] = fp16(k[g * head_dim + d]);
+                w->v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
+            }
+    }
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t head = 0; head < n_heads; head++)
+        for (int64_t t = 0; t < T; t++) {
+#if defined(_OPENMP)
+            float *mine = per_thread + (int64_t)omp_get_thread_num() * (max_len + GROUPS * LANES * head_dim);
+#else
+            float *mine = per_thread;
+#endif
+            const int64_t kv = (head / group) * max_len * head_dim;
+            attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, start + t + 1, head_dim,
+                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim);
+        }
+    MATMULS[w->types[1]](w->w_o, dim, q_rows, attn, T, h, scratch, threads);
+    for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
+
+    rms_norm_rows(x, w->mlp_norm, c->eps, dim, T, h);
+    MATMULS[w->types[2]](w->w_gate_up, 2 * hidden, dim, h, T, gate_up, scratch, threads);
+    swiglu_rows(gate_up, hidden, T, act);
+    MATMULS[w->types[3]](w->w_down, dim, hidden, act, T, h, scratch, threads);
+    for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
+}
+
+/* x (T, dim): the new tokens' embeddings, updated in place through every layer; their keys and values are
+ * written to each layer's cache at positions [start, start + T) (keys in GGUF's order, see gguf_order). cos/sin: rope_tables_like_llamacpp's tables.
+ * work: layers_work_size floats; scratch: bytes for the 8-bit activations of T rows of the widest input. */
+void forward_layers(float *x, const layer_weights *layers, int64_t n_layers, const layer_shape *shape, int64_t start,
+                    int64_t T, const float *cos, const float *sin, float *work, void *scratch, int threads) {
+    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, start, T, cos, sin, work, scratch, threads);
+}
