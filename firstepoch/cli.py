@@ -168,7 +168,8 @@ def train_text(
     eval_every: int = typer.Option(250, min=1, help="Steps between validation passes (one table row each)."),
     # 24 x 1.5e-3 is what trains best in a short wall clock on 2 cores (benchmarks/gpt_vs_nanogpt.py)
     batch_size: int = typer.Option(24, min=1),
-    lr: float = typer.Option(1.5e-3, help="Peak learning rate (1cycle)."),
+    lr: float = typer.Option(1.5e-3, help="Peak learning rate (1cycle); Muon's matrices take 15 times it."),
+    opt: str = typer.Option("muon", help="muon (Muon for the hidden matrices, AdamW for the rest) or adamw."),
     seed: int = typer.Option(42),
     precision: str = typer.Option("fp32", help="fp32, mixed, bf16 or fp16."),
     device: Optional[str] = typer.Option(None),
@@ -192,14 +193,14 @@ def train_text(
                        batch_size=batch_size, steps_per_epoch=per_epoch)
     epochs = 1_000_000 if budget else max(1, round(steps / per_epoch))  # a budget ends the fit by itself
     config = {"data": str(corpus), "preset": preset, "context": context, "tokenizer": tokenizer, "steps": steps,
-              "lr": lr, "seed": seed}
+              "lr": lr, "opt": opt, "seed": seed}
     from firstepoch.models.transformer import Transformer, from_preset
 
     import torch
 
     torch.manual_seed(seed)
     model = Transformer(from_preset(preset, dls.n_out, context, n_layers=layers, n_heads=heads, dim=dim))
-    _train(dls, model, epochs, lr, "adamw", seed, device, precision, compile, name, resume, out, "text", config,
+    _train(dls, model, epochs, lr, opt, seed, device, precision, compile, name, resume, out, "text", config,
            callbacks=[TimeBudget(budget)] if budget else [])
 
 

@@ -22,7 +22,7 @@ from firstepoch.core.callbacks import (Callback, CancelBatchException, CancelEpo
 from firstepoch.core.checkpoint import Checkpoint, clean_state_dict, load_checkpoint, save_checkpoint
 from firstepoch.core.device import default_device, rng_state, seed_everything, set_rng_state
 from firstepoch.core.metrics import DEFAULT_METRICS, Metric, get_metric
-from firstepoch.core.optim import DEFAULT_LOSS, get_loss, make_optimizer, one_cycle
+from firstepoch.core.optim import DEFAULT_LOSS, get_loss, make_optimizer, muon_groups, one_cycle
 from firstepoch.core.recorder import MetricsLog, ProgressCallback, Recorder
 from firstepoch.core.runs import Run
 from firstepoch.data.loaders import DataLoaders
@@ -38,7 +38,8 @@ class Learner:
         dls: the data (`DataLoaders`).
         model: an `nn.Module`, or an architecture name ("linear", "mlp", "cnn", any timm name).
         loss: a loss name ("cross_entropy", "mse", ...) or function; default from the task.
-        opt: optimizer name: "sgd" (momentum 0.9), "adam", "adamw", "rmsprop".
+        opt: optimizer name: "sgd" (momentum 0.9), "adam", "adamw", "rmsprop", or "muon" (Muon for the hidden
+            matrices, AdamW for the rest: see `firstepoch.core.optim.Muon`).
         lr: learning rate; default per optimizer (1e-3 for the Adam family, 1e-2 for SGD).
         wd: weight decay.
         metrics: names or `Metric`s; default accuracy (classification) or rmse (regression).
@@ -72,7 +73,7 @@ class Learner:
         self.model = model.to(self.device)
         self.loss_func = get_loss(loss or DEFAULT_LOSS[dls.task])
         self.opt_name, self.lr, self.wd = opt, lr, wd
-        self.opt = make_optimizer(opt, self.model.parameters(), lr, wd)
+        self.opt = make_optimizer(opt, muon_groups(self.model) if opt == "muon" else self.model.parameters(), lr, wd)
         metrics = DEFAULT_METRICS[dls.task] if metrics is None else metrics
         self.recorder = Recorder([get_metric(m) for m in metrics])
         self.run = Run.create(Path(run).parent, Path(run).name) if isinstance(run, (str, Path)) else run
@@ -204,6 +205,9 @@ class Learner:
         return [p for p in params if id(p) not in head_ids], [p for p in params if id(p) in head_ids]
 
     def _regroup(self, body_lr_scale: float) -> None:
+        if self.opt_name == "muon":
+            raise FirstEpochError("freezing and discriminative learning rates work with adamw, adam, sgd or rmsprop, "
+                                  "not muon; fine-tune with opt='adamw'")
         body, head = self._split()
         groups = [{"params": body, "lr_scale": body_lr_scale}, {"params": head, "lr_scale": 1.0}]
         self.opt = make_optimizer(self.opt_name, groups, self.lr, self.wd)

@@ -19,12 +19,12 @@ from firstepoch.core.runs import Run
 from firstepoch.models import mlp
 
 
-def digits_learner(digits, run=None, callbacks=()):
+def digits_learner(digits, run=None, callbacks=(), opt="adamw"):
     x, y = digits
     dls = DataLoaders.from_tensors(x[:600], y[:600], batch_size=32)
     torch.manual_seed(0)
     model = mlp(64, 10, hidden=[32], dropout=0.2)  # dropout: resume must restore the RNG too
-    return Learner(dls, model, run=run, progress=False, callbacks=list(callbacks))
+    return Learner(dls, model, run=run, progress=False, callbacks=list(callbacks), opt=opt)
 
 
 class InterruptAt(Callback):
@@ -38,17 +38,18 @@ class InterruptAt(Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_resume_after_ctrl_c_is_bit_exact(tmp_path, digits):
-    reference = digits_learner(digits)
+@pytest.mark.parametrize("opt", ["adamw", "muon"])
+def test_resume_after_ctrl_c_is_bit_exact(tmp_path, digits, opt):
+    reference = digits_learner(digits, opt=opt)
     reference.fit_one_cycle(3, 1e-2)
 
-    learn = digits_learner(digits, run=Run.create(tmp_path / "runs", "r"), callbacks=[InterruptAt(20)])
+    learn = digits_learner(digits, run=Run.create(tmp_path / "runs", "r"), callbacks=[InterruptAt(20)], opt=opt)
     with pytest.raises(TrainingInterrupted, match="SIGINT at epoch 2, batch 5"):
         learn.fit_one_cycle(3, 1e-2)
     assert len(learn.recorder.losses) == 20
     assert Run(tmp_path / "runs" / "r").info()["status"] == "interrupted"
 
-    resumed = digits_learner(digits, run=Run.create(tmp_path / "runs", "r"))
+    resumed = digits_learner(digits, run=Run.create(tmp_path / "runs", "r"), opt=opt)
     resumed.fit_one_cycle(3, 1e-2, resume=True)
     assert resumed.recorder.losses == reference.recorder.losses
     assert [r["valid_loss"] for r in resumed.recorder.history] == [r["valid_loss"] for r in reference.recorder.history]
