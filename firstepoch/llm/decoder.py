@@ -39,6 +39,7 @@ def _fuse(*linears) -> torch.Tensor | None:
     row = 0
     for lin in linears:
         lin.blocks = fused[row:row + lin.out_features]
+        lin.release_source()  # the file pages the blocks were read from: only the fused copy stays in memory
         row += lin.out_features
     return fused
 

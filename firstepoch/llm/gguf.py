@@ -10,6 +10,7 @@ exactly as we do; the byte-level BPE becomes a GPT-2 vocabulary with its merges.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class GGUFFile:
     path: Path
     version: int
     metadata: dict
-    tensors: dict = field(repr=False)  # name -> gguf.ReaderTensor (data is a view into the mapped file)
+    tensors: dict = field(repr=False)  # name -> TensorInfo (data is a view into the mapped file)
     types: dict = field(default_factory=dict, repr=False)  # metadata name -> its GGUFValueType(s), for rewriting
 
     @property
@@ -94,15 +95,10 @@ def read_gguf(path: str | Path) -> GGUFFile:
     version = int.from_bytes(head[4:8], "little")
     if version not in (2, 3):
         raise FirstEpochError(f"{path}: GGUF version {version} is not supported (2 and 3 are)")
-    import gguf
-
     try:
-        reader = gguf.GGUFReader(path, mode="c")  # copy-on-write map: tensors are used in place, never copied
-        metadata = {name: _value(f) for name, f in reader.fields.items()}
-        types = {name: list(f.types) for name, f in reader.fields.items()}
-    except Exception as exc:  # the gguf package raises many kinds on a damaged header
+        metadata, types, tensors = _read_header(path, size)
+    except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:120]}); download it again")
-    tensors = {t.name: t for t in reader.tensors}
     for t in tensors.values():
         if t.tensor_type.name not in SUPPORTED_TYPES:
             raise FirstEpochError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which is not supported; "
@@ -113,9 +109,122 @@ def read_gguf(path: str | Path) -> GGUFFile:
     return GGUFFile(path, version, metadata, tensors, types)
 
 
-def _value(f):
-    value = f.contents()
-    return value.tolist() if hasattr(value, "tolist") else value
+@dataclass
+class TensorInfo:
+    """One tensor of a GGUF file: where its bytes are, and a view of them in the memory-mapped file."""
+
+    name: str
+    shape: tuple  # GGUF's order: the fastest-varying dimension first
+    tensor_type: object  # gguf.GGMLQuantizationType
+    data_offset: int
+    n_elements: int
+    n_bytes: int
+    mapped: np.ndarray = field(repr=False)  # the whole file, mapped copy-on-write
+
+    @property
+    def data(self) -> np.ndarray:
+        """The tensor's bytes (uint8), one row a line for matrices; pages are read only when touched."""
+        flat = self.mapped[self.data_offset:self.data_offset + self.n_bytes]
+        return flat.reshape(int(self.shape[1]), -1) if len(self.shape) == 2 else flat
+
+    def release(self) -> None:
+        """Hand this tensor's pages of the mapping back to the OS, once a copy of it is in use: memory then holds
+        the copy only (the pages would be read from the file again if touched)."""
+        _forget_pages(self.mapped.ctypes.data + self.data_offset, self.n_bytes)
+
+
+def _forget_pages(address: int, length: int) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside [address, address + length), where libc has it."""
+    import ctypes
+    import mmap
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    page = mmap.PAGESIZE
+    start, end = -(-address // page) * page, (address + length) // page * page
+    if end > start:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
+          7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+_STRING, _ARRAY = 8, 9
+
+
+def _read_header(path: Path, size: int) -> tuple[dict, dict, dict]:
+    """(metadata, value types, tensors) of a GGUF file, read straight from its bytes: strings and numbers as
+    Python values (arrays of numbers through numpy at once), tensors as `TensorInfo`s over one mapping.
+    Lean on purpose: a tokenizer's 50k-entry arrays cost a few MB here, not the hundreds of MB that
+    per-item objects would."""
+    import gguf
+
+    mapped = np.memmap(path, dtype=np.uint8, mode="c")
+    at = 8  # after the magic and the version
+
+    def take(fmt: str):
+        nonlocal at
+        value = struct.unpack_from(fmt, mapped, at)[0]
+        at += struct.calcsize(fmt)
+        return value
+
+    def string() -> str:
+        nonlocal at
+        n = take("<Q")
+        if at + n > size:
+            raise ValueError(f"a string of {n} bytes runs past the end of the file")
+        at += n
+        return bytes(mapped[at - n:at]).decode("utf-8")
+
+    def value(kind: int, types: list):
+        nonlocal at
+        types.append(gguf.GGUFValueType(kind))
+        if kind == _STRING:
+            return string()
+        if kind in _SCALARS:
+            return take(_SCALARS[kind])
+        if kind != _ARRAY:
+            raise ValueError(f"unknown metadata value type {kind}")
+        item, count = take("<I"), take("<Q")
+        if item in _NUMPY:
+            width = np.dtype(_NUMPY[item]).itemsize
+            if at + count * width > size:
+                raise ValueError(f"an array of {count} values runs past the end of the file")
+            types.append(gguf.GGUFValueType(item))
+            at += count * width
+            return np.frombuffer(mapped, _NUMPY[item], count, at - count * width).tolist()
+        items, inner = [], []
+        for _ in range(count):
+            items.append(value(item, inner))
+        types.append(inner[0] if inner else gguf.GGUFValueType(item))
+        return items
+
+    n_tensors, n_values = take("<Q"), take("<Q")
+    metadata, types = {}, {}
+    for _ in range(n_values):
+        key = string()
+        types[key] = []
+        metadata[key] = value(take("<I"), types[key])
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        shape = tuple(take("<Q") for _ in range(take("<I")))
+        infos.append((name, shape, take("<I"), take("<Q")))
+    alignment = int(metadata.get("general.alignment", 32))
+    start = (at + alignment - 1) // alignment * alignment
+    tensors = {}
+    for name, shape, kind, offset in infos:
+        try:
+            qtype = gguf.GGMLQuantizationType(kind)
+        except ValueError:
+            raise FirstEpochError(f"{path}: tensor {name} has an unknown type ({kind}); supported types: "
+                                  f"{', '.join(SUPPORTED_TYPES)}") from None
+        elements = int(np.prod(shape)) if shape else 1
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        tensors[name] = TensorInfo(name, shape, qtype, start + offset, elements, elements // block * type_size, mapped)
+    return metadata, types, tensors
 
 
 def tensor_array(t) -> np.ndarray:

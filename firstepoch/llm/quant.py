@@ -54,6 +54,7 @@ class QuantizedLinear(nn.Module):
                  qtype: str | None = None, in_features: int | None = None):
         super().__init__()
         self.qtype = qtype if blocks is not None else "BF16"
+        self.source = None  # the GGUF tensor the blocks are a view of, if any
         if blocks is not None:
             self.out_features, self.in_features = blocks.shape[0], in_features
             self.register_buffer("blocks", blocks.contiguous())
@@ -69,13 +70,26 @@ class QuantizedLinear(nn.Module):
         from firstepoch.llm.gguf import tensor_array
         from firstepoch.llm.kernels import ggml_matmul
 
-        rows = rows or (lambda t: t)
         qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
         if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
             # the file's own pages (memory-mapped, like llama.cpp's mmap): loading copies nothing
             raw = torch.from_numpy(tensor.data).view(torch.uint8).reshape(int(tensor.shape[1]), -1)
-            return cls(blocks=rows(raw), qtype=qtype, in_features=in_features)
-        return cls(rows(torch.from_numpy(np.array(tensor_array(tensor), dtype=np.float32, copy=True))))
+            if rows is None:
+                linear = cls(blocks=raw, qtype=qtype, in_features=in_features)
+                linear.source = tensor  # whose pages `release` hands back once a copy is made (see decoder._fuse)
+                return linear
+            linear = cls(blocks=rows(raw), qtype=qtype, in_features=in_features)
+        else:
+            dense = torch.from_numpy(np.array(tensor_array(tensor), dtype=np.float32, copy=True))
+            linear = cls(rows(dense) if rows else dense)
+        tensor.release()  # copied: the mapped pages are no longer needed
+        return linear
+
+    def release_source(self) -> None:
+        """After the blocks were copied elsewhere: give the file pages they were read from back to the OS."""
+        if self.source is not None:
+            self.source.release()
+            self.source = None
 
     def dense(self) -> torch.Tensor:
         """The weight as fp32 (out_features, in_features)."""

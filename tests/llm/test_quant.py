@@ -45,7 +45,8 @@ def test_without_the_kernel_weights_become_bf16(weights, monkeypatch):
     ggml_matmul.cache_clear()
     try:
         raw = quantize(weights[0], T.Q4_1)
-        reader_tensor = type("T", (), {"tensor_type": T.Q4_1, "shape": np.array([256, 48]), "data": raw})
+        reader_tensor = type("T", (), {"tensor_type": T.Q4_1, "shape": np.array([256, 48]), "data": raw,
+                                       "release": lambda: None})
         layer = QuantizedLinear.from_gguf(reader_tensor)
         assert layer.qtype == "BF16" and layer.weight.dtype == torch.bfloat16
     finally:
