@@ -81,7 +81,8 @@ def main():
     parser.add_argument("--chars", type=int, default=1_100_000)
     parser.add_argument("--seconds", type=float, default=125.0)
     parser.add_argument("--batch-size", help="firstepoch's batch (default: train text's own, 24; nanoGPT's: 12)")
-    parser.add_argument("--lr", help="firstepoch's peak learning rate (default: train text's own, 1.5e-3)")
+    parser.add_argument("--lr", help="firstepoch's peak learning rate (default: train text's own)")
+    parser.add_argument("--opt", help="firstepoch's optimizer (default: train text's own, muon; or adamw)")
     parser.add_argument("--precision", help="firstepoch's precision (default fp32, as nanoGPT's CPU recipe)")
     parser.add_argument("--eval-every", help="firstepoch's steps between validation passes (default: its own)")
     args = parser.parse_args()
@@ -97,8 +98,8 @@ def main():
         if args.nanogpt:
             seconds, nano_loss = run_nanogpt(args.nanogpt, text, work)
             print(f"nanoGPT recipe (2000 steps):   valid loss {nano_loss:.4f} in {seconds:.0f} s")
-        chosen = (("--batch-size", args.batch_size), ("--lr", args.lr), ("--precision", args.precision),
-                  ("--eval-every", args.eval_every))
+        chosen = (("--batch-size", args.batch_size), ("--lr", args.lr), ("--opt", args.opt),
+                  ("--precision", args.precision), ("--eval-every", args.eval_every))
         options = [item for flag, value in chosen if value for item in (flag, value)]
         wall, ours = run_firstepoch(corpus, seconds, work, options)
         print(f"firstepoch --time {seconds:.0f}s {' '.join(options) or '(its defaults)'}: valid loss {ours:.4f} "

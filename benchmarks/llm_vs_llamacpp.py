@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--python", default=sys.executable,
+                        help="the Python that runs firstepoch's side, e.g. a venv with the CPU build of PyTorch, "
+                             "whose import takes far less memory than the CUDA build's")
     parser.add_argument("--side", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
@@ -94,7 +97,8 @@ def main() -> None:
     results = {}
     for _ in range(args.rounds):  # the two sides take turns, so a slow spell of the machine hits both
         for name in ("llama.cpp", "firstepoch"):
-            command = [sys.executable, __file__, args.model, "--side", name, "--threads", str(args.threads),
+            python = args.python if name == "firstepoch" else sys.executable
+            command = [python, __file__, args.model, "--side", name, "--threads", str(args.threads),
                        "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
                        "--repeats", str(args.repeats)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout

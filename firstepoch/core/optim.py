@@ -44,8 +44,8 @@ class Muon(torch.optim.Optimizer):
     Trains transformers to a given loss in markedly fewer steps than AdamW (benchmarks/gpt_vs_nanogpt.py).
     """
 
-    def __init__(self, params, lr: float = 1.5e-3, weight_decay: float = 0.01, betas=(0.9, 0.95), eps: float = 1e-8,
-                 muon_scale: float = 15.0, muon_momentum: float = 0.95, ns_steps: int = 3):
+    def __init__(self, params, lr: float = 3e-3, weight_decay: float = 0.01, betas=(0.9, 0.95), eps: float = 1e-8,
+                 muon_scale: float = 6.0, muon_momentum: float = 0.95, ns_steps: int = 3):
         defaults = dict(lr=lr, weight_decay=weight_decay, betas=betas, eps=eps, muon=False, muon_scale=muon_scale,
                         muon_momentum=muon_momentum, ns_steps=ns_steps)
         super().__init__(params, defaults)
@@ -103,7 +103,7 @@ OPTIMIZERS: dict[str, tuple[Callable, float]] = {
     "adam": (lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd), 1e-3),
     "adamw": (lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd), 1e-3),
     "rmsprop": (lambda params, lr, wd: torch.optim.RMSprop(params, lr=lr, weight_decay=wd), 1e-3),
-    "muon": (lambda params, lr, wd: Muon(params, lr=lr, weight_decay=wd), 1.5e-3),  # params: muon_groups(model)
+    "muon": (lambda params, lr, wd: Muon(params, lr=lr, weight_decay=wd), 3e-3),  # params: muon_groups(model)
 }
 
 
