@@ -194,9 +194,10 @@ class TimeBudget(Callback):
     Schedules follow the elapsed fraction of the budget instead of the step count; when the time is up
     the current epoch's training stops, its validation still runs, and the fit ends. The clock starts
     after the first training step, so one-time start-up (`torch.compile`, first allocations) is not charged.
+    Runs after the recorder and the checkpoint (order 60), so the last, shortened epoch is logged and saved too.
     """
 
-    order = 0
+    order = 60
 
     def __init__(self, seconds: float):
         if seconds <= 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import cache
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ def newton_schulz(g: torch.Tensor, steps: int = 3, dtype=torch.float32) -> torch
     return (x.T if tall else x).to(g.dtype)
 
 
+@cache
 def _bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return True

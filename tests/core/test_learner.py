@@ -93,7 +93,9 @@ def test_gradient_clipping_bounds_the_norm():
     assert norm.norm <= 0.01 + 1e-6
 
 
-def test_a_time_budget_ends_the_fit_after_a_last_validation_and_anneals_by_the_clock():
+def test_a_time_budget_ends_the_fit_after_a_last_validation_and_anneals_by_the_clock(tmp_path):
+    import json
+
     from firstepoch import TimeBudget
 
     class LastLr(Callback):
@@ -101,11 +103,13 @@ def test_a_time_budget_ends_the_fit_after_a_last_validation_and_anneals_by_the_c
             self.lr = self.learn.opt.param_groups[0]["lr"]
 
     last = LastLr()
-    learn = linear_learner(callbacks=[last])
+    learn = linear_learner(callbacks=[last], run=tmp_path / "run")
     history = learn.fit_one_cycle(100_000, 0.1, callbacks=[TimeBudget(1.0)])
     assert "time budget of 1 s used" in learn.stop_reason
     assert 1 <= len(history) < 100_000 and history[-1]["valid_loss"] < history[0]["train_loss"]
     assert last.lr < 0.1 / 100  # the 1cycle schedule reached its end with the clock, not with the steps
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == history  # the last, shortened epoch is logged too
 
 
 def test_early_stopping_stops():
