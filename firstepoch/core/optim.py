@@ -14,16 +14,17 @@ from firstepoch.errors import FirstEpochError
 
 def newton_schulz(g: torch.Tensor, steps: int = 3, dtype=torch.float32) -> torch.Tensor:
     """The semi-orthogonal matrix nearest to g (its singular values pushed to about 1), by a quintic
-    Newton-Schulz iteration whose coefficients converge in few steps (to within ~0.3 of 1, which is enough)."""
+    Newton-Schulz iteration whose coefficients converge in few steps (to within ~0.3 of 1, which is enough).
+    g: one matrix (rows, cols) or a stack of them (n, rows, cols)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = (g / (g.norm() + 1e-7)).to(dtype)
-    tall = x.shape[0] > x.shape[1]
+    x = (g / (g.norm(dim=(-2, -1), keepdim=True) + 1e-7)).to(dtype)
+    tall = x.shape[-2] > x.shape[-1]
     if tall:  # iterate on the smaller Gram matrix
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 @cache
@@ -59,20 +60,30 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon_step if group["muon"] else self._adamw_step)(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["muon"]:
+                self._muon_steps(params, group)
+            else:
+                for p in params:
+                    self._adamw_step(p, group)
         return loss
 
-    def _muon_step(self, p: torch.Tensor, group: dict) -> None:
-        state, beta = self.state[p], group["muon_momentum"]
-        if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        buffer = state["momentum_buffer"]
-        buffer.mul_(beta).add_(p.grad)
-        dtype = torch.bfloat16 if _bf16_is_fast(p.device) else torch.float32
-        update = newton_schulz(p.grad.add(buffer, alpha=beta), group["ns_steps"], dtype)  # Nesterov
-        p.add_(update, alpha=-group["lr"] * group["muon_scale"] * max(1.0, p.shape[0] / p.shape[1]) ** 0.5)
+    def _muon_steps(self, params: list[torch.Tensor], group: dict) -> None:
+        """Nesterov momentum, orthogonalised: matrices of one shape go through Newton-Schulz together."""
+        beta, by_shape = group["muon_momentum"], {}
+        for p in params:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p)
+            buffer = state["momentum_buffer"]
+            buffer.mul_(beta).add_(p.grad)
+            by_shape.setdefault(p.shape, []).append((p, p.grad.add(buffer, alpha=beta)))
+        for shape, pairs in by_shape.items():
+            dtype = torch.bfloat16 if _bf16_is_fast(pairs[0][0].device) else torch.float32
+            updates = newton_schulz(torch.stack([g for _, g in pairs]), group["ns_steps"], dtype)
+            scale = -group["lr"] * group["muon_scale"] * max(1.0, shape[0] / shape[1]) ** 0.5
+            for (p, _), update in zip(pairs, updates):
+                p.add_(update, alpha=scale)
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         state, (beta1, beta2) = self.state[p], group["betas"]
