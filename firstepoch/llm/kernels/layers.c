@@ -114,6 +114,24 @@ static void swiglu_rows(const float *gate_up, int64_t n, int64_t rows, float *ou
         float *o = out + r * n;
         const int64_t vector = n - n % LANES;  /* its vector loop; the rest goes through the C library's expf */
         int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+        /* exp_like_llamacpp written out without branches so that the compiler vectorises it; the scaling by
+           2^n is exact for |n| <= 126, and the rare values past that are done again one by one */
+        int wide = 0;
+        for (; i < vector; i++) {
+            const float x = -g[i], shift = 0x1.8p23f;
+            const float z = fmaf(x, 0x1.715476p+0f, shift), n2 = z - shift;
+            const float b = fmaf(-n2, 0x1.7f7d1cp-20f, fmaf(-n2, 0x1.62e4p-1f, x)), w = b * b;
+            const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), w, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                                 w, fmaf(0x1.ffffecp-1f, b, 1.0f));
+            const float e = j * float_of((uint32_t)((int32_t)n2 + 127) << 23);
+            wide |= fabsf(n2) > 126.0f;
+            o[i] = g[i] / (1.0f + e) * u[i];
+        }
+        if (wide)
+            for (int64_t k = 0; k < vector; k++)
+                if (fabsf(g[k]) > 80.0f) o[k] = g[k] / (1.0f + exp_like_llamacpp(-g[k])) * u[k];
+#endif
         for (; i < vector; i++) o[i] = g[i] / (1.0f + exp_like_llamacpp(-g[i])) * u[i];
         for (; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];  /* its scalar tail */
     }
@@ -165,13 +183,17 @@ static void rope(float *v, int64_t heads, int64_t head_dim, const float *cos, co
  * block are added one by one in double (its vector loop's remainder). n is a multiple of LANES. */
 static inline float dot_f16(const float *a, const float *b, int64_t n, int groups) {
     float acc[GROUPS][LANES] = {{0}};
-    const int64_t whole = groups == 1 ? n : n - n % (GROUPS * LANES);
-    for (int64_t c = 0; c < whole; c += LANES) {
-        float *sum = acc[(c / LANES) % groups];
-        for (int l = 0; l < LANES; l++) sum[l] += a[c + l] * b[c + l];
-    }
-    if (groups == GROUPS)
+    int64_t whole = n;
+    if (groups == 1) {  /* loops of constant width, which the compiler turns into vector instructions */
+        for (int64_t c = 0; c < n; c += LANES)
+            for (int l = 0; l < LANES; l++) acc[0][l] += a[c + l] * b[c + l];
+    } else {
+        whole = n - n % (GROUPS * LANES);
+        for (int64_t c = 0; c < whole; c += GROUPS * LANES)
+            for (int g = 0; g < GROUPS; g++)
+                for (int l = 0; l < LANES; l++) acc[g][l] += a[c + g * LANES + l] * b[c + g * LANES + l];
         for (int l = 0; l < LANES; l++) acc[0][l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
     double total = lanes_sum(acc[0], LANES);
     for (int64_t i = whole; i < n; i++) total += (double)(a[i] * b[i]);
     return (float)total;
