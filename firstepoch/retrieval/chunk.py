@@ -57,7 +57,7 @@ def chunk_pages(pages: list[Page], source: str, count_tokens: Callable[[list[str
         units = _units(page.text, count_tokens, token_offsets, max_tokens)
         for start, end in _pack(units, max_tokens, overlap):
             chunks.append(Chunk(page.text[start:end], source, page.number, start, end, title))
-    return _enforce_limit(chunks, count_tokens, token_offsets, max(1, room))
+    return _enforce_limit(chunks, count_tokens, token_offsets, max_tokens)
 
 
 def document_title(pages: list[Page], source: str, max_chars: int = 120) -> str:
@@ -142,14 +142,15 @@ def _pack(units: list[_Unit], max_tokens: int, overlap: int) -> list[tuple[int, 
 
 def _enforce_limit(chunks: list[Chunk], count_tokens, token_offsets, limit: int) -> list[Chunk]:
     """Tokens counted on the joined text can differ from the sum over sentences: re-split any chunk that
-    ends up over the embedder's limit."""
+    ends up over the limit, into equal pieces (122 tokens over a limit of 120 make two of 61, not 120 and 2)."""
     counts = count_tokens([c.text for c in chunks]) if chunks else []
     out = []
     for chunk, n in zip(chunks, counts):
         if n <= limit:
             out.append(chunk)
             continue
-        for a, b, _ in _split_by_tokens(chunk.text, 0, len(chunk.text), token_offsets, limit):
+        pieces = -(-n // limit)
+        for a, b, _ in _split_by_tokens(chunk.text, 0, len(chunk.text), token_offsets, -(-n // pieces)):
             out.append(Chunk(chunk.text[a:b], chunk.source, chunk.page, chunk.start + a, chunk.start + b,
                              chunk.title))
     return out
