@@ -47,6 +47,7 @@ def _fuse(*linears) -> torch.Tensor | None:
 class InferenceTransformer(Transformer):
     """A `Transformer` whose layers run in C when its weights allow (see the module's doc)."""
 
+    initialise = False  # every weight is loaded from the file
     _layers_c: list | None = None
     _rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layers.c's cos and sin tables, (context, head_dim / 2)
     _pointers = None  # (the cache they point into, the ctypes array of every layer's pointers, the layer shape)

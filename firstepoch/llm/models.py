@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -192,7 +193,7 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Modul
     Built on the meta device first, so no random fp32 copy of the model is ever allocated."""
     from firstepoch.llm.decoder import InferenceTransformer
 
-    with torch.device("meta"):
+    with torch.device("meta"), _no_initialisation():
         model = InferenceTransformer(config)
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and name != "lm_head":
@@ -210,6 +211,19 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Modul
     assert not leftover, f"weights not loaded: {leftover[:5]}"
     model.prepare_c_layers()
     return model.eval()
+
+
+@contextmanager
+def _no_initialisation():
+    """Linear and embedding layers built without initialising their weights, which are all loaded right after.
+    On the meta device an init op runs through PyTorch's Python decompositions, whose first use imports
+    torch._dynamo and sympy: 40 MB of memory and a second of start-up for nothing."""
+    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
+    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
 class _Embedding(nn.Module):

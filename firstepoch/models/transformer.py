@@ -221,6 +221,8 @@ class Transformer(nn.Module):
     tokens at positions [pos, pos + T) and attends to everything cached before them.
     """
 
+    initialise = True  # random initial weights (off where every weight is loaded right after)
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
@@ -231,13 +233,16 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
+        # built for real when the model is built on the meta device: ops there load torch._dynamo (40 MB)
+        on_meta = torch.empty(0).device.type == "meta"
+        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta, device="cpu" if on_meta else None)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
-            if name.endswith(("o_proj.weight", "down_proj.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        if self.initialise:
+            self.apply(self._init_weights)
+            for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
