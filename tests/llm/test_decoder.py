@@ -1,4 +1,4 @@
-"""The C decode step (one token, one call a layer) against the PyTorch Transformer it accelerates."""
+"""The C layers (prefill and decode, all layers in one call) against the PyTorch Transformer they accelerate."""
 import numpy as np
 import pytest
 import torch
@@ -44,14 +44,15 @@ def decode(model, prompt, tokens, fast):
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q4_0"])
-def test_the_c_decode_step_equals_the_pytorch_layers(qtype):
+def test_the_c_layers_equal_the_pytorch_layers(qtype):
     if ggml_matmul() is None:
         pytest.skip("no C compiler")
     model = quantized_model(qtype)
-    assert model._layers_c is not None, "the fast path should be enabled for block weights"
+    assert model._layers_c is not None, "the C layers should be enabled for block weights"
     prompt, tokens = [5, 17, 33, 2, 60, 71, 8], [40, 41, 90, 3, 12, 55, 7, 19, 26, 81]
     fast, slow = decode(model, prompt, tokens, True), decode(model, prompt, tokens, False)
-    # same kernels, same 8-bit activations and fp16 attention rounding; the softmax sums differ in order, which
-    # may move an activation across an 8-bit rounding boundary now and then (a few % of one logit at most)
+    # same kernels, same 8-bit activations and fp16 attention rounding; RMSNorm, RoPE, softmax and SiLU round
+    # differently in PyTorch, which may move an activation across an 8-bit rounding boundary now and then (a few
+    # % of one logit at most)
     assert (fast - slow).abs().max() < 0.05 * slow.abs().max()
     assert torch.equal(fast.argmax(-1), slow.argmax(-1))
