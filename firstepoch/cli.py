@@ -185,7 +185,11 @@ def train_text(
     """Train your own GPT on a text corpus."""
     from firstepoch.data import lm, samples
 
+    from firstepoch.core.optim import OPTIMIZERS
+
     budget = _parse_duration(time_budget) if time_budget else None
+    if opt not in OPTIMIZERS:  # before any run folder is made
+        raise FirstEpochError(f"--opt {opt!r}: choose from {', '.join(OPTIMIZERS)}")
     lr = lr or TEXT_LR.get(opt, 1.5e-3)
     if (corpus is None) == (sample is None):
         raise FirstEpochError("give a corpus (a text file or folder) or --sample shakespeare, not both")

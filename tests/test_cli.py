@@ -185,6 +185,7 @@ def test_train_a_gpt_and_generate(tmp_path):
     (["train", "text", "{csv}", "--sample", "shakespeare"], "not both"),
     (["train", "text", "--sample", "hamlet"], "unknown sample 'hamlet'"),
     (["train", "text", "--sample", "shakespeare", "--time", "soon"], "expected a duration such as 90s"),
+    (["train", "text", "--sample", "shakespeare", "--opt", "lion"], "--opt 'lion': choose from"),
     (["export", "{tmp}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
     (["generate", "{html}", "hi"], "an HTML page, not a model"),
     (["train", "images", "{tmp}", "--arch", "cnn", "--weights", "w.safetensors"], "--weights needs a timm"),
