@@ -12,6 +12,7 @@ from torch import nn
 
 from firstepoch.errors import FirstEpochError
 
+
 def newton_schulz(g: torch.Tensor, steps: int = 3, dtype=torch.float32) -> torch.Tensor:
     """The semi-orthogonal matrix nearest to g (its singular values pushed to about 1), by a quintic
     Newton-Schulz iteration whose coefficients converge in few steps (to within ~0.3 of 1, which is enough).
