@@ -28,6 +28,7 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
     """Shared by every `train` subcommand: fit with 1cycle (or `fine_tune` when `freeze_epochs` is given),
     evaluate the test split, export the bundle."""
     from firstepoch import Learner
+    from firstepoch.core.optim import OPTIMIZERS
     from firstepoch.core.runs import Run, runs_root
 
     if resume and not run_name:
@@ -35,6 +36,8 @@ def _train(dls, arch, epochs: int, lr: Optional[float], opt: str, seed: int, dev
     if resume and freeze_epochs is not None:
         raise FirstEpochError("--resume does not continue a fine-tuning run yet; start it again, or train with "
                               "--arch cnn")
+    if opt not in OPTIMIZERS:  # before any run folder is made
+        raise FirstEpochError(f"--opt {opt!r}: choose from {', '.join(OPTIMIZERS)}")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
     run = Run.create(name=run_name, task=task, config=config) if is_main else None
     resume = runs_root() / run_name / "checkpoints" / "last.pt" if resume else False
@@ -185,11 +188,7 @@ def train_text(
     """Train your own GPT on a text corpus."""
     from firstepoch.data import lm, samples
 
-    from firstepoch.core.optim import OPTIMIZERS
-
     budget = _parse_duration(time_budget) if time_budget else None
-    if opt not in OPTIMIZERS:  # before any run folder is made
-        raise FirstEpochError(f"--opt {opt!r}: choose from {', '.join(OPTIMIZERS)}")
     lr = lr or TEXT_LR.get(opt, 1.5e-3)
     if (corpus is None) == (sample is None):
         raise FirstEpochError("give a corpus (a text file or folder) or --sample shakespeare, not both")

@@ -9,9 +9,13 @@ exactly as we do; the byte-level BPE becomes a GPT-2 vocabulary with its merges.
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -135,17 +139,18 @@ class TensorInfo:
 
 def _forget_pages(address: int, length: int) -> None:
     """madvise(MADV_DONTNEED) on the whole pages inside [address, address + length), where libc has it."""
-    import ctypes
-    import mmap
-    import sys
-
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return
     page = mmap.PAGESIZE
     start, end = -(-address // page) * page, (address + length) // page * page
     if end > start:
-        libc = ctypes.CDLL(None, use_errno=True)
         libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+
+
+@cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}

@@ -58,9 +58,29 @@ static inline float lanes_sum(float *v, int n) {
 /* e^x with llama.cpp's vectorised polynomial: x = n ln2 + b, e^b from a degree-5 polynomial, times 2^n.
  * Its AVX-512 code scales the polynomial (constant term 1) by 2^n; its AVX2/SSE code computes
  * k + k * (polynomial - 1) with k = 2^n built from the bits of n. Same constants, different last bits. */
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+/* Its AVX-512 exp up to the scaling: the polynomial (constant term 1), and n in *n_out. Branch-free, so that
+ * loops over it vectorise; j * 2^n (pow2_scaled) is then exact for |n| <= 126. */
+static inline float exp_poly_avx512(float x, float *n_out) {
+    const float shift = 0x1.8p23f;
+    const float n = fmaf(x, 0x1.715476p+0f, shift) - shift;  /* x / ln2 rounded to an integer */
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x)), u = b * b;
+    *n_out = n;
+    return fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                fmaf(0x1.ffffecp-1f, b, 1.0f));
+}
+
+static inline float pow2_scaled(float j, float n) { return j * float_of((uint32_t)((int32_t)n + 127) << 23); }
+#endif
+
 static inline float exp_like_llamacpp(float x) {
-#if defined(__x86_64__) && (defined(__AVX512F__) && defined(__AVX512DQ__) || defined(__SSE2__))
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+    float n;
+    const float j = exp_poly_avx512(x, &n);
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    return fabsf(n) <= 126.0f ? pow2_scaled(j, n) : scalbnf(j, (int)n);
+#elif defined(__x86_64__) && defined(__SSE2__)
+#if defined(__FMA__)
 #define MADD(a, b, c) fmaf(a, b, c)
 #else
 #define MADD(a, b, c) ((a) * (b) + (c))
@@ -70,14 +90,8 @@ static inline float exp_like_llamacpp(float x) {
     const float n = z - shift;  /* x / ln2 rounded to an integer */
     const float b = MADD(-n, 0x1.7f7d1cp-20f, MADD(-n, 0x1.62e4p-1f, x));
     const float u = b * b;
-    const float high = MADD(MADD(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, MADD(0x1.555e66p-3f, b, 0x1.fffdb6p-2f));
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
-    const float j = MADD(high, u, MADD(0x1.ffffecp-1f, b, 1.0f));
-    if (fabsf(n) <= 126.0f) return j * float_of((uint32_t)((int32_t)n + 127) << 23);  /* exact scaling */
-    return scalbnf(j, (int)n);
-#else
-    const float j = MADD(high, u, 0x1.ffffecp-1f * b);
+    const float j = MADD(MADD(MADD(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, MADD(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         0x1.ffffecp-1f * b);
     const uint32_t e = bits_of(z) << 23;
     const float k = float_of(e + bits_of(1.0f));
     if (fabsf(n) <= 126.0f) return MADD(k, j, k);
@@ -85,7 +99,6 @@ static inline float exp_like_llamacpp(float x) {
     const float s1 = float_of(g + 0x7f000000u), s2 = float_of(e - g);
     if (fabsf(n) > 192.0f) return s1 * s1;
     return MADD(s2, j, s2) * s1;
-#endif
 #undef MADD
 #else
     return expf(x);
@@ -115,18 +128,14 @@ static void swiglu_rows(const float *gate_up, int64_t n, int64_t rows, float *ou
         const int64_t vector = n - n % LANES;  /* its vector loop; the rest goes through the C library's expf */
         int64_t i = 0;
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-        /* exp_like_llamacpp written out without branches so that the compiler vectorises it; the scaling by
-           2^n is exact for |n| <= 126, and the rare values past that are done again one by one */
+        /* exp_like_llamacpp without its branches, so that the compiler vectorises the loop; the rare values
+           past |n| = 126 are done again one by one */
         int wide = 0;
         for (; i < vector; i++) {
-            const float x = -g[i], shift = 0x1.8p23f;
-            const float z = fmaf(x, 0x1.715476p+0f, shift), n2 = z - shift;
-            const float b = fmaf(-n2, 0x1.7f7d1cp-20f, fmaf(-n2, 0x1.62e4p-1f, x)), w = b * b;
-            const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), w, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
-                                 w, fmaf(0x1.ffffecp-1f, b, 1.0f));
-            const float e = j * float_of((uint32_t)((int32_t)n2 + 127) << 23);
+            float n2;
+            const float j = exp_poly_avx512(-g[i], &n2);
             wide |= fabsf(n2) > 126.0f;
-            o[i] = g[i] / (1.0f + e) * u[i];
+            o[i] = g[i] / (1.0f + pow2_scaled(j, n2)) * u[i];
         }
         if (wide)
             for (int64_t k = 0; k < vector; k++)
