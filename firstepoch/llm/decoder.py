@@ -44,6 +44,26 @@ def _fuse(*linears) -> torch.Tensor | None:
     return fused
 
 
+def _check_layer(c, block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
+    """Every array layers.c reads for one layer has the size the config says: it trusts them blindly."""
+    from firstepoch.llm.quant import BLOCK_TYPES
+
+    def row_bytes(lin, n_in: int) -> int:
+        return n_in // 32 * BLOCK_TYPES[lin.qtype][0]
+
+    a, m = block.attn, block.mlp
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    expected = [(qkv, (q + 2 * kv, row_bytes(a.q_proj, c.dim))), (a.o_proj.blocks, (c.dim, row_bytes(a.o_proj, q))),
+                (gate_up, (2 * c.hidden_dim, row_bytes(m.gate_proj, c.dim))),
+                (m.down_proj.blocks, (c.dim, row_bytes(m.down_proj, c.hidden_dim))),
+                (block.attn_norm.weight, (c.dim,)), (block.mlp_norm.weight, (c.dim,))]
+    for tensor, shape in expected:
+        if tuple(tensor.shape) != shape or not tensor.is_contiguous():
+            raise ValueError(f"a layer's weights have shape {tuple(tensor.shape)}, not {shape}")
+    if block.attn_norm.weight.dtype != torch.float32 or block.mlp_norm.weight.dtype != torch.float32:
+        raise ValueError("the C layers take fp32 norm weights")
+
+
 class InferenceTransformer(Transformer):
     """A `Transformer` whose layers run in C when its weights allow (see the module's doc)."""
 
@@ -72,6 +92,7 @@ class InferenceTransformer(Transformer):
             qkv, gate_up = _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)
             if qkv is None or gate_up is None:
                 return False
+            _check_layer(self.config, block, qkv, gate_up)
             codes = [TYPE_CODES[lin.qtype] for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
             types = (ctypes.c_int * 4)(*codes)
             layers.append((block, qkv, gate_up, types))
@@ -98,7 +119,16 @@ class InferenceTransformer(Transformer):
             if start + T > max_len:
                 raise FirstEpochError(f"positions up to {start + T} are past the KV cache ({max_len} positions); "
                                       f"call setup_cache with a larger max_len")
+            if start < 0 or ids.min() < 0 or ids.max() >= c.vocab_size:
+                raise FirstEpochError(f"token ids must be in [0, {c.vocab_size}) at positions >= 0")
             if self._pointers is None or self._pointers[0] is not cache:
+                for layer in self.layers:  # layers.c writes into these at any position below max_len
+                    k, v = layer.attn.cache.k, layer.attn.cache.v
+                    if k.shape != (1, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
+                            k.dtype != torch.float32 or v.dtype != torch.float32 or not (k.is_contiguous() and
+                                                                                       v.is_contiguous()):
+                        raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
+                                         f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
                 shape = _LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
                 self._pointers = (cache, self._layer_pointers(), shape)
             x = self.embed_tokens(ids)[0].float().contiguous()  # (T, dim), updated in place layer by layer

@@ -10,6 +10,7 @@ exactly as we do; the byte-level BPE becomes a GPT-2 vocabulary with its merges.
 from __future__ import annotations
 
 import ctypes
+import math
 import mmap
 import os
 import struct
@@ -102,7 +103,8 @@ def read_gguf(path: str | Path) -> GGUFFile:
     try:
         metadata, types, tensors = _read_header(path, size)
     except (struct.error, ValueError, UnicodeDecodeError, OverflowError) as exc:
-        raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:120]}); download it again")
+        raise FirstEpochError(f"{path}: truncated or corrupt GGUF header ({str(exc)[:160]}); download it again") \
+            from None
     for t in tensors.values():
         if t.tensor_type.name not in SUPPORTED_TYPES:
             raise FirstEpochError(f"{path}: tensor {t.name} has type {t.tensor_type.name}, which is not supported; "
@@ -157,13 +159,21 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 _STRING, _ARRAY = 8, 9
+MAX_NESTING = 4  # arrays of arrays: real files nest one deep; llama.cpp's reader refuses any nesting
+MAX_DIMS = 4  # ggml's tensors have at most four dimensions
+_ALIGNMENT_TYPE = 4  # general.alignment is a uint32
+
+
+class _Corrupt(ValueError):
+    """The header says something its bytes cannot back; read_gguf names the file and says to download it again."""
 
 
 def _read_header(path: Path, size: int) -> tuple[dict, dict, dict]:
     """(metadata, value types, tensors) of a GGUF file, read straight from its bytes: strings and numbers as
     Python values (arrays of numbers through numpy at once), tensors as `TensorInfo`s over one mapping.
     Lean on purpose: a tokenizer's 50k-entry arrays cost a few MB here, not the hundreds of MB that
-    per-item objects would."""
+    per-item objects would. Every count, length and shape is checked against the file's size before it is
+    used, so a header that lies cannot make the reader allocate, loop or recurse beyond what the file holds."""
     import gguf
 
     mapped = np.memmap(path, dtype=np.uint8, mode="c")
@@ -175,61 +185,96 @@ def _read_header(path: Path, size: int) -> tuple[dict, dict, dict]:
         at += struct.calcsize(fmt)
         return value
 
+    def count(what: str, smallest_item: int) -> int:
+        n = take("<Q")
+        if n * smallest_item > size - at:
+            raise _Corrupt(f"{what} claims {n:,} entries, more than the file's {size:,} bytes can hold")
+        return n
+
     def string() -> str:
         nonlocal at
-        n = take("<Q")
-        if at + n > size:
-            raise ValueError(f"a string of {n} bytes runs past the end of the file")
+        n = count("a string", 1)
         at += n
         return bytes(mapped[at - n:at]).decode("utf-8")
 
-    def value(kind: int, types: list):
+    def value(kind: int, types: list, depth: int = 0):
         nonlocal at
+        if kind not in _SCALARS and kind not in (_STRING, _ARRAY):
+            raise _Corrupt(f"unknown metadata value type {kind}")
         types.append(gguf.GGUFValueType(kind))
         if kind == _STRING:
             return string()
         if kind in _SCALARS:
             return take(_SCALARS[kind])
-        if kind != _ARRAY:
-            raise ValueError(f"unknown metadata value type {kind}")
-        item, count = take("<I"), take("<Q")
+        if depth >= MAX_NESTING:
+            raise _Corrupt(f"arrays nested more than {MAX_NESTING} deep")
+        item = take("<I")
+        if item not in _SCALARS and item not in (_STRING, _ARRAY):
+            raise _Corrupt(f"unknown metadata value type {item}")
         if item in _NUMPY:
             width = np.dtype(_NUMPY[item]).itemsize
-            if at + count * width > size:
-                raise ValueError(f"an array of {count} values runs past the end of the file")
+            n = count("an array", width)
             types.append(gguf.GGUFValueType(item))
-            at += count * width
-            return np.frombuffer(mapped, _NUMPY[item], count, at - count * width).tolist()
+            at += n * width
+            return np.frombuffer(mapped, _NUMPY[item], n, at - n * width).tolist()
+        n = count("an array", 8 if item == _STRING else 12)  # a string's length, an array's type and count
         items, inner = [], []
-        for _ in range(count):
-            items.append(value(item, inner))
+        for _ in range(n):
+            items.append(value(item, inner, depth + 1))
         types.append(inner[0] if inner else gguf.GGUFValueType(item))
         return items
 
-    n_tensors, n_values = take("<Q"), take("<Q")
+    n_tensors = take("<Q")
+    n_values = count("the metadata", 8 + 4 + 1)  # a key's length, its type, a one-byte value
+    if n_tensors * (8 + 4 + 4 + 8) > size - at:
+        raise _Corrupt(f"the header claims {n_tensors:,} tensors, more than the file's {size:,} bytes can hold")
     metadata, types = {}, {}
     for _ in range(n_values):
         key = string()
+        if key in metadata:
+            raise _Corrupt(f"the metadata key {key!r} appears twice")
         types[key] = []
         metadata[key] = value(take("<I"), types[key])
     infos = []
     for _ in range(n_tensors):
         name = string()
-        shape = tuple(take("<Q") for _ in range(take("<I")))
+        n_dims = take("<I")
+        if n_dims > MAX_DIMS:
+            raise _Corrupt(f"tensor {name} has {n_dims} dimensions (at most {MAX_DIMS})")
+        shape = tuple(take("<Q") for _ in range(n_dims))
         infos.append((name, shape, take("<I"), take("<Q")))
-    alignment = int(metadata.get("general.alignment", 32))
+    alignment = metadata.get("general.alignment", 32)
+    if "general.alignment" in types and types["general.alignment"][0] != _ALIGNMENT_TYPE or \
+            not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise _Corrupt(f"general.alignment is {alignment!r}; it must be a power of two (a uint32)")
     start = (at + alignment - 1) // alignment * alignment
     tensors = {}
     for name, shape, kind, offset in infos:
-        try:
-            qtype = gguf.GGMLQuantizationType(kind)
-        except ValueError:
-            raise FirstEpochError(f"{path}: tensor {name} has an unknown type ({kind}); supported types: "
-                                  f"{', '.join(SUPPORTED_TYPES)}") from None
-        elements = int(np.prod(shape)) if shape else 1
-        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-        tensors[name] = TensorInfo(name, shape, qtype, start + offset, elements, elements // block * type_size, mapped)
+        tensors[name] = _tensor_info(path, name, shape, kind, start, offset, alignment, size, mapped, tensors)
     return metadata, types, tensors
+
+
+def _tensor_info(path, name, shape, kind, start, offset, alignment, size, mapped, seen) -> TensorInfo:
+    """One tensor's entry, checked: a known type, a whole number of blocks, aligned data within the file."""
+    import gguf
+
+    if name in seen:
+        raise _Corrupt(f"tensor {name} appears twice")
+    try:
+        qtype = gguf.GGMLQuantizationType(kind)
+    except ValueError:
+        raise FirstEpochError(f"{path}: tensor {name} has an unknown type ({kind}); supported types: "
+                              f"{', '.join(SUPPORTED_TYPES)}") from None
+    elements = math.prod(shape)  # Python integers: a product that would overflow 64 bits is just large
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    if elements > size * block or any(n == 0 for n in shape):
+        raise _Corrupt(f"tensor {name} has shape {list(shape)}, more than the file's {size:,} bytes can hold"
+                       if elements else f"tensor {name} has an empty dimension ({list(shape)})")
+    if shape and shape[0] % block:
+        raise _Corrupt(f"tensor {name}: its rows of {shape[0]} values are not whole {qtype.name} blocks of {block}")
+    if offset % alignment:
+        raise _Corrupt(f"tensor {name}'s data is not aligned to {alignment} bytes")
+    return TensorInfo(name, shape, qtype, start + offset, elements, elements // block * type_size, mapped)
 
 
 def tensor_array(t) -> np.ndarray:

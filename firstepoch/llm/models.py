@@ -90,26 +90,98 @@ def load(name_or_path: str | Path | None = None, context: int | None = None, cha
 # --------------------------------------------------------------------------------------------- GGUF
 
 
+# what a llama-architecture file may declare: far above any real model, so that a lie in the metadata is
+# refused before it sizes an allocation or a loop (llama.cpp allows at most 512 layers)
+LIMITS = {"embedding_length": 1 << 17, "block_count": 512, "attention.head_count": 1 << 10,
+          "attention.head_count_kv": 1 << 10, "feed_forward_length": 1 << 20, "context_length": 1 << 24,
+          "vocab_size": 1 << 22}
+
+
+def _size(g, key: str, default: int | None = None) -> int:
+    """The architecture's key `key` as a positive integer within `LIMITS`, or one clear line."""
+    name, value = f"{g.architecture}.{key}", g.arch(key, default)
+    if value is None:
+        raise FirstEpochError(f"{g.path}: the metadata has no {name}; the file is incomplete or not a llama model")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}, not an integer "
+                              f"(per-layer values are not supported)")
+    if not 1 <= value <= LIMITS[key]:
+        raise FirstEpochError(f"{g.path}: {name} is {value}; it must be between 1 and {LIMITS[key]:,}")
+    return value
+
+
+def _positive_float(g, key: str, default: float) -> float:
+    name, value = f"{g.architecture}.{key}", g.arch(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a positive number")
+    return float(value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
+    """The `TransformerConfig` a GGUF file declares, every value checked (type, range, consistency)."""
     from firstepoch.llm.gguf import SUPPORTED_ARCHITECTURES
 
     if g.architecture not in SUPPORTED_ARCHITECTURES:
-        raise FirstEpochError(f"{g.path}: architecture {g.architecture!r} is not supported yet; supported: "
+        raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
                               f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-    dim, n_heads = g.arch("embedding_length"), g.arch("attention.head_count")
+    dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
+    n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
+    if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
+        raise FirstEpochError(f"{g.path}: {dim} dimensions, {n_heads} heads and {n_kv_heads} key/value heads do "
+                              f"not fit together (dim must split into heads of even size, heads into kv groups)")
     head_dim = dim // n_heads
     if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
         raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
                               f"not supported yet")
     if "rope_freqs.weight" in g.tensors or g.arch("rope.scaling.type", "none") not in ("none", None):
         raise FirstEpochError(f"{g.path}: RoPE frequency scaling (Llama 3.1 and later) is not supported yet")
-    trained = g.arch("context_length", 2048)
+    trained = _size(g, "context_length", 2048)
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
+    tokens = g.metadata.get("tokenizer.ggml.tokens")
+    vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
     return TransformerConfig(
-        vocab_size=g.arch("vocab_size") or len(g.metadata["tokenizer.ggml.tokens"]), dim=dim,
-        n_layers=g.arch("block_count"), n_heads=n_heads, n_kv_heads=g.arch("attention.head_count_kv", n_heads),
-        hidden_dim=g.arch("feed_forward_length"), context=min(context or trained, trained),
-        norm_eps=g.arch("attention.layer_norm_rms_epsilon", 1e-5), rope_theta=g.arch("rope.freq_base", 10000.0),
-        tie_embeddings="output.weight" not in g.tensors)
+        vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads, n_kv_heads=n_kv_heads,
+        hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
+        norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
+
+
+def expected_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a llama-architecture file must hold for `config`, with its shape in GGUF's order (the
+    fastest-varying dimension first: a matrix is (in_features, out_features))."""
+    c, q, kv = config, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+    shapes = {"token_embd.weight": (c.dim, c.vocab_size), "output_norm.weight": (c.dim,)}
+    if not c.tie_embeddings:
+        shapes["output.weight"] = (c.dim, c.vocab_size)
+    layer = {"attn_norm": (c.dim,), "ffn_norm": (c.dim,), "attn_q": (c.dim, q), "attn_k": (c.dim, kv),
+             "attn_v": (c.dim, kv), "attn_output": (q, c.dim), "ffn_gate": (c.dim, c.hidden_dim),
+             "ffn_up": (c.dim, c.hidden_dim), "ffn_down": (c.hidden_dim, c.dim)}
+    for i in range(c.n_layers):
+        shapes.update({f"blk.{i}.{name}.weight": shape for name, shape in layer.items()})
+    return shapes
+
+
+def check_tensors(g, config: TransformerConfig) -> None:
+    """Refuse a file whose tensors disagree with its metadata, before any kernel sees a pointer into it: every
+    expected tensor present with exactly the shape `config` implies, and the vocabulary the size of the
+    embedding table."""
+    for name, shape in expected_shapes(config).items():
+        t = g.tensors.get(name)
+        if t is None:
+            raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a llama model")
+        if tuple(int(n) for n in t.shape) != shape:
+            raise FirstEpochError(f"{g.path}: tensor {name} has shape {list(map(int, t.shape))} but the metadata "
+                                  f"implies {list(shape)}; the file is corrupt or its metadata is wrong")
+    tokens = g.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and len(tokens) != config.vocab_size:
+        raise FirstEpochError(f"{g.path}: the tokenizer has {len(tokens):,} tokens but the embedding table "
+                              f"{config.vocab_size:,} rows; the file is corrupt or its metadata is wrong")
 
 
 def memory_needed(g, config: TransformerConfig) -> int:
@@ -162,6 +234,7 @@ def load_gguf(path: Path, context: int | None = None):
 
     g = read_gguf(path)
     config = config_from_gguf(g, context)
+    check_tensors(g, config)
     check_fits(memory_needed(g, config), path)
     tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
     names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
@@ -169,10 +242,7 @@ def load_gguf(path: Path, context: int | None = None):
         names.update({f"layers.{i}.{ours}": f"blk.{i}.{theirs}" for theirs, ours in LAYER_NAMES.items()})
 
     def tensor(ours: str):
-        name = f"{names[ours]}.weight"
-        if name not in g.tensors:
-            raise FirstEpochError(f"{path}: tensor {name} is missing; the file is incomplete or not a llama model")
-        return g.tensors[name]
+        return g.tensors[f"{names[ours]}.weight"]  # present, with its shape checked
 
     def matrix(ours: str) -> QuantizedLinear:
         heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
@@ -182,9 +252,10 @@ def load_gguf(path: Path, context: int | None = None):
         return torch.from_numpy(tensor_array(tensor(ours)).copy())
 
     model = build_inference_model(config, matrix, vector)
-    info = {"architecture": g.architecture, "name": g.metadata.get("general.name", path.stem),
+    name, template = g.metadata.get("general.name"), g.metadata.get("tokenizer.chat_template")
+    info = {"architecture": g.architecture, "name": name if isinstance(name, str) else path.stem,
             "quantization": g.quantization, "file_bytes": path.stat().st_size}
-    return model, tokenizer, g.metadata.get("tokenizer.chat_template"), info
+    return model, tokenizer, template if isinstance(template, str) else None, info
 
 
 def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:

@@ -56,6 +56,10 @@ class QuantizedLinear(nn.Module):
         self.qtype = qtype if blocks is not None else "BF16"
         self.source = None  # the GGUF tensor the blocks are a view of, if any
         if blocks is not None:
+            if qtype not in BLOCK_TYPES or in_features is None or in_features % 32 or blocks.dim() != 2 or \
+                    blocks.dtype != torch.uint8 or blocks.shape[1] != in_features // 32 * BLOCK_TYPES[qtype][0]:
+                raise ValueError(f"{qtype} blocks of shape {tuple(blocks.shape)} do not hold rows of "
+                                 f"{in_features} weights")  # the kernel would read past them
             self.out_features, self.in_features = blocks.shape[0], in_features
             self.register_buffer("blocks", blocks.contiguous())
             self.weight = None
@@ -104,6 +108,8 @@ class QuantizedLinear(nn.Module):
         return dequantize_blocks(self.blocks[ids], self.qtype, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input of shape {tuple(x.shape)} for a linear layer of {self.in_features} inputs")
         if self.blocks is None:
             return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         if x.device.type != "cpu":

@@ -60,24 +60,71 @@ class LLMTokenizer:
 
     @classmethod
     def from_gguf(cls, metadata: dict, source: str = "model") -> "LLMTokenizer":
-        kind = metadata.get("tokenizer.ggml.model")
-        tokens = metadata.get("tokenizer.ggml.tokens")
-        if not tokens:
-            raise FirstEpochError(f"{source}: the GGUF file has no tokenizer (tokenizer.ggml.tokens)")
-        types = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
-        if kind == "gpt2":
-            plain, special = _byte_level_bpe(metadata, tokens, types, source)
-        elif kind == "llama":
-            plain, special = _sentencepiece(metadata, tokens, types)
-        else:
-            raise FirstEpochError(f"{source}: tokenizer model {kind!r} is not supported (gpt2 and llama are)")
-        bos = metadata.get("tokenizer.ggml.bos_token_id")
-        eos = metadata.get("tokenizer.ggml.eos_token_id")
+        """The tokenizer a GGUF file's metadata declares, every entry checked first (the file may lie)."""
+        kind, tokens, types = _checked_vocabulary(metadata, source)
+        try:
+            if kind == "gpt2":
+                plain, special = _byte_level_bpe(metadata, tokens, types, source)
+            else:
+                plain, special = _sentencepiece(metadata, tokens, types)
+        except FirstEpochError:
+            raise
+        except Exception as exc:  # the tokenizers library refusing what the checks let through
+            raise FirstEpochError(f"{source}: the tokenizer in the file cannot be built ({str(exc)[:160]})") from None
+        bos, eos, eot, eom = (_token_id(metadata, f"tokenizer.ggml.{name}_token_id", len(tokens), source)
+                              for name in ("bos", "eos", "eot", "eom"))
         add_bos = metadata.get("tokenizer.ggml.add_bos_token", kind == "llama")
-        ends = {i for i in (eos, metadata.get("tokenizer.ggml.eot_token_id"),
-                            metadata.get("tokenizer.ggml.eom_token_id")) if i is not None}
+        ends = {i for i in (eos, eot, eom) if i is not None}
         ends |= {i for i, (t, ty) in enumerate(zip(tokens, types)) if ty == CONTROL and t in END_TEXTS}
         return cls(plain, special, bos, eos, bool(add_bos), ends)
+
+
+# the characters of all tokens together: a real vocabulary has a few million at most, and building the merges
+# of a SentencePiece vocabulary costs time in proportion to this
+MAX_VOCABULARY_CHARS = 1 << 24
+
+
+def _checked_vocabulary(metadata: dict, source: str) -> tuple[str, list[str], list[int]]:
+    """(model kind, tokens, token types) of the file, each of the right type and length, or one clear line."""
+    kind = metadata.get("tokenizer.ggml.model")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if not tokens:
+        raise FirstEpochError(f"{source}: the GGUF file has no tokenizer (tokenizer.ggml.tokens)")
+    if kind not in ("gpt2", "llama"):
+        raise FirstEpochError(f"{source}: tokenizer model {str(kind)[:40]!r} is not supported (gpt2 and llama are)")
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t for t in tokens):
+        raise FirstEpochError(f"{source}: tokenizer.ggml.tokens must be a list of non-empty strings")
+    if sum(map(len, tokens)) > MAX_VOCABULARY_CHARS:
+        raise FirstEpochError(f"{source}: the tokens total more than {MAX_VOCABULARY_CHARS:,} characters; "
+                              f"the file is corrupt")
+    types = metadata.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    _check_list(types, int, len(tokens), "tokenizer.ggml.token_type", source)
+    if kind == "llama" and metadata.get("tokenizer.ggml.scores") is not None:
+        _check_list(metadata["tokenizer.ggml.scores"], (int, float), len(tokens), "tokenizer.ggml.scores", source)
+    merges = metadata.get("tokenizer.ggml.merges", [])
+    if kind == "gpt2" and not (isinstance(merges, list) and all(isinstance(m, str) and " " in m for m in merges)):
+        raise FirstEpochError(f"{source}: tokenizer.ggml.merges must be a list of 'left right' strings")
+    if not isinstance(metadata.get("tokenizer.ggml.pre", "default"), str):
+        raise FirstEpochError(f"{source}: tokenizer.ggml.pre must be a string")
+    if kind == "llama":
+        _token_id(metadata, "tokenizer.ggml.unknown_token_id", len(tokens), source)
+    return kind, tokens, types
+
+
+def _check_list(values, kind, length: int, name: str, source: str) -> None:
+    if not isinstance(values, list) or len(values) != length or \
+            not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+        raise FirstEpochError(f"{source}: {name} must hold one number per token ({length:,})")
+
+
+def _token_id(metadata: dict, key: str, n_tokens: int, source: str) -> int | None:
+    """A special token's id from the metadata: None when absent, one clear line when not a token of the file."""
+    value = metadata.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
+        raise FirstEpochError(f"{source}: {key} is {str(value)[:40]}, not a token id of its {n_tokens:,} tokens")
+    return value
 
 
 def _specials(tokens: list[str], types: list[int], wanted: tuple[int, ...]) -> list[AddedToken]:
@@ -119,7 +166,7 @@ def _sentencepiece(metadata: dict, tokens: list[str], types: list[int]):
             if left in vocab and right in vocab:
                 candidates.append((-scores[index], index, left, right))
     merges = [(left, right) for _, _, left, right in sorted(candidates)]
-    unk_id = metadata.get("tokenizer.ggml.unknown_token_id", 0)
+    unk_id = metadata.get("tokenizer.ggml.unknown_token_id") or 0  # checked by _checked_vocabulary
     space_prefix = metadata.get("tokenizer.ggml.add_space_prefix", True)
 
     def build(specials: tuple[int, ...]) -> Tokenizer:

@@ -21,8 +21,12 @@ from pathlib import Path
 SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "layers.c")]
 # -ffp-contract=off: no multiply-add fused unless written so (layers.c reproduces llama.cpp's rounding)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
+# FIRSTEPOCH_KERNELS_ASAN=1: a debug build under AddressSanitizer, for the hostile-input tests; the process must
+# start with the sanitizer's runtime preloaded (LD_PRELOAD=$(cc -print-file-name=libasan.so))
+ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 # tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
 FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
+
 FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
 
 
@@ -35,7 +39,11 @@ def ggml_matmul() -> ctypes.CDLL | None:
         warnings.warn("no C compiler found: quantized LLM weights are expanded to bf16 (slower, more memory); "
                       "install gcc for firstepoch's quantized kernels", stacklevel=2)
         return None
-    library = _build(compiler)
+    asan = os.environ.get("FIRSTEPOCH_KERNELS_ASAN", "0") == "1"
+    if asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError("FIRSTEPOCH_KERNELS_ASAN=1 needs the sanitizer's runtime loaded first: run with "
+                           "LD_PRELOAD=$(cc -print-file-name=libasan.so)")  # else loading the library aborts
+    library = _build(compiler, ASAN_FLAGS if asan else ())
     if library is None:
         return None
     try:
@@ -61,13 +69,14 @@ def ggml_matmul() -> ctypes.CDLL | None:
     return lib
 
 
-def _build(compiler: str) -> Path | None:
-    """The cached library for this source and compiler, built if missing; None (with a warning) on failure."""
+def _build(compiler: str, extra: tuple[str, ...] = ()) -> Path | None:
+    """The cached library for this source and compiler (and `extra` flags), built if missing; None (with a
+    warning) on failure."""
     from firstepoch.data.samples import home
 
     source = b"".join(path.read_bytes() for path in SOURCES)
     errors = []
-    for flags in FLAG_SETS:  # -march=native: the key names this CPU too, for a home folder shared by machines
+    for flags in ([*flags, *extra] for flags in FLAG_SETS):  # -march=native: the key names this CPU too, for a home folder shared by machines
         key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu()]).encode()).hexdigest()[:16]
         library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
         if library.is_file():

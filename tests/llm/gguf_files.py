@@ -1,0 +1,146 @@
+"""GGUF files for the hostile-input tests: a tiny valid llama model written with the gguf package, and a writer
+of raw GGUF bytes that can say anything (wrong types, counts, shapes, offsets), so each lie a downloaded file
+may tell can be built on purpose."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+
+gguf = __import__("gguf")
+
+# 3 specials, 256 byte pieces, 6 pieces: 265 tokens
+PIECES = ["\u2581", "\u2581t", "he", "\u2581the", "a", "b"]
+TOKENS = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + PIECES
+TYPES = [2, 3, 3] + [6] * 256 + [1] * len(PIECES)
+TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+            "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+DIM, LAYERS, HEADS, KV_HEADS, HIDDEN = 64, 2, 4, 2, 128
+
+
+def tensors(seed: int = 0) -> dict[str, tuple[np.ndarray, object]]:
+    """name -> (fp32 values in (rows, columns), GGUF type) of the tiny model: Q8_0 and Q4_0 matrices, F32 norms."""
+    rng = np.random.default_rng(seed)
+    head = DIM // HEADS
+    q8, q4, f32 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.F32
+
+    def matrix(rows: int, columns: int) -> np.ndarray:
+        return (rng.standard_normal((rows, columns)) / np.sqrt(columns)).astype(np.float32)
+
+    out = {"token_embd.weight": (matrix(len(TOKENS), DIM), q8),
+           "output_norm.weight": (np.ones(DIM, np.float32), f32)}
+    for i in range(LAYERS):
+        out.update({f"blk.{i}.attn_norm.weight": (np.ones(DIM, np.float32), f32),
+                    f"blk.{i}.ffn_norm.weight": (np.ones(DIM, np.float32), f32),
+                    f"blk.{i}.attn_q.weight": (matrix(HEADS * head, DIM), q8),
+                    f"blk.{i}.attn_k.weight": (matrix(KV_HEADS * head, DIM), q8),
+                    f"blk.{i}.attn_v.weight": (matrix(KV_HEADS * head, DIM), q8),
+                    f"blk.{i}.attn_output.weight": (matrix(DIM, HEADS * head), q4),
+                    f"blk.{i}.ffn_gate.weight": (matrix(HIDDEN, DIM), q4),
+                    f"blk.{i}.ffn_up.weight": (matrix(HIDDEN, DIM), q4),
+                    f"blk.{i}.ffn_down.weight": (matrix(DIM, HIDDEN), q8)})
+    return out
+
+
+def tiny_model(path: Path, seed: int = 0) -> Path:
+    """A valid 2-layer llama GGUF (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf package."""
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    writer.add_name("tiny")
+    writer.add_context_length(128)
+    writer.add_embedding_length(DIM)
+    writer.add_block_count(LAYERS)
+    writer.add_feed_forward_length(HIDDEN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(DIM // HEADS)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(TOKENS)
+    writer.add_token_scores([0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(PIECES))])
+    writer.add_token_types(TYPES)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_chat_template(TEMPLATE)
+    for name, (values, qtype) in tensors(seed).items():
+        data = gguf.quants.quantize(values, qtype) if qtype != gguf.GGMLQuantizationType.F32 else values
+        writer.add_tensor(name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# ------------------------------------------------------------------------------------------- raw bytes
+
+STRING, ARRAY = 8, 9
+SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def value_bytes(kind: int, value) -> bytes:
+    """One metadata value of GGUF type `kind`; an array is (item type, [values])."""
+    if kind == STRING:
+        data = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+        return struct.pack("<Q", len(data)) + data
+    if kind == ARRAY and isinstance(value, bytes):  # already encoded (item type, count, items)
+        return value
+    if kind == ARRAY:
+        item, values = value
+        return struct.pack("<IQ", item, len(values)) + b"".join(value_bytes(item, v) for v in values)
+    if kind not in SCALARS:  # a type GGUF does not have: the bytes as given
+        return bytes(value)
+    return struct.pack(SCALARS[kind], value)
+
+
+class RawGGUF:
+    """A GGUF file as editable parts: metadata [(key, type, value)], tensors [(name, shape, type, data)]."""
+
+    def __init__(self, metadata: list, tensors: list, version: int = 3, alignment: int = 32):
+        self.metadata, self.tensors, self.version, self.alignment = metadata, tensors, version, alignment
+
+    @classmethod
+    def from_file(cls, path: Path) -> "RawGGUF":
+        """The parts of a file our reader accepts, to edit and write again."""
+        from firstepoch.llm.gguf import read_gguf
+
+        g = read_gguf(path)
+        metadata = []
+        for key, types in g.types.items():
+            kind, value = int(types[0]), g.metadata[key]
+            metadata.append((key, kind, (int(types[1]), value) if kind == ARRAY else value))
+        tensors = [(t.name, tuple(int(n) for n in t.shape), int(t.tensor_type), bytes(t.mapped[
+            t.data_offset:t.data_offset + t.n_bytes])) for t in g.tensors.values()]
+        return cls(metadata, tensors)
+
+    def set(self, key: str, kind: int, value) -> "RawGGUF":
+        self.metadata = [m for m in self.metadata if m[0] != key] + [(key, kind, value)]
+        return self
+
+    def tensor(self, name: str, shape=None, data=None) -> "RawGGUF":
+        self.tensors = [(n, shape if n == name and shape is not None else s, t,
+                         data if n == name and data is not None else d) for n, s, t, d in self.tensors]
+        return self
+
+    def header(self) -> bytes:
+        out = [b"GGUF", struct.pack("<IQQ", self.version, len(self.tensors), len(self.metadata))]
+        for key, kind, value in self.metadata:
+            out += [value_bytes(STRING, key), struct.pack("<I", kind), value_bytes(kind, value)]
+        offset = 0
+        for name, shape, kind, data in self.tensors:
+            out += [value_bytes(STRING, name), struct.pack("<I", len(shape)),
+                    b"".join(struct.pack("<Q", n) for n in shape), struct.pack("<IQ", kind, offset)]
+            offset += -(-len(data) // 32) * 32
+        return b"".join(out)
+
+    def to_bytes(self) -> bytes:
+        head = self.header()
+        out = bytearray(head + b"\0" * (-len(head) % 32))
+        for _, _, _, data in self.tensors:
+            out += data + b"\0" * (-len(data) % 32)
+        return bytes(out)
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(self.to_bytes())
+        return path
