@@ -44,17 +44,27 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     if c.get("rope_scaling"):
         kind = c["rope_scaling"].get("rope_type", c["rope_scaling"].get("type", "?"))
         raise FirstEpochError(f"{folder}: RoPE scaling ({kind}) is not supported yet")
-    dim, heads = c["hidden_size"], c["num_attention_heads"]
-    if c.get("head_dim", dim // heads) != dim // heads:
+    def number(key: str, default=None, kind=int):
+        value = c.get(key, default)
+        if value is None:
+            raise FirstEpochError(f"{folder / 'config.json'}: '{key}' is missing")
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or \
+                not 0 < value < float("inf"):
+            raise FirstEpochError(f"{folder / 'config.json'}: '{key}' is {str(value)[:40]}, not a positive "
+                                  f"{'number' if kind is float else 'integer'}")
+        return value
+
+    dim, heads = number("hidden_size"), number("num_attention_heads")
+    if dim % heads or c.get("head_dim", dim // heads) != dim // heads:
         raise FirstEpochError(f"{folder}: a head size other than hidden_size / heads is not supported yet")
-    trained = c.get("max_position_embeddings", 2048)
+    trained = number("max_position_embeddings", 2048)
     if c.get("sliding_window") and c.get("use_sliding_window", True) is not False:  # Mistral v0.1: local attention
-        trained = min(trained, c["sliding_window"])  # within the window it is ordinary attention
+        trained = min(trained, number("sliding_window"))  # within the window it is ordinary attention
     return TransformerConfig(
-        vocab_size=c["vocab_size"], dim=dim, n_layers=c["num_hidden_layers"], n_heads=heads,
-        n_kv_heads=c.get("num_key_value_heads", heads), hidden_dim=c["intermediate_size"],
-        context=min(context or trained, trained), norm_eps=c.get("rms_norm_eps", 1e-5),
-        rope_theta=c.get("rope_theta", 10000.0), tie_embeddings=c.get("tie_word_embeddings", False))
+        vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"), n_heads=heads,
+        n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
+        context=min(context or trained, trained), norm_eps=number("rms_norm_eps", 1e-5, float),
+        rope_theta=number("rope_theta", 10000.0, float), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
 
 
 def _tokenizer(folder: Path):
@@ -91,7 +101,7 @@ def load_hf_folder(folder: Path, context: int | None = None):
     """A Hugging Face folder -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from safetensors import safe_open
 
-    from firstepoch.llm.models import build_inference_model, check_fits
+    from firstepoch.llm.models import build_inference_model, check_fits, expected_shapes, gguf_name
     from firstepoch.llm.quant import QuantizedLinear
 
     config = config_from_hf(folder, context)
@@ -104,6 +114,7 @@ def load_hf_folder(folder: Path, context: int | None = None):
     parameters = sum(_numel(handle.get_slice(name).get_shape()) for name, handle in where.items())
     check_fits(2 * parameters, folder)
     tokenizer, template = _tokenizer(folder)
+    expected = expected_shapes(config)
 
     def tensor(ours: str) -> torch.Tensor:
         if ours in ("embed_tokens", "norm"):
@@ -115,6 +126,10 @@ def load_hf_folder(folder: Path, context: int | None = None):
             name = f"model.layers.{index}.{LAYER_NAMES[rest]}.weight"
         if name not in where:
             raise FirstEpochError(f"{folder}: tensor {name} is missing from its safetensors files")
+        shape, wanted = tuple(where[name].get_slice(name).get_shape()), expected[gguf_name(ours)][::-1]
+        if shape != wanted:
+            raise FirstEpochError(f"{folder}: tensor {name} has shape {list(shape)} but config.json implies "
+                                  f"{list(wanted)}")
         return where[name].get_tensor(name)
 
     model = build_inference_model(config, lambda ours: QuantizedLinear(tensor(ours)), tensor)

@@ -226,6 +226,18 @@ LAYER_NAMES = {"attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn
                "ffn_down": "mlp.down_proj", "attn_norm": "attn_norm", "ffn_norm": "mlp_norm"}
 
 
+_OURS = {ours: theirs for theirs, ours in LAYER_NAMES.items()}
+_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
+
+
+def gguf_name(ours: str) -> str:
+    """Our module name ('layers.3.attn.q_proj', 'embed_tokens') -> its weight's GGUF name ('blk.3.attn_q.weight')."""
+    if ours in _TOP:
+        return f"{_TOP[ours]}.weight"
+    _, index, rest = ours.split(".", 2)
+    return f"blk.{index}.{_OURS[rest]}.weight"
+
+
 def load_gguf(path: Path, context: int | None = None):
     """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
@@ -237,12 +249,9 @@ def load_gguf(path: Path, context: int | None = None):
     check_tensors(g, config)
     check_fits(memory_needed(g, config), path)
     tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
-    names = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
-    for i in range(config.n_layers):
-        names.update({f"layers.{i}.{ours}": f"blk.{i}.{theirs}" for theirs, ours in LAYER_NAMES.items()})
 
     def tensor(ours: str):
-        return g.tensors[f"{names[ours]}.weight"]  # present, with its shape checked
+        return g.tensors[gguf_name(ours)]  # present, with its shape checked
 
     def matrix(ours: str) -> QuantizedLinear:
         heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])

@@ -69,3 +69,19 @@ def test_an_unsupported_architecture_is_refused(hf_folder):
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["GPTNeoXForCausalLM"]}))
     with pytest.raises(FirstEpochError, match="GPTNeoXForCausalLM is not supported yet"):
         firstepoch.llm.load(folder)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"intermediate_size": 256}, "mlp.gate_proj.weight has shape [128, 64] but config.json implies [256, 64]"),
+    ({"hidden_size": 128}, "has shape"),
+    ({"num_attention_heads": 0}, "'num_attention_heads' is 0"),
+    ({"num_hidden_layers": "2"}, "'num_hidden_layers' is 2, not a positive integer"),
+    ({"rms_norm_eps": float("nan")}, "'rms_norm_eps'"),
+    ({"vocab_size": None}, "'vocab_size' is missing"),
+])
+def test_a_config_that_lies_about_the_weights_is_one_clear_line(hf_folder, change, message):
+    folder, _, _ = hf_folder
+    config = {**json.loads((folder / "config.json").read_text()), **change}
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    with pytest.raises(FirstEpochError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        firstepoch.llm.load(folder)
