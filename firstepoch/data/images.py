@@ -26,6 +26,19 @@ from firstepoch.errors import FirstEpochError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pdf"}
 PDF_SHORT_SIDE = 512  # pixels on the shorter side of a rendered PDF page: ample for inputs up to 256x256
+# pixels on the longer side at most: a page up to 8 times as long as wide keeps its 512 px short side, a longer
+# one is rendered smaller, so no page costs more than 512 x 4096 pixels (8 MB) however odd its /MediaBox
+PDF_LONG_SIDE = 4096
+# the most pixels decoded from one file: a 48 MP phone photo fits (and is decoded smaller, see below); a bigger
+# image (a 13,000 x 13,000 PNG is 169 MP: half a gigabyte as RGB, more while converted) is refused from its
+# header, before decoding
+MAX_IMAGE_PIXELS = 50_000_000
+# the longest side at most this many times the shortest: every use resizes the short side to the model's input
+# size, so a 1 x 50,000 strip (a few bytes as a PNG) would become 256 x 12,800,000 pixels (10 GB)
+MAX_ASPECT_RATIO = 100
+# a JPEG twice this size or more is decoded at 1/2, 1/4 or 1/8 scale by the decoder itself (Pillow's `draft`)
+# keeping at least this many pixels on its short side: twice what a PDF page is rendered at, ample for any input
+JPEG_DRAFT_SHORT_SIDE = 1024
 CACHE_LIMIT_BYTES = 1 << 30
 
 
@@ -36,7 +49,8 @@ def image_files(folder: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------------ decoding
 def render_pdf(source, page: int = 1) -> Image.Image:
-    """Page `page` (1-based) of a PDF (path or bytes) as an RGB image, its shorter side `PDF_SHORT_SIDE` pixels.
+    """Page `page` (1-based) of a PDF (path or bytes) as an RGB image, its shorter side `PDF_SHORT_SIDE` pixels
+    (fewer for a page over 8 times as long as wide: its longer side is at most `PDF_LONG_SIDE`).
 
     Raises ValueError, with the reason, for an encrypted, empty or broken PDF or a page it does not have."""
     import pypdfium2 as pdfium
@@ -52,7 +66,8 @@ def render_pdf(source, page: int = 1) -> Image.Image:
         if page > len(pdf):
             raise ValueError(f"PDF with {len(pdf)} page(s), no page {page}")
         sheet = pdf[page - 1]
-        scale = PDF_SHORT_SIDE / max(1.0, min(sheet.get_size()))
+        short, long = sorted(max(1.0, side) for side in sheet.get_size())
+        scale = min(PDF_SHORT_SIDE / short, PDF_LONG_SIDE / long)  # the page's size in points is the PDF's to say
         return sheet.render(scale=scale).to_pil().convert("RGB")
     except pdfium.PdfiumError as exc:
         raise ValueError(f"PDF page {page} cannot be rendered ({exc})") from exc
@@ -66,16 +81,50 @@ def _is_pdf(source) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".pdf"
 
 
+def _check_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse an image too big to decode safely (`MAX_IMAGE_PIXELS`) or too thin to resize (`MAX_ASPECT_RATIO`)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{what} is {width:,} x {height:,} pixels ({width * height / 1e6:.0f} MP), over the "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} MP limit; downscale it first")
+    if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+        raise ValueError(f"{what} is {width:,} x {height:,} pixels, over {MAX_ASPECT_RATIO} times as long as it is "
+                         f"wide; a model would see only its middle: crop it into pieces closer to square")
+
+
+def _decode(source) -> Image.Image:
+    """Open a path or bytes, check the size its header gives (Image.open reads only the header), then decode."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns from 89 MP on; our own, lower limit is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except Image.DecompressionBombError as exc:  # over twice Pillow's limit: refused before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" {int(found.group(1)) / 1e6:.0f} MP," if found else ""
+        raise ValueError(f"image is{size} over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit; downscale it first") from None
+    try:
+        if min(img.size) >= 2 * JPEG_DRAFT_SHORT_SIDE:  # only JPEG decoders scale as they decode; others ignore it
+            img.draft(None, (JPEG_DRAFT_SHORT_SIDE, JPEG_DRAFT_SHORT_SIDE))
+        _check_size(*img.size)
+        img.load()  # decode now: a truncated file fails here, not mid-epoch
+    except BaseException:
+        img.close()  # a refused image's file is not left open
+        raise
+    return img
+
+
 def open_image(source, page: int = 1) -> Image.Image:
     """Decode a path, bytes or PIL image to an 8-bit 'L' or 'RGB' image, upright per its EXIF tag.
-    A PDF gives its page `page`, rendered."""
+    A PDF gives its page `page`, rendered. A large JPEG is decoded at a reduced scale (its short side at least
+    `JPEG_DRAFT_SHORT_SIDE`). Raises ValueError for an image over `MAX_IMAGE_PIXELS` (checked before decoding)
+    or one side over `MAX_ASPECT_RATIO` times the other."""
     if isinstance(source, Image.Image):
         img = source
+        _check_size(*img.size)
     elif _is_pdf(source):
         img = render_pdf(str(source) if isinstance(source, Path) else source, page)
+        _check_size(*img.size, what=f"PDF page {page}, rendered,")
     else:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        img.load()  # decode now: a truncated file fails here, not mid-epoch
+        img = _decode(source)
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit: scale the real range to 0..255
         t = torch.from_numpy(np.asarray(img, dtype=np.float32))
