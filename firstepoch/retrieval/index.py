@@ -10,14 +10,21 @@ Crash safety: SQLite commits are atomic and every file's chunks go in with one c
 run leaves the index as it was after the last whole file. The HNSW graph is derived data, named after the
 commit it reflects (`vectors-<generation>.usearch`); when it does not match the database it is rebuilt,
 and until then search scans the vectors exactly, so a stale graph can never return deleted text.
+
+Another process may update an index that is open (`firstepoch index` while a server holds it): before each
+search the index asks SQLite whether another connection has committed since (`PRAGMA data_version`) and if so
+drops the vectors and graph it holds in memory. A full disk stops an indexing run with one line naming the
+index; SQLite rolls the unfinished transaction back.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -33,6 +40,11 @@ SEARCH_MODES = ("hybrid", "vector", "lexical")
 # hybrid score = 0.4 x cosine + 0.6 x BM25, each scaled to [0, 1] over the query's candidates; on the retrieval
 # evaluation (benchmarks/retrieval_eval.py) this beat vector, BM25 and reciprocal rank fusion alike
 VECTOR_WEIGHT = 0.4
+# a write that found no room: SQLite says SQLITE_FULL for ENOSPC, and SQLITE_IOERR_WRITE (or _SHMSIZE, growing the
+# -shm file) when a write failed with EFBIG (a file-size limit) or EDQUOT (a quota); Python's own writes raise
+# OSError with one of these errno values
+_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NO_ROOM_SQLITE = {13: "database or disk is full", 778: "disk I/O error", 4874: "disk I/O error"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, root TEXT NOT NULL, hash TEXT NOT NULL,
@@ -117,6 +129,7 @@ class Index:
         self._vectors: tuple[np.ndarray, np.ndarray] | None = None  # (ids, matrix) for exact search
         self._ann = None
         self._ann_generation = -1
+        self._data_version = None  # SQLite's count of other connections' commits, when the caches were filled
 
     # ---------------------------------------------------------------------------------- opening
 
@@ -133,7 +146,8 @@ class Index:
             if not create:
                 raise FirstEpochError(f"no index {name!r} at {path}; make it with: firstepoch index DOCS "
                                       f"--index {name}")
-            path.mkdir(parents=True, exist_ok=True)
+            with _writing(path):
+                path.mkdir(parents=True, exist_ok=True)
         db = _connect(db_file)
         recorded = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if recorded:
@@ -159,7 +173,7 @@ class Index:
             from firstepoch.retrieval.embed import resolve_embedder
 
             embedder = load_embedder(model)
-            with db:
+            with _writing(path), db:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("model", embedder.name), ("model_path", str(resolve_embedder(model))),
                     ("dim", str(embedder.dim)), ("normalized", "true"), ("generation", "0"),
@@ -204,7 +218,13 @@ class Index:
         """Bring the index up to date with `folder` (a folder, or one file): new and changed files are
         read, chunked and embedded, unchanged ones (same content hash) are left alone, files gone from the
         folder are removed. Files of other folders in the same index are not touched. `files` is
-        `document_files(folder)` when the caller already listed them."""
+        `document_files(folder)` when the caller already listed them.
+
+        Raises FirstEpochError when the disk is full; the index then holds every file up to the last commit."""
+        with _writing(self.path):
+            return self._add(folder, chunk_tokens, overlap, progress, files)
+
+    def _add(self, folder, chunk_tokens, overlap, progress, files) -> Report:
         started = time.perf_counter()
         root = Path(folder).expanduser().resolve()
         files = files if files is not None else document_files(root)
@@ -327,8 +347,14 @@ class Index:
     def _save_ann(self, ann, generation: int) -> None:
         target = self._ann_file(generation)
         tmp = target.with_name(target.name + ".tmp")
-        ann.save(str(tmp))
-        os.replace(tmp, target)
+        try:
+            ann.save(str(tmp))
+            os.replace(tmp, target)
+        except (RuntimeError, OSError) as exc:  # usearch says only "Failed to serialize into stream"
+            tmp.unlink(missing_ok=True)  # a part-written graph only takes the room a second run needs
+            if isinstance(exc, OSError) and exc.errno not in _NO_ROOM_ERRNOS:
+                raise
+            raise _no_room(self.path, f"the vector graph: {exc}") from None
         self._drop_old_ann(keep=generation)
         self._ann, self._ann_generation = ann, generation
 
@@ -389,6 +415,7 @@ class Index:
             raise FirstEpochError(f"search mode {mode!r}: use one of {', '.join(SEARCH_MODES)}")
         if not query.strip():
             raise FirstEpochError("the query is empty")
+        self._forget_if_changed()
         q = _unit(self.embedder.embed([query])[0])
         pool = max(k, 50) if mode == "hybrid" else k
         rankings = []
@@ -401,6 +428,14 @@ class Index:
         else:
             ranked = rankings[0][:k]
         return self._hits(ranked, q)
+
+    def _forget_if_changed(self) -> None:
+        """Drop the cached vectors and graph if another connection (another process's indexing run) has
+        committed since they were read; this connection's own commits already drop them in `_write`."""
+        version = self.db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._vectors, self._ann, self._ann_generation = None, None, -1
+            self._data_version = version
 
     def _vector_ranking(self, q: np.ndarray, k: int) -> list[tuple[int, float]]:
         ann = self._ann_for_search()
@@ -474,8 +509,34 @@ def _connect(file: Path) -> sqlite3.Connection:
         db.executescript(_SCHEMA)
     except sqlite3.DatabaseError as exc:
         db.close()
+        if _is_no_room(exc):  # not a damaged index: the disk is full
+            raise _no_room(file.parent, exc) from None
         raise FirstEpochError(f"{file}: not a firstepoch index ({exc}); remove it or choose another --index") from None
     return db
+
+
+def _is_no_room(exc: BaseException) -> bool:
+    """Whether `exc` is a write that failed for want of space (disk, quota or file-size limit)."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; before that, SQLite's message says it
+        return code in _NO_ROOM_SQLITE if code is not None else str(exc) in _NO_ROOM_SQLITE.values()
+    return isinstance(exc, OSError) and exc.errno in _NO_ROOM_ERRNOS
+
+
+def _no_room(path: Path, detail) -> FirstEpochError:
+    return FirstEpochError(f"index {path}: cannot write ({detail}); the disk or your quota is full: free some space "
+                           f"and run again (files indexed before are kept)")
+
+
+@contextmanager
+def _writing(path: Path):
+    """One clear line instead of a traceback when a write to the index at `path` finds no room."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        if not _is_no_room(exc):
+            raise
+        raise _no_room(path, exc) from None
 
 
 def _new_ann(dim: int):
