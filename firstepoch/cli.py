@@ -237,13 +237,7 @@ def _load_llm(model, context, chat_template, device=None):
     import firstepoch.llm
     from firstepoch.llm import LanguageModel
 
-    template = None
-    if chat_template is not None:
-        try:
-            template = chat_template.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FirstEpochError(f"{chat_template}: cannot read the chat template ({exc})")
-    lm = firstepoch.llm.load(model, context=context, chat_template=template)
+    lm = firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
     if not isinstance(lm, LanguageModel):
         raise FirstEpochError(f"{model}: a {lm.task} model, not a language model; use `firstepoch predict`")
     return lm

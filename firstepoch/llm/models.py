@@ -55,14 +55,15 @@ def resolve(name_or_path: str | Path | None) -> Path:
     raise FirstEpochError(f"{name}: no such model file, folder or name; `firstepoch models` lists what is here")
 
 
-def load(name_or_path: str | Path | None = None, context: int | None = None, chat_template: str | None = None):
+def load(name_or_path: str | Path | None = None, context: int | None = None,
+         chat_template: str | Path | None = None):
     """Load an LLM as a `LanguageModel`.
 
     Args:
         name_or_path: a bundled name (default: smollm2-135m-instruct), a .gguf file, a Hugging Face folder
             (config.json + *.safetensors + tokenizer.json), a GPT bundle folder, or a file in `models_dir()`.
         context: the most positions to attend to (default: the model's own context length).
-        chat_template: a Jinja chat template overriding the model's own.
+        chat_template: a Jinja chat template overriding the model's own (its text, or a Path to a file of it).
     """
     from firstepoch.llm.chat import ChatTemplate
     from firstepoch.llm.generate import LanguageModel
@@ -81,9 +82,15 @@ def load(name_or_path: str | Path | None = None, context: int | None = None, cha
         model, tokenizer, template, info = load_hf_folder(path, context)
     else:
         model, tokenizer, template, info = load_gguf(path, context)
-    if chat_template is not None:
-        template = chat_template
-    chat = ChatTemplate(template, tokenizer, origin=str(path)) if template is not None else None  # else: warn at chat
+    origin = str(path)
+    if isinstance(chat_template, Path):
+        try:
+            template, origin = chat_template.read_text(encoding="utf-8"), str(chat_template)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FirstEpochError(f"{chat_template}: cannot read the chat template ({exc})") from None
+    elif chat_template is not None:
+        template, origin = chat_template, f"the chat template given for {path.name}"
+    chat = ChatTemplate(template, tokenizer, origin=origin) if template is not None else None  # else: warn at chat
     return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
 
 

@@ -32,3 +32,8 @@ def test_templates_run_sandboxed_and_may_refuse_messages(smollm):
         strict.render([{"role": "assistant", "content": "x"}])
     with pytest.raises(FirstEpochError, match="'role' and a 'content'"):
         strict.render([{"role": "user"}])
+
+
+def test_a_template_with_an_unknown_filter_warns(smollm):
+    with pytest.warns(UserWarning, match="does not parse .*No filter named 'nope'"):
+        assert ChatTemplate("{{ messages|nope }}", smollm.tokenizer).fallback
