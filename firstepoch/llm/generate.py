@@ -5,6 +5,7 @@ template and the timing figures (`lm.stats`) that `firstepoch generate` prints.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -28,12 +29,16 @@ class Sampling:
     seed: int | None = None
 
     def __post_init__(self):
+        if not (math.isfinite(self.temperature) and math.isfinite(self.repetition_penalty)):
+            raise FirstEpochError("temperature and repetition_penalty must be finite numbers")
         if self.temperature < 0 or self.repetition_penalty <= 0:
             raise FirstEpochError("temperature must be >= 0 and repetition_penalty > 0")
         for name in ("top_p", "min_p"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1:
+            if value is not None and not 0 <= value <= 1:  # NaN fails this too
                 raise FirstEpochError(f"{name} must be between 0 and 1, not {value}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise FirstEpochError(f"seed must be between 0 and 2^64 - 1, not {self.seed}")
 
 
 def _penalise(logits: torch.Tensor, recent: list[int], penalty: float) -> torch.Tensor:
@@ -118,8 +123,18 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
 
 
 def _held_back(text: str, stops: list[str]) -> int:
-    """How many characters at the end of `text` could be the start of a stop string."""
-    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    """How many characters at the end of `text` could be the start of a stop string: the longest end of `text`
+    that begins a stop string. Only ends that start with a stop string's first character are compared."""
+    longest = 0
+    for s in stops:
+        tail = text[-(len(s) - 1):] if len(s) > 1 else ""
+        at = tail.find(s[0]) if s else -1
+        while at >= 0 and len(tail) - at > longest:
+            if s.startswith(tail[at:]):
+                longest = len(tail) - at
+                break
+            at = tail.find(s[0], at + 1)
+    return longest
 
 
 class LanguageModel:

@@ -45,6 +45,8 @@ class LLMTokenizer:
         self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
         self.end_ids = end_ids
         self.vocab_size = special.get_vocab_size()
+        # no text longer than this times its token count can encode to that many tokens (a server's bound)
+        self.max_token_chars = max(map(len, special.get_vocab()), default=1)
 
     def encode(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:
         ids = (self._special if special else self._plain).encode(text, add_special_tokens=False).ids

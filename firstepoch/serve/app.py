@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse
 
+from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError, error_response
 from firstepoch.serve.registry import Busy, Registry
 from firstepoch.serve.streaming import Limits, Metrics
@@ -95,6 +96,88 @@ class _Guard:
         await self.app(scope, receive, counting_send)
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+UNSPECIFIED = ("0.0.0.0", "::", "")  # bound to every interface: the names it is reached by are not known
+
+
+def allowed_hosts(host: str, extra: list[str] | None = None) -> set[str] | None:
+    """The Host names a server bound to `host` answers to: loopback names, `host` itself and `extra`; None (any
+    name) when bound to every interface. A browser tricked by DNS rebinding sends the attacker's name."""
+    if host in UNSPECIFIED:
+        return None
+    return {*LOOPBACK_NAMES, host.lower().strip("[]"), *(name.lower() for name in extra or [])}
+
+
+class _SameOrigin:
+    """Pure ASGI middleware against cross-site use of a server on this machine (what llama.cpp's and Ollama's
+    servers guard against too): a Host header that is not one of the server's names (DNS rebinding), an
+    Origin that is neither the server's own nor given with --cors, and a body a web page can send without
+    asking first (text/plain, forms) on the JSON routes."""
+
+    def __init__(self, app, hosts: set[str] | None, origins: list[str]):
+        self.app, self.hosts, self.origins = app, hosts, set(origins)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+        from starlette.requests import Request as StarletteRequest
+
+        problem = self._problem(scope, Headers(scope=scope))
+        if problem is None:
+            return await self.app(scope, receive, send)
+        status, message = problem
+        return await error_response(StarletteRequest(scope), status, message)(scope, receive, send)
+
+    def _problem(self, scope, headers) -> tuple[int, str] | None:
+        host = headers.get("host", "")
+        if self.hosts is not None and not _is_allowed_host(_host_name(host), self.hosts):
+            return 403, (f"Host {host[:80]!r} is not a name of this server; a server bound to one address answers "
+                         f"to its loopback names and that address (--host)")
+        origin = headers.get("origin")
+        if origin is not None and not self._allowed_origin(origin, host):
+            return 403, (f"cross-origin request from {origin[:80]!r} refused; start the server with --cors "
+                         f"{origin[:80]} to let that site use it")
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            form_from_a_tool = kind == "application/x-www-form-urlencoded" and origin is None and \
+                "sec-fetch-site" not in headers  # curl -d sends this type; browsers send Origin and Sec-Fetch-*
+            upload = kind == "multipart/form-data" and scope["path"].startswith("/v1/predict/")
+            if kind and kind != "application/json" and not kind.endswith("+json") and not (form_from_a_tool or
+                                                                                            upload):
+                return 415, (f"Content-Type {kind[:60]!r} is not accepted here; send the JSON body with "
+                             f"'Content-Type: application/json'")
+        return None
+
+    def _allowed_origin(self, origin: str, host: str) -> bool:
+        from urllib.parse import urlsplit
+
+        if "*" in self.origins or origin in self.origins:
+            return True
+        try:
+            return urlsplit(origin).netloc.lower() == host.lower() != ""  # the server's own page
+        except ValueError:
+            return False
+
+
+def _host_name(host: str) -> str:
+    """'127.0.0.1:8000' -> '127.0.0.1', '[::1]:8000' -> '::1', 'Example.COM.' -> 'example.com'."""
+    if host.startswith("["):
+        return host[1:host.find("]")].lower() if "]" in host else ""
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).lower().rstrip(".")
+
+
+def _is_allowed_host(name: str, hosts: set[str]) -> bool:
+    import ipaddress
+
+    if name in hosts or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 class _TooLarge(Exception):
     pass
 
@@ -107,8 +190,10 @@ async def _send_413(scope, send, limit: int):
 
 
 def create_app(registry: Registry, limits: Limits | None = None, api_key: str | None = None,
-               cors: list[str] | None = None, stopping: Callable[[], bool] | None = None) -> FastAPI:
-    """The server's app: routes for what `registry` holds, checked by `api_key` when given."""
+               cors: list[str] | None = None, stopping: Callable[[], bool] | None = None,
+               hosts: set[str] | None = allowed_hosts("127.0.0.1")) -> FastAPI:
+    """The server's app: routes for what `registry` holds, checked by `api_key` when given, answering to the
+    Host names `hosts` (None: any) and to cross-origin requests from the `cors` origins only."""
     from firstepoch.serve import endpoints, ollama, openai, ui
 
     limits = limits or Limits(queue_size=registry.queue_size)
@@ -135,6 +220,17 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
         message = "no such route" if exc.status_code == 404 else str(exc.detail)
         return error_response(request, exc.status_code, message)
 
+    @app.exception_handler(FirstEpochError)
+    async def bad_input(request: Request, exc: FirstEpochError):
+        return error_response(request, 400, str(exc))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):  # a bug of ours: the API's shape, no traceback
+        import logging
+
+        logging.getLogger("firstepoch.serve").exception("error answering %s", request.url.path)
+        return error_response(request, 500, f"internal error ({type(exc).__name__}); see the server's log")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -142,6 +238,7 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
         return error_response(request, 400, f"{where}: {first.get('msg', 'invalid request')}")
 
     app.add_middleware(_BodyLimit, limits=limits)
+    app.add_middleware(_SameOrigin, hosts=hosts, origins=cors or [])
     known = {route.path for router in (openai.router, ollama.router, endpoints.router) for route in router.routes}
     app.add_middleware(_Guard, state=app.state.firstepoch, known=known | OPEN_PATHS)
     if cors:
@@ -161,7 +258,8 @@ def _route_name(path: str, known: set[str]) -> str:
 
 def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
-          context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None) -> None:
+          context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None,
+          allow_hosts: list[str] | None = None) -> None:
     """Load what to serve, then run the server until SIGINT/SIGTERM, which stop new requests and end
     in-flight answers cleanly (their streams close with their usual last message)."""
     import uvicorn
@@ -173,7 +271,8 @@ def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: 
     limits = limits or Limits()
     registry = load_registry(models, indexes, queue_size=limits.queue_size, context=context)
     server: uvicorn.Server | None = None
-    app = create_app(registry, limits, api_key, cors, stopping=lambda: bool(server and server.should_exit))
+    app = create_app(registry, limits, api_key, cors, stopping=lambda: bool(server and server.should_exit),
+                     hosts=allowed_hosts(host, allow_hosts))
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=15,
                             access_log=log_level == "debug")
     server = uvicorn.Server(config)

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from starlette.responses import PlainTextResponse, StreamingResponse
+from starlette.responses import PlainTextResponse, Response
 
+from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError, field, read_json
 
 router = APIRouter()
@@ -108,8 +109,6 @@ async def _upload(request: Request, limit: int) -> Path:
 
 
 def _predict_file(predictor, path: Path) -> dict:
-    from firstepoch.errors import FirstEpochError
-
     try:
         return predictor.predict(path)
     except FirstEpochError as exc:
@@ -119,8 +118,6 @@ def _predict_file(predictor, path: Path) -> dict:
 
 
 def _predict_row(predictor, row: dict) -> dict:
-    from firstepoch.errors import FirstEpochError
-
     try:
         return predictor.predict(row)
     except FirstEpochError as exc:
@@ -147,8 +144,6 @@ async def search(name: str, request: Request):
     query = field(body, "query", str, required=True)
     k = field(body, "k", int, 5, low=1, high=100)
     mode = field(body, "mode", str, "hybrid")
-    from firstepoch.errors import FirstEpochError
-
     async with served.slot:
         try:
             hits = await served.slot.run(lambda: served.obj.search(query, k=k, mode=mode))
@@ -162,7 +157,9 @@ async def search(name: str, request: Request):
 @router.post("/v1/ask/{name}")
 async def ask(name: str, request: Request):
     """Streamed as NDJSON: first {"citations": [...]}, then {"text": piece} lines, then {"done": true}."""
-    from firstepoch.serve.streaming import stream_generation
+    import anyio
+
+    from firstepoch.serve.streaming import ReservedStream, generated_text, stream_generation
 
     state = _state(request)
     served = _index(request, name)
@@ -178,28 +175,28 @@ async def ask(name: str, request: Request):
     stream = field(body, "stream", bool, True)
     async with served.slot:
         hits = await served.slot.run(lambda: served.obj.search(question, k=k))
-    plan = _answer_plan(hits, question, llm.obj)
+    plan = await anyio.to_thread.run_sync(_answer_plan, hits, question, llm.obj)  # the template: off the loop
     if not stream:
         text = plan["refusal"]
         if text is None:
-            async with llm.slot:
-                text = "".join([p async for p in stream_generation(llm, plan["ids"], plan["max_new"],
-                                                                   plan["options"], state)])
+            text = await generated_text(request, llm, plan["ids"], plan["max_new"], plan["options"], state)
+            if text is None:  # the client has gone
+                return Response(status_code=499)
         return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
                 "citations": plan["citations"]}
-    llm.slot.admit()
+    reservation = llm.slot.reserve()  # a full queue is a 503 before any byte is sent
 
     async def lines():
         yield json.dumps({"citations": plan["citations"], "answered": plan["refusal"] is None}) + "\n"
         if plan["refusal"] is not None:
             yield json.dumps({"text": plan["refusal"]}) + "\n"
         else:
-            async with llm.slot:
+            async with reservation:
                 async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"], state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return ReservedStream(lines(), reservation, media_type="application/x-ndjson")
 
 
 def _answer_plan(hits, question: str, lm) -> dict:
@@ -210,8 +207,12 @@ def _answer_plan(hits, question: str, lm) -> dict:
     if refusal is not None:
         return {"refusal": refusal, "citations": []}
     max_new = 200
-    citations, messages = fit_context(lm, question, hits, max_new)
-    return {"refusal": None, "ids": lm.encode(lm.render_chat(messages), special=True), "max_new": max_new,
+    try:
+        citations, messages = fit_context(lm, question, hits, max_new)
+        ids = lm.encode(lm.render_chat(messages), special=True)
+    except FirstEpochError as exc:  # a template that refuses or runs past its bounds
+        raise ApiError(400, str(exc)) from None
+    return {"refusal": None, "ids": ids, "max_new": max_new,
             "options": {"temperature": 0.0, "repetition_penalty": 1.1},
             "citations": [{"number": c.number, "source": c.source, "page": c.page, "score": round(c.score, 4),
                            "text": c.text} for c in citations]}

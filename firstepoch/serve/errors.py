@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -31,17 +32,38 @@ def error_response(request: Request | None, status: int, message: str, code: str
 
 
 async def read_json(request: Request) -> dict:
-    """The request body as a JSON object, or a 400 that says what is wrong with it."""
+    """The request body as a JSON object, or a 400 that says what is wrong with it: not JSON, nested too deep,
+    a number too long to read, or a string that is not text (a lone UTF-16 surrogate such as "\\ud800")."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and integers past Python's digit limit
+        raise ApiError(400, f"the request body is not valid JSON ({str(exc)[:160]})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    _check_text(body)
     return body
+
+
+def _check_text(body: dict) -> None:
+    """Every string in the body (keys too) must encode as UTF-8: a lone surrogate would fail deep in a tokenizer."""
+    todo = [(body, "")]
+    while todo:
+        value, where = todo.pop()
+        if isinstance(value, dict):
+            todo += [(k, where) for k in value] + [(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            todo += [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, f"'{where or 'body'}' holds a lone UTF-16 surrogate, which is not text; "
+                                    f"send valid Unicode", param=where or None) from None
 
 
 def field(body: dict, name: str, kind, default=None, required: bool = False, low=None, high=None):
@@ -57,8 +79,10 @@ def field(body: dict, name: str, kind, default=None, required: bool = False, low
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
         raise ApiError(400, f"'{name}' must be {names}, not {type(value).__name__}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ApiError(400, f"'{name}' must be a finite number, not {value}", param=name)
     if low is not None and value < low or high is not None and value > high:
-        raise ApiError(400, f"'{name}' must be between {low} and {high}, not {value}", param=name)
+        raise ApiError(400, f"'{name}' must be between {low} and {high}, not {str(value)[:40]}", param=name)
     return value
 
 
@@ -75,12 +99,23 @@ def text_list(body: dict, name: str = "input", most: int = 2048) -> list[str]:
     return texts
 
 
+MAX_STOPS, MAX_STOP_CHARS = 16, 500  # llama.cpp's server sets no bound; a stop string's cost grows with its length
+
+
 def stop_list(body: dict, name: str = "stop") -> list[str]:
     stop = body.get(name)
     if stop is None:
         return []
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop[:8]
-    raise ApiError(400, f"'{name}' must be a string or a list of strings", param=name)
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(400, f"'{name}' must be a string or a list of strings", param=name)
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_CHARS for s in stops):
+        raise ApiError(400, f"'{name}': at most {MAX_STOPS} stop strings of at most {MAX_STOP_CHARS} characters",
+                       param=name)
+    return [s for s in stops if s]
+
+
+def seed(body: dict, name: str = "seed") -> int | None:
+    """A sampling seed: any 64-bit integer; a negative one (Ollama's -1) means a random seed, as in llama.cpp."""
+    value = field(body, name, int, None, low=-(2**63), high=2**64 - 1)
+    return None if value is None or value < 0 else value

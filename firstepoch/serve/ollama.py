@@ -7,10 +7,11 @@ import time
 from datetime import datetime, timezone
 
 from fastapi import APIRouter, Request
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
 
-from firstepoch.serve.errors import ApiError, field, read_json, stop_list, text_list
-from firstepoch.serve.streaming import prompt_ids, stream_generation
+from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
+from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
+                                        stream_generation)
 
 router = APIRouter(prefix="/api")
 DEFAULT_NUM_PREDICT = 512
@@ -107,9 +108,10 @@ def _options(body: dict) -> tuple[dict, int | None]:
                 "top_k": field(options, "top_k", int, 40, low=0) or None,
                 "top_p": field(options, "top_p", float, 0.9, low=0.0, high=1.0),
                 "min_p": field(options, "min_p", float, None, low=0.0, high=1.0),
-                "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01),
-                "seed": field(options, "seed", int, None), "stop": stop_list(options)}
-    num_predict = field(options, "num_predict", int, None)
+                "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01, high=100.0),
+                "seed": seed(options), "stop": stop_list(options)}
+    num_predict = field(options, "num_predict", int, None, low=-2, high=1 << 24)
+    checked_sampling(sampling)
     return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict))
 
 
@@ -124,11 +126,10 @@ async def generate(request: Request):
     lm = served.obj
     system = field(body, "system", str, None)
     if field(body, "raw", bool, False):
-        text, special = prompt, False
+        ids, max_new = prompt_ids(lm, prompt, False, num_predict, DEFAULT_NUM_PREDICT)
     else:  # as Ollama does: the prompt goes through the model's template as one user turn
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        text, special = lm.render_chat(messages), True
-    ids, max_new = prompt_ids(lm, text, special, num_predict, DEFAULT_NUM_PREDICT)
+        ids, max_new = await chat_prompt(lm, messages, num_predict, DEFAULT_NUM_PREDICT)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
                           lambda piece: {"response": piece})
 
@@ -148,7 +149,7 @@ async def chat(request: Request):
         return {"model": served.name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": "load"}
     sampling, num_predict = _options(body)
-    ids, max_new = prompt_ids(served.obj, served.obj.render_chat(clean), True, num_predict, DEFAULT_NUM_PREDICT)
+    ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
                           lambda piece: {"message": {"role": "assistant", "content": piece}})
 
@@ -168,20 +169,19 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape)
                 "eval_count": s.get("completion_tokens", 0), "eval_duration": int(s.get("decode_seconds", 0) * 1e9)}
 
     if not stream:
-        async with served.slot:
-            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state)])
-            return final(text)
+        text = await generated_text(request, served, ids, max_new, sampling, state)
+        return final(text) if text is not None else Response(status_code=499)  # None: the client has gone
 
-    served.slot.admit()
+    reservation = served.slot.reserve()  # a full queue is a 503 before any byte is sent
 
     async def lines():
-        async with served.slot:
+        async with reservation:
             async for piece in stream_generation(served, ids, max_new, sampling, state):
                 yield json.dumps({"model": served.name, "created_at": _now(), **shape(piece), "done": False},
                                  ensure_ascii=False) + "\n"
             yield json.dumps(final(""), ensure_ascii=False) + "\n"
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson")
+    return ReservedStream(lines(), reservation, media_type="application/x-ndjson")
 
 
 @router.post("/embed")

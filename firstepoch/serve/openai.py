@@ -7,10 +7,11 @@ import time
 import uuid
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from firstepoch.serve.errors import ApiError, field, read_json, stop_list, text_list
-from firstepoch.serve.streaming import prompt_ids, stream_generation
+from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
+from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
+                                        stream_generation)
 
 router = APIRouter(prefix="/v1")
 DEFAULT_MAX_TOKENS = 512
@@ -41,9 +42,9 @@ def _llm(request: Request, body: dict):
 
 
 def _sampling(body: dict) -> dict:
-    return {"temperature": field(body, "temperature", float, 1.0, low=0.0, high=2.0),
-            "top_p": field(body, "top_p", float, None, low=0.0, high=1.0),
-            "seed": field(body, "seed", int, None), "stop": stop_list(body)}
+    return checked_sampling({"temperature": field(body, "temperature", float, 1.0, low=0.0, high=2.0),
+                             "top_p": field(body, "top_p", float, None, low=0.0, high=1.0),
+                             "seed": seed(body), "stop": stop_list(body)})
 
 
 def _max_tokens(body: dict) -> int | None:
@@ -72,9 +73,9 @@ def _messages(body: dict) -> list[dict]:
 async def chat_completions(request: Request):
     body = await read_json(request)
     served = _llm(request, body)
-    lm = served.obj
-    ids, max_new = prompt_ids(lm, lm.render_chat(_messages(body)), True, _max_tokens(body), DEFAULT_MAX_TOKENS)
-    return await _complete(request, served, ids, max_new, _sampling(body), bool(body.get("stream")), chat=True,
+    sampling = _sampling(body)
+    ids, max_new = await chat_prompt(served.obj, _messages(body), _max_tokens(body), DEFAULT_MAX_TOKENS)
+    return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=True,
                            include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
 
 
@@ -87,8 +88,9 @@ async def completions(request: Request):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string", param="prompt")
+    sampling = _sampling(body)
     ids, max_new = prompt_ids(served.obj, prompt, False, _max_tokens(body) or 16, 16)
-    return await _complete(request, served, ids, max_new, _sampling(body), bool(body.get("stream")), chat=False,
+    return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=False,
                            include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
 
 
@@ -111,15 +113,16 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                 "total_tokens": s.get("prompt_tokens", len(ids)) + s.get("completion_tokens", 0)}
 
     if not stream:
-        async with served.slot:
-            text = "".join([p async for p in stream_generation(served, ids, max_new, sampling, state)])
-            return {"id": rid, "object": kind, "created": created, "model": served.name,
-                    "choices": [choice(text, _finish(served), delta=False)], "usage": usage()}
+        text = await generated_text(request, served, ids, max_new, sampling, state)
+        if text is None:  # the client has gone: nobody to answer
+            return Response(status_code=499)
+        return {"id": rid, "object": kind, "created": created, "model": served.name,
+                "choices": [choice(text, _finish(served), delta=False)], "usage": usage()}
 
-    served.slot.admit()  # a full queue is a 503 before any byte is sent
+    reservation = served.slot.reserve()  # a full queue is a 503 before any byte is sent
 
     async def events():
-        async with served.slot:  # waits its turn; released however the stream ends
+        async with reservation:  # waits its turn; released however the stream ends
             chunk = kind + ".chunk" if chat else kind
             if chat:
                 first = {"role": "assistant", "content": ""}
@@ -136,8 +139,8 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                             "usage": usage()})
             yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ReservedStream(events(), reservation, media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _finish(served) -> str:

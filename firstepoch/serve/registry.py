@@ -32,40 +32,69 @@ def compute_thread() -> ThreadPoolExecutor:
 class Slot:
     """One request at a time on one model, in arrival order, with at most `queue_size` waiting.
 
-    Work runs on the compute thread, so the event loop (and `/health`) stays free while a model computes.
+    `async with slot:` admits, waits its turn and holds the model. A stream reserves its place first
+    (`slot.reserve()`, a 503 while nothing is sent yet) and enters later with `async with reservation:`, so that
+    a stream admitted before its headers went out is never refused after them. Work runs on the compute
+    thread, so the event loop (and `/health`) stays free while a model computes.
     """
 
     def __init__(self, name: str, queue_size: int, thread: ThreadPoolExecutor):
         self.name, self.queue_size, self.thread = name, queue_size, thread
         self.lock = asyncio.Lock()  # asyncio's lock wakes waiters in arrival order: fair
-        self.waiting = 0
+        self.waiting = 0  # requests admitted and not yet holding the model (reserved ones included)
         self.busy_seconds = 0.0
 
     def __repr__(self):
         return f"Slot({self.name!r}, waiting={self.waiting}, busy={self.lock.locked()})"
 
-    def admit(self) -> None:
-        """Raise Busy when the queue is full (checked again on entering)."""
+    def reserve(self) -> "Reservation":
+        """A place in the queue, or Busy when the queue is full."""
         if self.lock.locked() and self.waiting >= self.queue_size:
             raise Busy(self.name, retry_after=max(1, round(self.busy_seconds or 1)))
+        self.waiting += 1
+        return Reservation(self)
 
     async def __aenter__(self):
-        self.admit()
-        self.waiting += 1
-        try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-        self._since = time.perf_counter()
+        reservation = self.reserve()
+        await reservation.__aenter__()
+        self._held = reservation  # set once the model is held: one holder at a time
         return self
 
     async def __aexit__(self, *exc):
-        self.busy_seconds = 0.8 * self.busy_seconds + 0.2 * (time.perf_counter() - self._since)
-        self.lock.release()
+        await self._held.__aexit__(*exc)
 
     async def run(self, fn, *args):
         """`fn(*args)` on the slot's thread."""
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+
+class Reservation:
+    """An admitted request's place in a slot's queue: `async with` waits for the model and holds it;
+    `cancel()` gives the place back if it was never used (a client that left before its stream started)."""
+
+    def __init__(self, slot: Slot):
+        self.slot, self.state = slot, "waiting"  # waiting -> holding -> done, or waiting -> done
+
+    async def __aenter__(self) -> Slot:
+        slot = self.slot
+        try:
+            await slot.lock.acquire()
+        except BaseException:
+            self.cancel()
+            raise
+        slot.waiting -= 1
+        self.state, self._since = "holding", time.perf_counter()
+        return slot
+
+    async def __aexit__(self, *exc):
+        slot, self.state = self.slot, "done"
+        slot.busy_seconds = 0.8 * slot.busy_seconds + 0.2 * (time.perf_counter() - self._since)
+        slot.lock.release()
+
+    def cancel(self) -> None:
+        if self.state == "waiting":
+            self.slot.waiting -= 1
+            self.state = "done"
 
 
 @dataclass

@@ -8,6 +8,9 @@ from typing import AsyncIterator
 
 import anyio
 
+from starlette.responses import StreamingResponse
+
+from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError
 
 _END = object()
@@ -49,9 +52,27 @@ class Metrics:
         self.requests[(route, status)] = self.requests.get((route, status), 0) + 1
 
 
+def checked_sampling(options: dict) -> dict:
+    """`options` for `LanguageModel.generate`, refused with a 400 now if `Sampling` would refuse them later
+    (after a stream's headers were sent)."""
+    from firstepoch.llm.generate import Sampling
+
+    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+    try:
+        Sampling(**{name: options[name] for name in names if options.get(name) is not None})
+    except FirstEpochError as exc:
+        raise ApiError(400, str(exc)) from None
+    return options
+
+
 def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
     """Token ids of a prompt and the number of tokens to generate; a prompt that leaves no room in the context
-    is a 400 with the counts."""
+    is a 400 with the counts. A text longer than the context could hold even in the vocabulary's longest
+    tokens is refused before the tokenizer sees it."""
+    longest = getattr(lm.tokenizer, "max_token_chars", 64)
+    if len(text) > lm.context * longest:
+        raise ApiError(400, f"the prompt has {len(text):,} characters, more than the model's context of "
+                            f"{lm.context} tokens can hold; shorten it", code="context_length_exceeded")
     ids = lm.encode(text, special=special)
     room = lm.context - len(ids)
     if room <= 0:
@@ -104,3 +125,46 @@ async def stream_generation(served, ids: list[int], max_new_tokens: int, options
         metrics.completion_tokens += stats.get("completion_tokens", 0)
         metrics.decode_seconds += stats.get("decode_seconds", 0.0)
         metrics.prompt_seconds += stats.get("prompt_seconds", 0.0)
+
+
+async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
+    """`prompt_ids` of the chat template's rendering of `messages`, both done on a worker thread: a template
+    runs under its own time bound (firstepoch.llm.chat), never on the event loop."""
+    def work():
+        try:
+            return prompt_ids(lm, lm.render_chat(messages), True, max_tokens, default_max)
+        except FirstEpochError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    return await anyio.to_thread.run_sync(work)
+
+
+async def generated_text(request, served, ids: list[int], max_new_tokens: int, options: dict, state) -> str | None:
+    """The whole text of a generation that is not streamed, on the model's slot; None when the client went away
+    first (its generation is stopped then, as a stream's is)."""
+    text = None
+    async with served.slot, anyio.create_task_group() as group:
+        async def watch():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(watch)
+        text = "".join([piece async for piece in stream_generation(served, ids, max_new_tokens, options, state)])
+        group.cancel_scope.cancel()
+    return text
+
+
+class ReservedStream(StreamingResponse):
+    """A streamed answer whose place in the model's queue was reserved before its headers (`Slot.reserve`);
+    the place is given back however the response ends, even if its body never started."""
+
+    def __init__(self, content, reservation, **kwargs):
+        super().__init__(content, **kwargs)
+        self.reservation = reservation
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.reservation.cancel()
