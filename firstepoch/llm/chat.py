@@ -6,13 +6,14 @@ compile, gets a loud warning and a plain "role: content" layout, never a silent 
 
 Templates come inside model files people download, so they are hostile input: a loop of 10**10 steps, or
 `'{0:>3000000000}'.format('x')`, must not freeze or kill the program. Jinja's sandbox stops attribute tricks
-but not time or memory, so templates compile and render in one small long-lived child process
-(`chat_sandbox.py`, started at the first chat) under a memory limit; a render that runs past its time limit
-gets the process killed (a fresh one starts at the next render) and a `FirstEpochError`.
+but not time or memory, so templates compile and render in a small long-lived child process
+(`chat_sandbox.py`, one for each template in use, started at its first chat) under a memory limit; a render
+that runs past its time limit gets the process killed (a fresh one starts at the next render) and a `FirstEpochError`.
 """
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections import OrderedDict
 
 from firstepoch.errors import FirstEpochError
 from firstepoch.llm import chat_sandbox
@@ -76,7 +78,8 @@ class ChatTemplate:
                    "bos_token": tok.token_text(bos_id) if bos_id is not None else "",
                    "eos_token": tok.token_text(eos_id) if eos_id is not None else ""}
         source = FALLBACK if self._fallback else self.source
-        reply = _SANDBOX.request({"source": source, "context": context, "max_chars": self.max_chars}, self.timeout)
+        reply = _sandbox_for(source).request({"source": source, "context": context, "max_chars": self.max_chars},
+                                             self.timeout)
         if "text" in reply:
             return reply["text"]
         if reply["error"] == "refused":
@@ -99,7 +102,7 @@ class ChatTemplate:
         with self._lock:
             if self._checked:
                 return
-            reply = _SANDBOX.request({"source": self.source}, self.timeout)
+            reply = _sandbox_for(self.source).request({"source": self.source}, self.timeout)
             if "error" in reply:
                 why = reply["message"] if reply["error"] == "syntax" else self._stopped_because(reply)
                 self._warn(f"its chat template does not parse ({why})", stacklevel=4)
@@ -248,4 +251,18 @@ def _jinja_paths() -> list[str]:
     return paths
 
 
-_SANDBOX = _Sandbox()
+# a process for each template in use, so that one which always runs out of time delays only its own model's chats
+MAX_SANDBOXES = 4
+_SANDBOXES: OrderedDict[str, _Sandbox] = OrderedDict()  # by the template's hash, the most recently used last
+_SANDBOXES_LOCK = threading.Lock()
+
+
+def _sandbox_for(source: str) -> _Sandbox:
+    """The sandbox process that renders `source`; past `MAX_SANDBOXES` the least recently used one is closed."""
+    key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+    with _SANDBOXES_LOCK:
+        sandbox = _SANDBOXES.pop(key, None) or _Sandbox()
+        _SANDBOXES[key] = sandbox
+        while len(_SANDBOXES) > MAX_SANDBOXES:
+            _SANDBOXES.popitem(last=False)[1].close()
+        return sandbox

@@ -16,7 +16,6 @@ import torch
 from firstepoch.errors import FirstEpochError
 from firstepoch.models.transformer import Transformer
 
-TYPE_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}  # as layers.c's MATMULS table
 # tokens a C call when prefilling, as llama.cpp's default batch: a one-token call sums attention in another order
 PREFILL_CHUNK = 512
 
@@ -49,7 +48,7 @@ def _check_layer(c, block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
     from firstepoch.llm.quant import BLOCK_TYPES
 
     def row_bytes(lin, n_in: int) -> int:
-        return n_in // 32 * BLOCK_TYPES[lin.qtype][0]
+        return BLOCK_TYPES[lin.qtype].row_bytes(n_in)
 
     a, m = block.attn, block.mlp
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -80,6 +79,7 @@ class InferenceTransformer(Transformer):
     def prepare_c_layers(self) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible."""
         from firstepoch.llm.kernels import ggml_matmul
+        from firstepoch.llm.quant import BLOCK_TYPES
 
         lib = ggml_matmul()
         if lib is None or self.config.head_dim % 16:  # layers.c's attention works 16 lanes at a time
@@ -93,7 +93,7 @@ class InferenceTransformer(Transformer):
             if qkv is None or gate_up is None:
                 return False
             _check_layer(self.config, block, qkv, gate_up)
-            codes = [TYPE_CODES[lin.qtype] for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
+            codes = [BLOCK_TYPES[lin.qtype].code for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
             types = (ctypes.c_int * 4)(*codes)
             layers.append((block, qkv, gate_up, types))
         c = self.config

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gguf import GGUFValueType
 
 from firstepoch.errors import FirstEpochError
 
@@ -147,7 +148,7 @@ def _forget_pages(address: int, length: int) -> None:
     page = mmap.PAGESIZE
     start, end = -(-address // page) * page, (address + length) // page * page
     if end > start:
-        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)
 
 
 @cache
@@ -155,13 +156,19 @@ def _libc():
     return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
-          7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
-_STRING, _ARRAY = 8, 9
+_V = GGUFValueType
+_NUMPY = {_V.UINT8: np.uint8, _V.INT8: np.int8, _V.UINT16: np.uint16, _V.INT16: np.int16, _V.UINT32: np.uint32,
+          _V.INT32: np.int32, _V.FLOAT32: np.float32, _V.BOOL: np.bool_, _V.UINT64: np.uint64, _V.INT64: np.int64,
+          _V.FLOAT64: np.float64}
+_SCALARS = {_V.UINT8: "<B", _V.INT8: "<b", _V.UINT16: "<H", _V.INT16: "<h", _V.UINT32: "<I", _V.INT32: "<i",
+            _V.FLOAT32: "<f", _V.BOOL: "<?", _V.UINT64: "<Q", _V.INT64: "<q", _V.FLOAT64: "<d"}  # struct formats
+_STRING, _ARRAY = _V.STRING, _V.ARRAY
 MAX_NESTING = 4  # arrays of arrays: real files nest one deep; llama.cpp's reader refuses any nesting
 MAX_DIMS = 4  # ggml's tensors have at most four dimensions
-_ALIGNMENT_TYPE = 4  # general.alignment is a uint32
+# entries of one metadata array: the largest real ones are vocabularies (Gemma's 262,144 tokens) and their
+# merges; as Python objects each entry costs about ten times its bytes in the file, so a file cannot ask for more
+MAX_ARRAY = 1 << 22
+_ALIGNMENT_TYPE = _V.UINT32  # general.alignment's type
 
 
 class _Corrupt(ValueError):
@@ -169,112 +176,134 @@ class _Corrupt(ValueError):
 
 
 def _read_header(path: Path, size: int) -> tuple[dict, dict, dict]:
-    """(metadata, value types, tensors) of a GGUF file, read straight from its bytes: strings and numbers as
-    Python values (arrays of numbers through numpy at once), tensors as `TensorInfo`s over one mapping.
-    Lean on purpose: a tokenizer's 50k-entry arrays cost a few MB here, not the hundreds of MB that
-    per-item objects would. Every count, length and shape is checked against the file's size before it is
-    used, so a header that lies cannot make the reader allocate, loop or recurse beyond what the file holds."""
-    import gguf
+    """(metadata, value types, tensors) of a GGUF file: see `_HeaderReader`."""
+    return _HeaderReader(path, size).read()
 
-    mapped = np.memmap(path, dtype=np.uint8, mode="c")
-    at = 8  # after the magic and the version
 
-    def take(fmt: str):
-        nonlocal at
-        value = struct.unpack_from(fmt, mapped, at)[0]
-        at += struct.calcsize(fmt)
+class _HeaderReader:
+    """Reads a GGUF header straight from its bytes: strings and numbers as Python values (arrays of numbers
+    through numpy at once), tensors as `TensorInfo`s over one mapping. Lean on purpose: a tokenizer's 50k-entry
+    arrays cost a few MB here, not the hundreds of MB that per-item objects would. Every count, length and
+    shape is checked against the file's size before it is used, so a header that lies cannot make the reader
+    allocate, loop or recurse beyond what the file holds."""
+
+    def __init__(self, path: Path, size: int):
+        self.path, self.size = path, size
+        self.mapped = np.memmap(path, dtype=np.uint8, mode="c")
+        self.at = 8  # after the magic and the version
+
+    def read(self) -> tuple[dict, dict, dict]:
+        n_tensors = self.take("<Q")
+        n_values = self.count("the metadata", 8 + 4 + 1)  # a key's length, its type, a one-byte value
+        if n_tensors * (8 + 4 + 4 + 8) > self.size - self.at:
+            raise _Corrupt(f"the header claims {n_tensors:,} tensors, more than the file's {self.size:,} bytes "
+                           f"can hold")
+        metadata, types = {}, {}
+        for _ in range(n_values):
+            key = self.string()
+            if key in metadata:
+                raise _Corrupt(f"the metadata key {key!r} appears twice")
+            types[key] = []
+            metadata[key] = self.value(self.take("<I"), types[key])
+        entries = [self.tensor_entry() for _ in range(n_tensors)]
+        alignment = self.alignment(metadata, types)
+        start = (self.at + alignment - 1) // alignment * alignment
+        tensors = {}
+        for name, shape, kind, offset in entries:
+            if name in tensors:
+                raise _Corrupt(f"tensor {name} appears twice")
+            tensors[name] = self.tensor(name, shape, kind, start, offset, alignment)
+        return metadata, types, tensors
+
+    # ---------------------------------------------------------------------------------------- values
+
+    def take(self, fmt: str):
+        value = struct.unpack_from(fmt, self.mapped, self.at)[0]
+        self.at += struct.calcsize(fmt)
         return value
 
-    def count(what: str, smallest_item: int) -> int:
-        n = take("<Q")
-        if n * smallest_item > size - at:
-            raise _Corrupt(f"{what} claims {n:,} entries, more than the file's {size:,} bytes can hold")
+    def count(self, what: str, smallest_item: int, most: int | None = None) -> int:
+        """A count of entries that follow, each at least `smallest_item` bytes: no more than the file holds."""
+        n = self.take("<Q")
+        if most is not None and n > most:
+            raise _Corrupt(f"{what} claims {n:,} entries (at most {most:,} are read)")
+        if n * smallest_item > self.size - self.at:
+            raise _Corrupt(f"{what} claims {n:,} entries, more than the file's {self.size:,} bytes can hold")
         return n
 
-    def string() -> str:
-        nonlocal at
-        n = count("a string", 1)
-        at += n
-        return bytes(mapped[at - n:at]).decode("utf-8")
+    def string(self) -> str:
+        n = self.count("a string", 1)
+        self.at += n
+        return bytes(self.mapped[self.at - n:self.at]).decode("utf-8")
 
-    def value(kind: int, types: list, depth: int = 0):
-        nonlocal at
+    def value(self, kind: int, types: list, depth: int = 0):
+        """One metadata value of type `kind`; its type (and an array's item type) appended to `types`."""
         if kind not in _SCALARS and kind not in (_STRING, _ARRAY):
             raise _Corrupt(f"unknown metadata value type {kind}")
-        types.append(gguf.GGUFValueType(kind))
+        types.append(_V(kind))
         if kind == _STRING:
-            return string()
+            return self.string()
         if kind in _SCALARS:
-            return take(_SCALARS[kind])
+            return self.take(_SCALARS[kind])
         if depth >= MAX_NESTING:
             raise _Corrupt(f"arrays nested more than {MAX_NESTING} deep")
-        item = take("<I")
+        item = self.take("<I")
         if item not in _SCALARS and item not in (_STRING, _ARRAY):
             raise _Corrupt(f"unknown metadata value type {item}")
         if item in _NUMPY:
             width = np.dtype(_NUMPY[item]).itemsize
-            n = count("an array", width)
-            types.append(gguf.GGUFValueType(item))
-            at += n * width
-            return np.frombuffer(mapped, _NUMPY[item], n, at - n * width).tolist()
-        n = count("an array", 8 if item == _STRING else 12)  # a string's length, an array's type and count
+            n = self.count("an array", width, MAX_ARRAY)
+            types.append(_V(item))
+            self.at += n * width
+            return np.frombuffer(self.mapped, _NUMPY[item], n, self.at - n * width).tolist()
+        n = self.count("an array", 8 if item == _STRING else 12, MAX_ARRAY)  # a string's length, an array's head
         items, inner = [], []
         for _ in range(n):
-            items.append(value(item, inner, depth + 1))
-        types.append(inner[0] if inner else gguf.GGUFValueType(item))
+            items.append(self.value(item, inner, depth + 1))
+        types.append(inner[0] if inner else _V(item))
         return items
 
-    n_tensors = take("<Q")
-    n_values = count("the metadata", 8 + 4 + 1)  # a key's length, its type, a one-byte value
-    if n_tensors * (8 + 4 + 4 + 8) > size - at:
-        raise _Corrupt(f"the header claims {n_tensors:,} tensors, more than the file's {size:,} bytes can hold")
-    metadata, types = {}, {}
-    for _ in range(n_values):
-        key = string()
-        if key in metadata:
-            raise _Corrupt(f"the metadata key {key!r} appears twice")
-        types[key] = []
-        metadata[key] = value(take("<I"), types[key])
-    infos = []
-    for _ in range(n_tensors):
-        name = string()
-        n_dims = take("<I")
+    # ---------------------------------------------------------------------------------------- tensors
+
+    def tensor_entry(self) -> tuple[str, tuple, int, int]:
+        name = self.string()
+        n_dims = self.take("<I")
         if n_dims > MAX_DIMS:
             raise _Corrupt(f"tensor {name} has {n_dims} dimensions (at most {MAX_DIMS})")
-        shape = tuple(take("<Q") for _ in range(n_dims))
-        infos.append((name, shape, take("<I"), take("<Q")))
-    alignment = metadata.get("general.alignment", 32)
-    if "general.alignment" in types and types["general.alignment"][0] != _ALIGNMENT_TYPE or \
-            not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise _Corrupt(f"general.alignment is {alignment!r}; it must be a power of two (a uint32)")
-    start = (at + alignment - 1) // alignment * alignment
-    tensors = {}
-    for name, shape, kind, offset in infos:
-        tensors[name] = _tensor_info(path, name, shape, kind, start, offset, alignment, size, mapped, tensors)
-    return metadata, types, tensors
+        shape = tuple(self.take("<Q") for _ in range(n_dims))
+        return name, shape, self.take("<I"), self.take("<Q")
 
+    @staticmethod
+    def alignment(metadata: dict, types: dict) -> int:
+        alignment = metadata.get("general.alignment", 32)
+        declared = types.get("general.alignment", [_ALIGNMENT_TYPE])[0]
+        if declared != _ALIGNMENT_TYPE or not isinstance(alignment, int) or alignment <= 0 or \
+                alignment & (alignment - 1):
+            raise _Corrupt(f"general.alignment is {alignment!r}; it must be a power of two (a uint32)")
+        return alignment
 
-def _tensor_info(path, name, shape, kind, start, offset, alignment, size, mapped, seen) -> TensorInfo:
-    """One tensor's entry, checked: a known type, a whole number of blocks, aligned data within the file."""
-    import gguf
+    def tensor(self, name: str, shape: tuple, kind: int, start: int, offset: int, alignment: int) -> TensorInfo:
+        """One tensor's entry, checked: a known type, a whole number of blocks, aligned data within the file."""
+        import gguf
 
-    if name in seen:
-        raise _Corrupt(f"tensor {name} appears twice")
-    try:
-        qtype = gguf.GGMLQuantizationType(kind)
-    except ValueError:
-        raise FirstEpochError(f"{path}: tensor {name} has an unknown type ({kind}); supported types: "
-                              f"{', '.join(SUPPORTED_TYPES)}") from None
-    elements = math.prod(shape)  # Python integers: a product that would overflow 64 bits is just large
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    if elements > size * block or any(n == 0 for n in shape):
-        raise _Corrupt(f"tensor {name} has shape {list(shape)}, more than the file's {size:,} bytes can hold"
-                       if elements else f"tensor {name} has an empty dimension ({list(shape)})")
-    if shape and shape[0] % block:
-        raise _Corrupt(f"tensor {name}: its rows of {shape[0]} values are not whole {qtype.name} blocks of {block}")
-    if offset % alignment:
-        raise _Corrupt(f"tensor {name}'s data is not aligned to {alignment} bytes")
-    return TensorInfo(name, shape, qtype, start + offset, elements, elements // block * type_size, mapped)
+        try:
+            qtype = gguf.GGMLQuantizationType(kind)
+        except ValueError:
+            raise FirstEpochError(f"{self.path}: tensor {name} has an unknown type ({kind}); supported types: "
+                                  f"{', '.join(SUPPORTED_TYPES)}") from None
+        elements = math.prod(shape)  # Python integers: a product that would overflow 64 bits is just large
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if any(n == 0 for n in shape):
+            raise _Corrupt(f"tensor {name} has an empty dimension ({list(shape)})")
+        if elements > self.size * block:
+            raise _Corrupt(f"tensor {name} has shape {list(shape)}, more than the file's {self.size:,} bytes "
+                           f"can hold")
+        if shape and shape[0] % block:
+            raise _Corrupt(f"tensor {name}: its rows of {shape[0]} values are not whole {qtype.name} blocks of "
+                           f"{block}")
+        if offset % alignment:
+            raise _Corrupt(f"tensor {name}'s data is not aligned to {alignment} bytes")
+        return TensorInfo(name, shape, qtype, start + offset, elements, elements // block * type_size, self.mapped)
 
 
 def tensor_array(t) -> np.ndarray:
@@ -302,21 +331,18 @@ def _to_interleaved(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _tensors(model) -> dict[str, np.ndarray]:
-    c = model.config
-    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    out = {"token_embd.weight": sd["embed_tokens.weight"], "output_norm.weight": sd["norm.weight"]}
-    if not c.tie_embeddings:
-        out["output.weight"] = sd["lm_head.weight"]
-    names = {"attn_norm.weight": "attn_norm.weight", "attn.v_proj.weight": "attn_v.weight",
-             "attn.o_proj.weight": "attn_output.weight", "mlp_norm.weight": "ffn_norm.weight",
-             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-             "mlp.down_proj.weight": "ffn_down.weight"}
-    for i in range(c.n_layers):
-        for ours, theirs in names.items():
-            out[f"blk.{i}.{theirs}"] = sd[f"layers.{i}.{ours}"]
-        out[f"blk.{i}.attn_q.weight"] = _to_interleaved(sd[f"layers.{i}.attn.q_proj.weight"], c.n_heads)
-        out[f"blk.{i}.attn_k.weight"] = _to_interleaved(sd[f"layers.{i}.attn.k_proj.weight"], c.n_kv_heads)
-    return {name: t.contiguous().numpy() for name, t in out.items()}
+    """Every weight of a GPT under its GGUF name, as fp32 arrays; queries and keys permuted for llama.cpp."""
+    from firstepoch.llm.names import GGUF, weight_shapes
+
+    c, state = model.config, model.state_dict()
+    heads = {"attn.q_proj": c.n_heads, "attn.k_proj": c.n_kv_heads}
+    out = {}
+    for ours in weight_shapes(c):
+        weight = state[f"{ours}.weight"].detach().float().cpu()
+        if n_heads := heads.get(ours.split(".", 2)[-1]):
+            weight = _to_interleaved(weight, n_heads)
+        out[GGUF.theirs(ours)] = weight.contiguous().numpy()
+    return out
 
 
 def _char_vocab(writer, tokenizer) -> None:

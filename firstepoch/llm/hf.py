@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 
 from firstepoch.errors import FirstEpochError
+from firstepoch.llm.models import LIMITS
 from firstepoch.models.transformer import TransformerConfig
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-LAYER_NAMES = {"attn.q_proj": "self_attn.q_proj", "attn.k_proj": "self_attn.k_proj",
-               "attn.v_proj": "self_attn.v_proj", "attn.o_proj": "self_attn.o_proj",
-               "mlp.gate_proj": "mlp.gate_proj", "mlp.up_proj": "mlp.up_proj", "mlp.down_proj": "mlp.down_proj",
-               "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+# config.json's sizes -> the GGUF keys whose limits (llm.models.LIMITS) they share
+_LIMITED = {"hidden_size": "embedding_length", "num_hidden_layers": "block_count",
+            "num_attention_heads": "attention.head_count", "num_key_value_heads": "attention.head_count_kv",
+            "intermediate_size": "feed_forward_length", "max_position_embeddings": "context_length",
+            "sliding_window": "context_length", "vocab_size": "vocab_size"}
 
 
 def is_hf_folder(path: Path) -> bool:
@@ -44,14 +46,17 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     if c.get("rope_scaling"):
         kind = c["rope_scaling"].get("rope_type", c["rope_scaling"].get("type", "?"))
         raise FirstEpochError(f"{folder}: RoPE scaling ({kind}) is not supported yet")
+
     def number(key: str, default=None, kind=int):
-        value = c.get(key, default)
+        """config.json's `key`: a positive integer within the limits GGUF files get too (or a positive float)."""
+        value, most = c.get(key, default), LIMITS.get(_LIMITED.get(key), float("inf"))
         if value is None:
             raise FirstEpochError(f"{folder / 'config.json'}: '{key}' is missing")
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or \
-                not 0 < value < float("inf"):
-            raise FirstEpochError(f"{folder / 'config.json'}: '{key}' is {str(value)[:40]}, not a positive "
-                                  f"{'number' if kind is float else 'integer'}")
+                not 0 < value <= most or value == float("inf"):
+            raise FirstEpochError(f"{folder / 'config.json'}: '{key}' is {repr(value)[:40]}, not a positive "
+                                  f"{'number' if kind is float else 'integer'}" + (f" up to {most:,}" if kind is int
+                                                                                  else ""))
         return value
 
     dim, heads = number("hidden_size"), number("num_attention_heads")
@@ -101,7 +106,8 @@ def load_hf_folder(folder: Path, context: int | None = None):
     """A Hugging Face folder -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from safetensors import safe_open
 
-    from firstepoch.llm.models import build_inference_model, check_fits, expected_shapes, gguf_name
+    from firstepoch.llm.models import build_inference_model, check_fits
+    from firstepoch.llm.names import HF, weight_shapes
     from firstepoch.llm.quant import QuantizedLinear
 
     config = config_from_hf(folder, context)
@@ -114,22 +120,16 @@ def load_hf_folder(folder: Path, context: int | None = None):
     parameters = sum(_numel(handle.get_slice(name).get_shape()) for name, handle in where.items())
     check_fits(2 * parameters, folder)
     tokenizer, template = _tokenizer(folder)
-    expected = expected_shapes(config)
+    expected = weight_shapes(config)
 
     def tensor(ours: str) -> torch.Tensor:
-        if ours in ("embed_tokens", "norm"):
-            name = f"model.{ours}.weight"
-        elif ours == "lm_head":
-            name = "lm_head.weight"
-        else:
-            _, index, rest = ours.split(".", 2)
-            name = f"model.layers.{index}.{LAYER_NAMES[rest]}.weight"
+        name = HF.theirs(ours)
         if name not in where:
             raise FirstEpochError(f"{folder}: tensor {name} is missing from its safetensors files")
-        shape, wanted = tuple(where[name].get_slice(name).get_shape()), expected[gguf_name(ours)][::-1]
-        if shape != wanted:
+        shape = tuple(where[name].get_slice(name).get_shape())
+        if shape != expected[ours]:
             raise FirstEpochError(f"{folder}: tensor {name} has shape {list(shape)} but config.json implies "
-                                  f"{list(wanted)}")
+                                  f"{list(expected[ours])}")
         return where[name].get_tensor(name)
 
     model = build_inference_model(config, lambda ours: QuantizedLinear(tensor(ours)), tensor)

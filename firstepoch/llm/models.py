@@ -159,26 +159,14 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
 
 
-def expected_shapes(config: TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a llama-architecture file must hold for `config`, with its shape in GGUF's order (the
-    fastest-varying dimension first: a matrix is (in_features, out_features))."""
-    c, q, kv = config, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    shapes = {"token_embd.weight": (c.dim, c.vocab_size), "output_norm.weight": (c.dim,)}
-    if not c.tie_embeddings:
-        shapes["output.weight"] = (c.dim, c.vocab_size)
-    layer = {"attn_norm": (c.dim,), "ffn_norm": (c.dim,), "attn_q": (c.dim, q), "attn_k": (c.dim, kv),
-             "attn_v": (c.dim, kv), "attn_output": (q, c.dim), "ffn_gate": (c.dim, c.hidden_dim),
-             "ffn_up": (c.dim, c.hidden_dim), "ffn_down": (c.hidden_dim, c.dim)}
-    for i in range(c.n_layers):
-        shapes.update({f"blk.{i}.{name}.weight": shape for name, shape in layer.items()})
-    return shapes
-
-
 def check_tensors(g, config: TransformerConfig) -> None:
     """Refuse a file whose tensors disagree with its metadata, before any kernel sees a pointer into it: every
     expected tensor present with exactly the shape `config` implies, and the vocabulary the size of the
     embedding table."""
-    for name, shape in expected_shapes(config).items():
+    from firstepoch.llm.names import GGUF, weight_shapes
+
+    for ours, shape in weight_shapes(config).items():
+        name, shape = GGUF.theirs(ours), shape[::-1]  # GGUF lists the fastest-varying dimension first
         t = g.tensors.get(name)
         if t is None:
             raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a llama model")
@@ -227,27 +215,10 @@ def available_memory() -> int | None:
         return None
 
 
-# llama.cpp's per-layer tensor names -> ours
-LAYER_NAMES = {"attn_q": "attn.q_proj", "attn_k": "attn.k_proj", "attn_v": "attn.v_proj",
-               "attn_output": "attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-               "ffn_down": "mlp.down_proj", "attn_norm": "attn_norm", "ffn_norm": "mlp_norm"}
-
-
-_OURS = {ours: theirs for theirs, ours in LAYER_NAMES.items()}
-_TOP = {"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"}
-
-
-def gguf_name(ours: str) -> str:
-    """Our module name ('layers.3.attn.q_proj', 'embed_tokens') -> its weight's GGUF name ('blk.3.attn_q.weight')."""
-    if ours in _TOP:
-        return f"{_TOP[ours]}.weight"
-    _, index, rest = ours.split(".", 2)
-    return f"blk.{index}.{_OURS[rest]}.weight"
-
-
 def load_gguf(path: Path, context: int | None = None):
     """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
+    from firstepoch.llm.names import GGUF
     from firstepoch.llm.quant import QuantizedLinear
     from firstepoch.llm.tokenizer import LLMTokenizer
 
@@ -258,7 +229,7 @@ def load_gguf(path: Path, context: int | None = None):
     tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
 
     def tensor(ours: str):
-        return g.tensors[gguf_name(ours)]  # present, with its shape checked
+        return g.tensors[GGUF.theirs(ours)]  # present, with its shape checked
 
     def matrix(ours: str) -> QuantizedLinear:
         heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import warnings
 
+from gguf import TokenType
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from firstepoch.errors import FirstEpochError
 
-# GGUF token types (gguf.TokenType)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+NORMAL, CONTROL, USER_DEFINED = TokenType.NORMAL, TokenType.CONTROL, TokenType.USER_DEFINED
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 _LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -125,7 +125,7 @@ def _token_id(metadata: dict, key: str, n_tokens: int, source: str) -> int | Non
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_tokens:
-        raise FirstEpochError(f"{source}: {key} is {str(value)[:40]}, not a token id of its {n_tokens:,} tokens")
+        raise FirstEpochError(f"{source}: {key} is {repr(value)[:40]}, not a token id of its {n_tokens:,} tokens")
     return value
 
 

@@ -130,23 +130,17 @@ class _SameOrigin:
         return await error_response(StarletteRequest(scope), status, message)(scope, receive, send)
 
     def _problem(self, scope, headers) -> tuple[int, str] | None:
-        host = headers.get("host", "")
+        host, origin = headers.get("host", ""), headers.get("origin")
         if self.hosts is not None and not _is_allowed_host(_host_name(host), self.hosts):
             return 403, (f"Host {host[:80]!r} is not a name of this server; a server bound to one address answers "
-                         f"to its loopback names and that address (--host)")
-        origin = headers.get("origin")
+                         f"to its loopback names and that address (--host), and to --allow-host NAME")
         if origin is not None and not self._allowed_origin(origin, host):
             return 403, (f"cross-origin request from {origin[:80]!r} refused; start the server with --cors "
                          f"{origin[:80]} to let that site use it")
-        if scope["method"] in ("POST", "PUT", "PATCH"):
+        if scope["method"] in ("POST", "PUT", "PATCH") and not _json_body_allowed(scope["path"], headers):
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
-            form_from_a_tool = kind == "application/x-www-form-urlencoded" and origin is None and \
-                "sec-fetch-site" not in headers  # curl -d sends this type; browsers send Origin and Sec-Fetch-*
-            upload = kind == "multipart/form-data" and scope["path"].startswith("/v1/predict/")
-            if kind and kind != "application/json" and not kind.endswith("+json") and not (form_from_a_tool or
-                                                                                            upload):
-                return 415, (f"Content-Type {kind[:60]!r} is not accepted here; send the JSON body with "
-                             f"'Content-Type: application/json'")
+            return 415, (f"Content-Type {kind[:60]!r} is not accepted here; send the JSON body with "
+                         f"'Content-Type: application/json'")
         return None
 
     def _allowed_origin(self, origin: str, host: str) -> bool:
@@ -158,6 +152,54 @@ class _SameOrigin:
             return urlsplit(origin).netloc.lower() == host.lower() != ""  # the server's own page
         except ValueError:
             return False
+
+
+# the types a web page may send to another site without asking it first (CORS "simple" requests)
+_SIMPLE_TYPES = ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def _json_body_allowed(path: str, headers) -> bool:
+    """JSON, no type, an upload to /v1/predict, or a simple type from a tool rather than a browser (curl -d sends
+    a form type): browsers send Origin or Sec-Fetch-* headers with every request a page makes."""
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    if not kind or kind == "application/json" or kind.endswith("+json"):
+        return True
+    if kind == "multipart/form-data" and path.startswith("/v1/predict/"):
+        return True
+    from_a_browser = "origin" in headers or any(name.startswith("sec-fetch-") for name in headers.keys())
+    return kind in _SIMPLE_TYPES and not from_a_browser
+
+
+class _ServerErrors:
+    """Pure ASGI middleware: an error of ours (a bug, never bad input) is a 500 in the API's error shape, logged
+    once and counted in /metrics like any answer; after a response has started it can only end the connection."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            import logging
+
+            from starlette.requests import Request as StarletteRequest
+
+            logging.getLogger("firstepoch.serve").exception("error answering %s", scope["path"])
+            if started:
+                return
+            response = error_response(StarletteRequest(scope), 500,
+                                      f"internal error ({type(exc).__name__}); see the server's log")
+            await response(scope, receive, send)
 
 
 def _host_name(host: str) -> str:
@@ -224,13 +266,6 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     async def bad_input(request: Request, exc: FirstEpochError):
         return error_response(request, 400, str(exc))
 
-    @app.exception_handler(Exception)
-    async def server_error(request: Request, exc: Exception):  # a bug of ours: the API's shape, no traceback
-        import logging
-
-        logging.getLogger("firstepoch.serve").exception("error answering %s", request.url.path)
-        return error_response(request, 500, f"internal error ({type(exc).__name__}); see the server's log")
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -239,6 +274,7 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
 
     app.add_middleware(_BodyLimit, limits=limits)
     app.add_middleware(_SameOrigin, hosts=hosts, origins=cors or [])
+    app.add_middleware(_ServerErrors)  # inside _Guard: a 500 is counted too
     known = {route.path for router in (openai.router, ollama.router, endpoints.router) for route in router.routes}
     app.add_middleware(_Guard, state=app.state.firstepoch, known=known | OPEN_PATHS)
     if cors:

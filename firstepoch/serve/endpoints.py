@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
 from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError, field, read_json
@@ -184,7 +184,7 @@ async def ask(name: str, request: Request):
                 return Response(status_code=499)
         return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
                 "citations": plan["citations"]}
-    reservation = llm.slot.reserve()  # a full queue is a 503 before any byte is sent
+    reservation = llm.slot.reserve() if plan["refusal"] is None else None  # a full queue: a 503 before any byte
 
     async def lines():
         yield json.dumps({"citations": plan["citations"], "answered": plan["refusal"] is None}) + "\n"
@@ -196,6 +196,8 @@ async def ask(name: str, request: Request):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 
+    if reservation is None:
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
     return ReservedStream(lines(), reservation, media_type="application/x-ndjson")
 
 

@@ -104,14 +104,14 @@ def _options(body: dict) -> tuple[dict, int | None]:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "'options' must be an object")
-    sampling = {"temperature": field(options, "temperature", float, 0.8, low=0.0, high=2.0),
-                "top_k": field(options, "top_k", int, 40, low=0) or None,
-                "top_p": field(options, "top_p", float, 0.9, low=0.0, high=1.0),
-                "min_p": field(options, "min_p", float, None, low=0.0, high=1.0),
-                "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01, high=100.0),
-                "seed": seed(options), "stop": stop_list(options)}
+    sampling = checked_sampling({"temperature": field(options, "temperature", float, 0.8, low=0.0, high=2.0),
+                                 "top_k": field(options, "top_k", int, 40, low=0) or None,
+                                 "top_p": field(options, "top_p", float, 0.9, low=0.0, high=1.0),
+                                 "min_p": field(options, "min_p", float, None, low=0.0, high=1.0),
+                                 "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01,
+                                                             high=100.0),
+                                 "seed": seed(options), "stop": stop_list(options)})
     num_predict = field(options, "num_predict", int, None, low=-2, high=1 << 24)
-    checked_sampling(sampling)
     return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict))
 
 

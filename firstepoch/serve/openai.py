@@ -47,6 +47,10 @@ def _sampling(body: dict) -> dict:
                              "seed": seed(body), "stop": stop_list(body)})
 
 
+def _include_usage(body: dict) -> bool:
+    return bool(field(field(body, "stream_options", dict, {}), "include_usage", bool, False))
+
+
 def _max_tokens(body: dict) -> int | None:
     return field(body, "max_completion_tokens", int, None, low=1) or field(body, "max_tokens", int, None, low=1)
 
@@ -60,7 +64,10 @@ def _messages(body: dict) -> list[dict]:
                            param="messages")
         content = m.get("content") or ""
         if isinstance(content, list):  # the parts form: keep the text parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise ApiError(400, f"messages[{i}].content: a text part needs a 'text' string", param="messages")
+            content = "".join(texts)
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
         out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
@@ -76,7 +83,7 @@ async def chat_completions(request: Request):
     sampling = _sampling(body)
     ids, max_new = await chat_prompt(served.obj, _messages(body), _max_tokens(body), DEFAULT_MAX_TOKENS)
     return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=True,
-                           include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+                           include_usage=_include_usage(body))
 
 
 @router.post("/completions")
@@ -91,7 +98,7 @@ async def completions(request: Request):
     sampling = _sampling(body)
     ids, max_new = prompt_ids(served.obj, prompt, False, _max_tokens(body) or 16, 16)
     return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=False,
-                           include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+                           include_usage=_include_usage(body))
 
 
 async def _complete(request, served, ids, max_new, sampling, stream: bool, chat: bool, include_usage: bool):

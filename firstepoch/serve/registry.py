@@ -48,8 +48,9 @@ class Slot:
         return f"Slot({self.name!r}, waiting={self.waiting}, busy={self.lock.locked()})"
 
     def reserve(self) -> "Reservation":
-        """A place in the queue, or Busy when the queue is full."""
-        if self.lock.locked() and self.waiting >= self.queue_size:
+        """A place in the queue, or Busy when the queue is full: at most `queue_size` waiting behind the one that
+        holds the model, counting the reserved streams that have not taken it yet."""
+        if self.waiting >= self.queue_size + (not self.lock.locked()):
             raise Busy(self.name, retry_after=max(1, round(self.busy_seconds or 1)))
         self.waiting += 1
         return Reservation(self)
@@ -57,7 +58,7 @@ class Slot:
     async def __aenter__(self):
         reservation = self.reserve()
         await reservation.__aenter__()
-        self._held = reservation  # set once the model is held: one holder at a time
+        self._held = reservation  # set once the model is held: there is one holder at a time
         return self
 
     async def __aexit__(self, *exc):
@@ -77,6 +78,8 @@ class Reservation:
 
     async def __aenter__(self) -> Slot:
         slot = self.slot
+        if self.state != "waiting":
+            raise RuntimeError(f"a reservation of {slot.name!r} entered twice or after cancel()")
         try:
             await slot.lock.acquire()
         except BaseException:

@@ -3,7 +3,7 @@ when the request runs past its time limits, or when the server shuts down."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import AsyncIterator
 
 import anyio
@@ -57,9 +57,8 @@ def checked_sampling(options: dict) -> dict:
     (after a stream's headers were sent)."""
     from firstepoch.llm.generate import Sampling
 
-    names = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
     try:
-        Sampling(**{name: options[name] for name in names if options.get(name) is not None})
+        Sampling(**{f.name: options[f.name] for f in fields(Sampling) if options.get(f.name) is not None})
     except FirstEpochError as exc:
         raise ApiError(400, str(exc)) from None
     return options
@@ -74,6 +73,8 @@ def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max
         raise ApiError(400, f"the prompt has {len(text):,} characters, more than the model's context of "
                             f"{lm.context} tokens can hold; shorten it", code="context_length_exceeded")
     ids = lm.encode(text, special=special)
+    if not ids:
+        raise ApiError(400, "the prompt is empty; give at least one token of text")
     room = lm.context - len(ids)
     if room <= 0:
         raise ApiError(400, f"the prompt has {len(ids)} tokens but the model's context is {lm.context}; "
@@ -85,8 +86,9 @@ async def stream_generation(served, ids: list[int], max_new_tokens: int, options
                             state) -> AsyncIterator[str]:
     """Text pieces of `served.obj.generate(ids)`, holding the model's slot until the generator is closed.
 
-    `state` is the server's (its limits, metrics and shutdown flag). The caller must already hold `served.slot`. If the consumer stops iterating (a client disconnect cancels
-    it), the generation is closed on the slot's thread before the slot is given back. `served.obj.stats`
+    `state` is the server's (its limits, metrics and shutdown flag). The caller must already hold `served.slot`.
+    If the consumer stops iterating (a client disconnect cancels it), the generation is closed on the slot's
+    thread before the slot is given back. `served.obj.stats`
     holds the counts afterwards; `finish_reason` is "timeout" or "shutdown" when it was cut short here.
     """
     lm, slot = served.obj, served.slot
@@ -142,7 +144,7 @@ async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_
 async def generated_text(request, served, ids: list[int], max_new_tokens: int, options: dict, state) -> str | None:
     """The whole text of a generation that is not streamed, on the model's slot; None when the client went away
     first (its generation is stopped then, as a stream's is)."""
-    text = None
+    text, error = None, None
     async with served.slot, anyio.create_task_group() as group:
         async def watch():
             while (await request.receive())["type"] != "http.disconnect":
@@ -150,8 +152,13 @@ async def generated_text(request, served, ids: list[int], max_new_tokens: int, o
             group.cancel_scope.cancel()
 
         group.start_soon(watch)
-        text = "".join([piece async for piece in stream_generation(served, ids, max_new_tokens, options, state)])
+        try:
+            text = "".join([piece async for piece in stream_generation(served, ids, max_new_tokens, options, state)])
+        except Exception as exc:  # raised below, as itself: the task group would wrap it in an ExceptionGroup
+            error = exc
         group.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return text
 
 
@@ -167,4 +174,6 @@ class ReservedStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            with anyio.CancelScope(shield=True):  # a body left at a `yield` holds the model until it is closed
+                await self.body_iterator.aclose()
             self.reservation.cancel()

@@ -75,7 +75,9 @@ def test_an_unsupported_architecture_is_refused(hf_folder):
     ({"intermediate_size": 256}, "mlp.gate_proj.weight has shape [128, 64] but config.json implies [256, 64]"),
     ({"hidden_size": 128}, "has shape"),
     ({"num_attention_heads": 0}, "'num_attention_heads' is 0"),
-    ({"num_hidden_layers": "2"}, "'num_hidden_layers' is 2, not a positive integer"),
+    ({"num_hidden_layers": "2"}, "'num_hidden_layers' is '2', not a positive integer"),
+    ({"num_hidden_layers": 10**9}, "'num_hidden_layers' is 1000000000, not a positive integer up to 512"),
+    ({"max_position_embeddings": 2**40}, "'max_position_embeddings' is"),
     ({"rms_norm_eps": float("nan")}, "'rms_norm_eps'"),
     ({"vocab_size": None}, "'vocab_size' is missing"),
 ])

@@ -27,10 +27,7 @@ def small_docs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ another connection
-@pytest.mark.parametrize("graph", [False, True], ids=["exact", "graph"])
-def test_an_open_index_finds_what_another_connection_indexed(small_docs, tmp_path, monkeypatch, graph):
-    if graph:
-        monkeypatch.setattr(index_module, "EXACT_LIMIT", 10)  # small enough that search uses the HNSW graph
+def test_an_open_index_finds_what_another_connection_indexed(small_docs, tmp_path):
     name = str(tmp_path / "shared-index")
     question = "how long does a kettle take to boil water for tea?"
     with Index.open(name, create=True) as served:  # as a server holds it

@@ -27,7 +27,6 @@ ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 # tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
 FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
 
-FUNCTIONS = ("matmul_q4_0", "matmul_q4_1", "matmul_q8_0")
 
 
 @cache
@@ -40,7 +39,7 @@ def ggml_matmul() -> ctypes.CDLL | None:
                       "install gcc for firstepoch's quantized kernels", stacklevel=2)
         return None
     asan = os.environ.get("FIRSTEPOCH_KERNELS_ASAN", "0") == "1"
-    if asan and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+    if asan and "asan" not in os.environ.get("LD_PRELOAD", ""):  # gcc's libasan, clang's libclang_rt.asan
         raise RuntimeError("FIRSTEPOCH_KERNELS_ASAN=1 needs the sanitizer's runtime loaded first: run with "
                            "LD_PRELOAD=$(cc -print-file-name=libasan.so)")  # else loading the library aborts
     library = _build(compiler, ASAN_FLAGS if asan else ())
@@ -51,7 +50,9 @@ def ggml_matmul() -> ctypes.CDLL | None:
     except OSError as exc:
         warnings.warn(f"loading firstepoch's quantized kernels failed ({exc}); using bf16 weights", stacklevel=2)
         return None
-    for name in FUNCTIONS:
+    from firstepoch.llm.quant import BLOCK_TYPES
+
+    for name in (kind.kernel for kind in BLOCK_TYPES.values()):
         fn = getattr(lib, name)
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
@@ -76,7 +77,8 @@ def _build(compiler: str, extra: tuple[str, ...] = ()) -> Path | None:
 
     source = b"".join(path.read_bytes() for path in SOURCES)
     errors = []
-    for flags in ([*flags, *extra] for flags in FLAG_SETS):  # -march=native: the key names this CPU too, for a home folder shared by machines
+    # -march=native: the key names this CPU too, for a home folder shared by machines
+    for flags in ([*flags, *extra] for flags in FLAG_SETS):
         key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu()]).encode()).hexdigest()[:16]
         library = home() / "kernels" / f"firstepoch-kernels-{key}.so"
         if library.is_file():
