@@ -89,13 +89,6 @@ class ChatTemplate:
         raise FirstEpochError(f"{self.origin}: the chat template {self._stopped_because(reply)} and was stopped; "
                               f"{_FIX}")
 
-    @classmethod
-    def from_file(cls, path, tokenizer) -> "ChatTemplate":
-        try:
-            return cls(open(path, encoding="utf-8").read(), tokenizer, origin=str(path))
-        except OSError as exc:
-            raise FirstEpochError(f"{path}: cannot read the chat template ({exc.strerror})") from exc
-
     def _check(self) -> None:
         """Compile the template once (in the sandbox: Jinja evaluates constant expressions while compiling);
         one that does not compile warns and falls back to the plain layout."""

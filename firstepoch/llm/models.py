@@ -69,6 +69,7 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
     from firstepoch.llm.generate import LanguageModel
 
     path = resolve(name_or_path)
+    given = _given_template(chat_template, path)  # read before the model: a wrong file fails at once
     if path.is_dir() and (path / "firstepoch.json").is_file():
         from firstepoch.bundle import load as load_bundle
 
@@ -83,15 +84,20 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
     else:
         model, tokenizer, template, info = load_gguf(path, context)
     origin = str(path)
-    if isinstance(chat_template, Path):
-        try:
-            template, origin = chat_template.read_text(encoding="utf-8"), str(chat_template)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FirstEpochError(f"{chat_template}: cannot read the chat template ({exc})") from None
-    elif chat_template is not None:
-        template, origin = chat_template, f"the chat template given for {path.name}"
+    if given is not None:
+        template, origin = given
     chat = ChatTemplate(template, tokenizer, origin=origin) if template is not None else None  # else: warn at chat
     return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
+
+
+def _given_template(chat_template: str | Path | None, path: Path) -> tuple[str, str] | None:
+    """(text, origin) of a chat template given to `load`: a Path is read, a string is the template itself."""
+    if not isinstance(chat_template, Path):
+        return None if chat_template is None else (chat_template, f"the chat template given for {path.name}")
+    try:
+        return chat_template.read_text(encoding="utf-8"), str(chat_template)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FirstEpochError(f"{chat_template}: cannot read the chat template ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------- GGUF
