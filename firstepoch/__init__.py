@@ -7,9 +7,9 @@
     learn.export("pets-model")
     firstepoch.load("pets-model").predict("cat.jpg")
 """
-__version__ = "0.1.0"
-
-from firstepoch.bundle import Predictor, load
+from firstepoch.loading import load
+from firstepoch.predictor import Predictor
+from firstepoch.version import __version__
 from firstepoch.core.callbacks import (Callback, EarlyStopping, GradientAccumulation, GradientClip, MixedPrecision,
                                        TimeBudget, TrainingInterrupted)
 from firstepoch.core.learner import Learner

@@ -97,7 +97,7 @@ def train_images(
     out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
 ):
     """Train an image classifier on a folder of images (by default: fine-tune a pretrained EfficientNet-Lite0)."""
-    from firstepoch.data import images
+    from firstepoch.data import DataLoaders
     from firstepoch.models.vision import DEFAULT_ARCH, has_offline_weights
 
     if arch is None:
@@ -114,9 +114,9 @@ def train_images(
     common = dict(valid_pct=valid_pct, seed=seed, size=size, batch_size=batch_size, flip=flip, page=page,
                   test_pct=test_pct)
     if label_regex:
-        dls = images.from_name_func(folder, label_func=label_regex, **common)
+        dls = DataLoaders.from_name_func(folder, label_func=label_regex, **common)
     else:
-        dls = images.from_folder(folder, labels=labels, **common)
+        dls = DataLoaders.from_folder(folder, labels=labels, **common)
     config = {"data": str(folder), "arch": arch, "pretrained": str(weights or arch) if fine_tune else None,
               "epochs": epochs, "lr": lr, "size": size, "seed": seed}
     model = arch
@@ -147,9 +147,9 @@ def train_tabular(
     out: Optional[Path] = typer.Option(None),
 ):
     """Train a model on a CSV file to predict one column."""
-    from firstepoch.data import tabular
+    from firstepoch.data import DataLoaders
 
-    dls = tabular.from_csv(csv, target, valid_pct=valid_pct, seed=seed, task=task, batch_size=batch_size)
+    dls = DataLoaders.from_csv(csv, target, valid_pct=valid_pct, seed=seed, task=task, batch_size=batch_size)
     config = {"data": str(csv), "target": target, "arch": arch, "epochs": epochs, "lr": lr, "seed": seed}
     _train(dls, arch, epochs, lr or 1e-2, opt, seed, device, "fp32", False, name, resume, out, "tabular", config)
 
@@ -186,7 +186,7 @@ def train_text(
     out: Optional[Path] = typer.Option(None, help="Where to write the bundle (default: <run>/model)."),
 ):
     """Train your own GPT on a text corpus."""
-    from firstepoch.data import lm, samples
+    from firstepoch.data import DataLoaders, samples
 
     budget = _parse_duration(time_budget) if time_budget else None
     lr = lr or TEXT_LR.get(opt, 1.5e-3)
@@ -197,7 +197,7 @@ def train_text(
             raise FirstEpochError(f"unknown sample {sample!r}; the bundled corpus is 'shakespeare'")
         corpus = samples.shakespeare()
     per_epoch = eval_every if budget else min(eval_every, steps)
-    dls = lm.from_text(corpus, context=context, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed,
+    dls = DataLoaders.from_text(corpus, context=context, tokenizer=tokenizer, vocab_size=vocab_size, seed=seed,
                        batch_size=batch_size, steps_per_epoch=per_epoch)
     epochs = 1_000_000 if budget else max(1, round(steps / per_epoch))  # a budget ends the fit by itself
     config = {"data": str(corpus), "preset": preset, "context": context, "tokenizer": tokenizer, "steps": steps,
@@ -484,16 +484,7 @@ def _raw_items(predictor, files: list[Path]):
     for path in files:
         if not path.exists():
             raise FirstEpochError(f"{path}: no such file")
-        if predictor.preprocessor.kind == "tensor":
-            raise FirstEpochError(f"{path}: this bundle was trained on tensors; predict from Python with "
-                                  f"firstepoch.load(bundle).predict(tensor)")
-        if predictor.preprocessor.kind == "tabular":
-            from firstepoch.data.tabular import read_rows
-
-            for i, row in enumerate(read_rows(path), start=1):
-                yield f"{path}:{i}", row
-        else:
-            yield path, path
+        yield from predictor.preprocessor.read_items(path)
 
 
 @app.command()

@@ -21,14 +21,14 @@ SIZE, LR = 28, 5e-3
 
 def run_demo(console: Console, epochs: int = 8, out: Path | None = None, device: str | None = None) -> dict:
     """Train, evaluate, predict and export a digits classifier; returns the test metrics."""
-    from firstepoch.bundle import load
+    from firstepoch.loading import load
     from firstepoch.core.plots import plot_confusion
-    from firstepoch.data import images, samples
+    from firstepoch.data import DataLoaders, samples
 
     folder = samples.digits()
     console.print(f"[bold]data[/bold]  {folder}: 1,797 real handwritten digits (scikit-learn), as PNG files",
                   highlight=False)
-    dls = images.from_folder(folder / "train", valid_pct=0.2, seed=42, size=SIZE, flip=False, rotate=10.0)
+    dls = DataLoaders.from_folder(folder / "train", valid_pct=0.2, seed=42, size=SIZE, flip=False, rotate=10.0)
     run = Run.create(task="demo-digits", config={"data": str(folder), "arch": "cnn", "epochs": epochs, "lr": LR})
     learn = Learner(dls, "cnn", run=run, device=device)
     console.print(f"[bold]train[/bold] a small CNN on {dls.info['n_train']} images, validate on "

@@ -64,7 +64,7 @@ def test_a_model_without_a_spec_cannot_be_exported(digits, tmp_path):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: None, "no such bundle folder"),
+    (lambda p: None, "thing: no such model file, folder or name"),
     (lambda p: p.mkdir(), "not a firstepoch bundle"),
     (lambda p: p.write_text("<html>"), "not a firstepoch bundle"),
     (lambda p: (p.mkdir(), (p / CONFIG_FILE).write_text("{not json")), "not valid JSON"),

@@ -70,6 +70,6 @@ def interpret(predictor, data: str | Path | tuple, out_dir: str | Path) -> dict:
         writer.writerows(rows)
     result = {"per_class": rows, "table": table,
               "confusion": plot_confusion(confusion, predictor.classes, out_dir / "confusion.png")}
-    if predictor.preprocessor.kind == "image":
+    if predictor.preprocessor.takes_files:  # images: show the worst ones
         result["top_losses"] = plot_top_losses(items, predictor, outputs, targets, out_dir / "top_losses.png")
     return result

@@ -348,7 +348,7 @@ class Learner:
 
     def predictor(self):
         """A `Predictor` over the current model: what `export` then `firstepoch.load` gives back."""
-        from firstepoch.bundle import Predictor
+        from firstepoch.predictor import Predictor
 
         return Predictor(self.model, self.dls.preprocessor, self.dls.task, self.dls.classes, self.device)
 

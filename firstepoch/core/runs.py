@@ -65,6 +65,18 @@ class Run:
     def update(self, **fields) -> None:
         write_json({**self.info(), **fields}, self.info_file)
 
+    def history(self) -> list[dict]:
+        """The rows of metrics.jsonl, one an epoch (a line cut short by a crash is left out)."""
+        if not self.metrics_file.is_file():
+            return []
+        rows = []
+        for line in self.metrics_file.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
     @staticmethod
     def best_of(history: list[dict]) -> dict:
         """The best value of the run's first metric (or of valid_loss when it has none)."""

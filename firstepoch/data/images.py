@@ -13,7 +13,7 @@ import io
 import re
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from firstepoch.data.loaders import DataLoaders, check_batch_size, make_loader, register_preprocessor, split_indices
+from firstepoch.data.core import check_batch_size, make_loader, split_indices
 from firstepoch.errors import FirstEpochError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".pdf"}
@@ -191,9 +191,10 @@ def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ preprocessing
-@register_preprocessor("image")
 class ImagePreprocessor:
     """File -> normalised float tensor (C, size, size), exactly as the validation set sees it."""
+
+    kind, takes_files = "image", True
 
     def __init__(self, size: int, channels: int, mean: Sequence[float], std: Sequence[float], page: int = 1,
                  flip: bool = False):
@@ -233,6 +234,30 @@ class ImagePreprocessor:
     def from_config(cls, config: dict) -> "ImagePreprocessor":
         return cls(config["size"], config["channels"], config["mean"], config["std"], config.get("page", 1),
                    config.get("flip", False))
+
+    def read_items(self, path: Path) -> Iterator[tuple[Path, Path]]:
+        return image_items(path)
+
+    def read_labelled(self, path: Path, classes: list[str] | None, task: str) -> tuple[list[Path], torch.Tensor]:
+        return labelled_images(path, classes or [])
+
+
+def image_items(path: Path) -> Iterator[tuple[Path, Path]]:
+    """An image or PDF file is one item, named by its path."""
+    yield path, path
+
+
+def labelled_images(folder: Path, classes: list[str]) -> tuple[list[Path], torch.Tensor]:
+    """(readable images, their class indices) of a folder with one sub-folder per class of the model."""
+    paths, labels = _labelled_by_folder(_check_folder(folder))
+    if unknown := sorted(set(labels) - set(classes)):
+        raise FirstEpochError(f"{folder}: class folder(s) {unknown} are not classes of this model "
+                              f"({', '.join(classes)})")
+    good, bad, _, _ = scan_images(paths)
+    _warn_skipped(bad, len(paths))
+    keep = set(good)
+    index = {c: i for i, c in enumerate(classes)}
+    return good, torch.tensor([index[lab] for p, lab in zip(paths, labels) if p in keep])
 
 
 def augment(pixels: torch.Tensor, g: torch.Generator, flip: bool, rotate: float, jitter: float = 0.2) -> torch.Tensor:
@@ -293,8 +318,8 @@ def _fingerprint(root: Path, paths: Sequence[Path]) -> str:
 
 def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int = 64, seed: int = 42,
           batch_size: int | None = None, flip: bool = True, rotate: float = 10.0, num_workers: int = 0,
-          page: int = 1) -> DataLoaders:
-    """DataLoaders from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the one builder)."""
+          page: int = 1) -> dict:
+    """The fields of a `DataLoaders` from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the one builder)."""
     scanned, total, all_bad = {}, 0, []
     for name, (paths, labels) in splits.items():
         good, bad, gray, pixels = scan_images(paths, size, page)
@@ -328,15 +353,15 @@ def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int
                           flip=flip, rotate=rotate)
         loaders[name] = make_loader(ds, bs, train=train, seed=seed, num_workers=num_workers, with_epoch=train)
     all_paths = [p for paths, _, _, _ in scanned.values() for p in paths]
-    return DataLoaders(train=loaders["train"], valid=loaders["valid"], test=loaders.get("test"),
-                       task="classification", preprocessor=pre, input_shape=[channels, size, size],
-                       n_out=len(classes), classes=classes, fingerprint=_fingerprint(root, all_paths),
-                       info={"n_train": n_train, "n_valid": n_valid,
-                             "n_test": len(scanned["test"][0]) if "test" in scanned else 0,
-                             "skipped": len(all_bad), "source": str(root)})
+    return dict(train=loaders["train"], valid=loaders["valid"], test=loaders.get("test"),
+                task="classification", preprocessor=pre, input_shape=[channels, size, size],
+                n_out=len(classes), classes=classes, fingerprint=_fingerprint(root, all_paths),
+                info={"n_train": n_train, "n_valid": n_valid,
+                      "n_test": len(scanned["test"][0]) if "test" in scanned else 0,
+                      "skipped": len(all_bad), "source": str(root)})
 
 
-def _split(root, paths, labels, valid_pct, seed, test_pct: float = 0.0, **kwargs) -> DataLoaders:
+def _split(root, paths, labels, valid_pct, seed, test_pct: float = 0.0, **kwargs) -> dict:
     """Seeded splits: first `test_pct` held out as a test set that training never sees (the same whatever
     `valid_pct` is), then `valid_pct` of the rest for validation."""
     test = None
@@ -375,10 +400,10 @@ def _labelled_by_folder(folder: Path) -> tuple[list[Path], list[str]]:
     return paths, labels
 
 
-def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
+def folder_parts(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
                 labels: str | Path | None = None, flip: bool = True, rotate: float = 10.0,
-                num_workers: int = 0, page: int = 1, test_pct: float = 0.0) -> DataLoaders:
-    """Images labelled by sub-folder names (`path/<class>/*.png`).
+                num_workers: int = 0, page: int = 1, test_pct: float = 0.0) -> dict:
+    """The fields of `DataLoaders.from_folder`: images labelled by sub-folder names (`path/<class>/*.png`).
 
     If `path/train/` and `path/valid/` exist (and optionally `path/test/`), they are the splits; otherwise
     `valid_pct` of the images, chosen with `seed`, are held out for validation, after `test_pct` of them
@@ -406,11 +431,11 @@ def from_folder(path, valid_pct: float = 0.2, seed: int = 42, size: int = 64, ba
     return _split(root, paths, names, valid_pct, seed, test_pct, **common)
 
 
-def from_name_func(path, files: Sequence[Path] | None = None, label_func: Callable[[Path], str] | str | None = None,
+def name_func_parts(path, files: Sequence[Path] | None = None, label_func: Callable[[Path], str] | str | None = None,
                    valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
                    flip: bool = True, rotate: float = 10.0, num_workers: int = 0, page: int = 1,
-                   test_pct: float = 0.0) -> DataLoaders:
-    """Images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
+                   test_pct: float = 0.0) -> dict:
+    """The fields of `DataLoaders.from_name_func`: images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
     group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
     root = _check_folder(path)
     files = [Path(f) for f in files] if files is not None else image_files(root)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from firstepoch.data.loaders import DataLoaders, check_batch_size, make_loader, register_preprocessor
+from firstepoch.data.core import check_batch_size, make_loader, not_from_files
 from firstepoch.data.text import Tokenizer, corpus_files, tokenizer_from_config, train_tokenizer
 from firstepoch.errors import FirstEpochError
 
@@ -100,9 +100,10 @@ class TokenWindows(Dataset):
         return window[:-1], window[1:]
 
 
-@register_preprocessor("text")
 class TextPreprocessor:
     """Text -> token ids (the prompt side of a language model), with the tokenizer saved in the bundle."""
+
+    kind, takes_files = "text", False
 
     def __init__(self, tokenizer: Tokenizer, context: int):
         self.tokenizer, self.context = tokenizer, context
@@ -117,11 +118,17 @@ class TextPreprocessor:
     def from_config(cls, config: dict) -> "TextPreprocessor":
         return cls(tokenizer_from_config(config["tokenizer"]), config["context"])
 
+    def read_items(self, path: Path):
+        raise not_from_files("text", path, "predict from")
 
-def from_text(path, context: int = 64, tokenizer: str = "char", vocab_size: int = 1024,
+    def read_labelled(self, path: Path, classes, task):
+        raise not_from_files("text", path, "be evaluated on")
+
+
+def text_parts(path, context: int = 64, tokenizer: str = "char", vocab_size: int = 1024,
               valid_pct: float = 0.1, seed: int = 42, batch_size: int = 12, steps_per_epoch: int = 250,
-              cache_dir: str | Path | None = None) -> DataLoaders:
-    """Next-token `DataLoaders` over a text file or a folder of .txt/.md files.
+              cache_dir: str | Path | None = None) -> dict:
+    """The fields of `DataLoaders.from_text`: next-token windows over a text file or a folder of .txt/.md files.
 
     Args:
         context: tokens per training window (the model's context length).
@@ -155,7 +162,7 @@ def from_text(path, context: int = 64, tokenizer: str = "char", vocab_size: int 
     bs = check_batch_size(batch_size, steps_per_epoch * batch_size, valid_len, str(path))
     train = TokenWindows(tokens, 0, split, context, steps_per_epoch * bs, seed=seed)
     valid = TokenWindows(tokens, split, n, context, valid_len)
-    return DataLoaders(
+    return dict(
         train=make_loader(train, bs, train=True, seed=seed, with_epoch=True),
         valid=make_loader(valid, bs, train=False, seed=seed),
         task="language_model", preprocessor=TextPreprocessor(tok, context), input_shape=[context],

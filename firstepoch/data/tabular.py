@@ -11,12 +11,11 @@ import hashlib
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
-from firstepoch.data.loaders import (DataLoaders, TensorDataset, check_batch_size, make_loader,
-                                     register_preprocessor, split_indices)
+from firstepoch.data.core import TensorDataset, check_batch_size, make_loader, split_indices
 from firstepoch.errors import FirstEpochError
 
 MAX_LEVELS = 50
@@ -74,7 +73,6 @@ def read_rows(path: str | Path) -> list[dict]:
     return rows
 
 
-@register_preprocessor("tabular")
 class TabularPreprocessor:
     """Encodes rows into float vectors with statistics fitted on the training rows.
 
@@ -82,6 +80,8 @@ class TabularPreprocessor:
     the column had gaps in training. Categorical columns: one-hot over the most frequent training levels
     (at most 50), with one `<other>` slot for rare, unseen and missing values.
     """
+
+    kind, takes_files = "tabular", False
 
     def __init__(self, target: str, numeric: dict, categorical: dict):
         self.target, self.numeric, self.categorical = target, numeric, categorical
@@ -134,6 +134,27 @@ class TabularPreprocessor:
     def from_config(cls, config: dict) -> "TabularPreprocessor":
         return cls(config["target"], config["numeric"], config["categorical"])
 
+    def read_items(self, path: Path) -> Iterator[tuple[str, dict]]:
+        """Each row of a CSV, named `file:row`."""
+        for i, row in enumerate(read_rows(path), start=1):
+            yield f"{path}:{i}", row
+
+    def read_labelled(self, path: Path, classes: list[str] | None, task: str) -> tuple[list[dict], torch.Tensor]:
+        """The rows of a CSV that have a value in the target column, and those values as targets."""
+        target = self.target
+        rows = [r for r in read_rows(path) if str(r.get(target, "")).strip() != ""]
+        if not rows:
+            raise FirstEpochError(f"{path}: no rows with a value in the target column {target!r}")
+        if task == "classification":
+            index = {c: i for i, c in enumerate(classes or [])}
+            if unknown := sorted({r[target] for r in rows} - set(index)):
+                raise FirstEpochError(f"{path}: {target!r} has values {unknown[:5]} this model does not know")
+            return rows, torch.tensor([index[r[target]] for r in rows])
+        try:
+            return rows, torch.tensor([float(r[target]) for r in rows])
+        except ValueError as exc:
+            raise FirstEpochError(f"{path}: the target column {target!r} must be numeric ({exc})") from exc
+
 
 def _sort_classes(values: set[str]) -> list[str]:
     numbers = {v: _number(v) for v in values}
@@ -152,10 +173,10 @@ def infer_task(values: list[str]) -> str:
     return "regression"
 
 
-def from_csv(path, target: str, valid_pct: float = 0.2, seed: int = 42, task: str | None = None,
+def csv_parts(path, target: str, valid_pct: float = 0.2, seed: int = 42, task: str | None = None,
              batch_size: int | None = None, categorical: Sequence[str] | None = None,
-             numeric: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> DataLoaders:
-    """Tabular `DataLoaders` from a CSV with a header row, predicting the column `target`.
+             numeric: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> dict:
+    """The fields of `DataLoaders.from_csv`: tabular data from a CSV with a header row, predicting the column `target`.
 
     Args:
         task: "classification" or "regression"; inferred from the target's values when None.
@@ -199,8 +220,8 @@ def from_csv(path, target: str, valid_pct: float = 0.2, seed: int = 42, task: st
         targets = lambda rs: torch.tensor([_number(r[target]) for r in rs], dtype=torch.float32)  # noqa: E731
     loaders = [make_loader(TensorDataset(pre.encode_rows(rs), targets(rs)), bs, train=train, seed=seed)
                for rs, train in ((train_rows, True), (valid_rows, False))]
-    return DataLoaders(train=loaders[0], valid=loaders[1], task=task, preprocessor=pre,
-                       input_shape=[len(pre.features)], n_out=len(classes) if classes else 1, classes=classes,
-                       fingerprint=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-                       info={"n_train": len(train_rows), "n_valid": len(valid_rows), "target": target,
-                             "dropped_rows": len(rows) - len(kept), "features": pre.features, "source": str(path)})
+    return dict(train=loaders[0], valid=loaders[1], task=task, preprocessor=pre,
+                input_shape=[len(pre.features)], n_out=len(classes) if classes else 1, classes=classes,
+                fingerprint=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+                info={"n_train": len(train_rows), "n_valid": len(valid_rows), "target": target,
+                      "dropped_rows": len(rows) - len(kept), "features": pre.features, "source": str(path)})

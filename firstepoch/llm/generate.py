@@ -144,6 +144,8 @@ class LanguageModel:
     and finish_reason ("stop": an end token or stop string; "length": the token limit).
     """
 
+    kind = "llm"  # what a server serves it as
+
     def __init__(self, model, tokenizer, config: dict | None = None, chat=None):
         self.model, self.tokenizer, self.config = model, tokenizer, config or {}
         self.chat_template = chat

@@ -32,12 +32,13 @@ SPM_SPACE = "\u2581"  # SentencePiece's visible space
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
 SUPPORTED_ARCHITECTURES = ("llama",)
 # the magics of the pre-GGUF formats, as their first four bytes read ('ggml', 'ggmf', 'ggjt', 'ggla' little-endian)
+GGUF_MAGIC = b"GGUF"
 _LEGACY_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"algg")
 
 
 def _what_else(head: bytes, size: int) -> str | None:
     """What a file that should be GGUF is instead, from its first bytes; None when it is GGUF."""
-    if head[:4] == b"GGUF":
+    if head[:4] == GGUF_MAGIC:
         return None
     if head.startswith(b"version https://git-lfs"):
         return (f"a git-LFS pointer ({size} bytes), not the model itself: run `git lfs pull` in its repository, "

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from firstepoch.bundle import CONFIG_FILE, is_bundle, read_bundle
 from firstepoch.errors import FirstEpochError
 from firstepoch.models.transformer import TransformerConfig, rope_tables
 
@@ -70,9 +71,7 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
 
     path = resolve(name_or_path)
     given = _given_template(chat_template, path)  # read before the model: a wrong file fails at once
-    if path.is_dir() and (path / "firstepoch.json").is_file():
-        from firstepoch.bundle import load as load_bundle
-
+    if is_bundle(path):
         return load_bundle(path)
     if path.is_dir():
         from firstepoch.llm.hf import is_hf_folder, load_hf_folder
@@ -88,6 +87,17 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
         template, origin = given
     chat = ChatTemplate(template, tokenizer, origin=origin) if template is not None else None  # else: warn at chat
     return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
+
+
+def load_bundle(path: str | Path, device: str | None = None):
+    """A GPT trained by firstepoch: a bundle folder whose task is language_model, as a `LanguageModel`."""
+    from firstepoch.core.device import default_device
+    from firstepoch.llm.generate import LanguageModel
+
+    config, model, preprocessor = read_bundle(path, default_device(device))
+    if config["task"] != "language_model":
+        raise FirstEpochError(f"{path}: a {config['task']} bundle, not a language model; load it with firstepoch.load")
+    return LanguageModel(model, preprocessor.tokenizer, config)
 
 
 def _given_template(chat_template: str | Path | None, path: Path) -> tuple[str, str] | None:
@@ -337,7 +347,7 @@ def _trained_bundles() -> list[dict]:
     found = []
     for run in list_runs():
         bundle = Path(run["path"]) / "model"
-        config_file = bundle / "firstepoch.json"
+        config_file = bundle / CONFIG_FILE
         if not config_file.is_file():
             continue
         try:

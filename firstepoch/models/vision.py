@@ -163,6 +163,36 @@ def _adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
 
 
+class ImageNetPreprocessor:
+    """An image or PDF file -> the backbone's own ImageNet input (resize, centre crop, ImageNet mean and std)."""
+
+    kind, takes_files = "imagenet", True
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def encode(self, item) -> torch.Tensor:
+        from firstepoch.data.images import open_image
+
+        try:
+            image = open_image(item).convert("RGB")
+        except (OSError, ValueError) as exc:
+            raise FirstEpochError(f"{item}: cannot read it as an image ({exc})") from exc
+        return self.transform(image)
+
+    def to_config(self) -> dict:
+        return {"kind": self.kind}
+
+    def read_items(self, path: Path):
+        from firstepoch.data.images import image_items
+
+        return image_items(path)
+
+    def read_labelled(self, path: Path, classes, task):
+        raise FirstEpochError(f"{path}: a pretrained ImageNet model is not evaluated on folders here; fine-tune it "
+                              f"on your classes with firstepoch train images")
+
+
 class ImageNetClassifier:
     """A pretrained backbone with its own ImageNet head: `predict(image)` names the top classes.
 
@@ -170,10 +200,7 @@ class ImageNetClassifier:
     own ImageNet preprocessing (resize, centre crop, ImageNet mean and std).
     """
 
-    task = "classification"
-
-    class _Kind:
-        kind = "image"
+    task, kind = "classification", "classifier"
 
     def __init__(self, arch: str = DEFAULT_ARCH):
         import timm
@@ -191,20 +218,14 @@ class ImageNetClassifier:
                                       f"offline, use {DEFAULT_ARCH}") from exc
         self.model.eval()
         config = timm.data.resolve_data_config({}, model=self.model)
-        self.transform = timm.data.create_transform(**{**config, **PACKAGED_STATS.get(arch, {})})
-        self.preprocessor = self._Kind()
+        transform = timm.data.create_transform(**{**config, **PACKAGED_STATS.get(arch, {})})
+        self.preprocessor = ImageNetPreprocessor(transform)
         self.names = timm.data.ImageNetInfo()
 
     def predict(self, item, k: int = 5) -> dict:
         """{"label", "probability", "top": [{"label", "probability"}, ...k]} for an image path, bytes or PIL image."""
-        from firstepoch.data.images import open_image
-
-        try:
-            image = open_image(item).convert("RGB")
-        except (OSError, ValueError) as exc:
-            raise FirstEpochError(f"{item}: cannot read it as an image ({exc})") from exc
         with torch.no_grad():
-            probs = self.model(self.transform(image).unsqueeze(0))[0].softmax(-1)
+            probs = self.model(self.preprocessor.encode(item).unsqueeze(0))[0].softmax(-1)
         top = probs.topk(k)
         ranked = [{"label": self.names.index_to_description(int(i)), "probability": float(p)}
                   for p, i in zip(top.values, top.indices)]

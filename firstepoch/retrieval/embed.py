@@ -37,6 +37,8 @@ class Embedder:
         name: what the index records, so that an index is never searched with another model.
     """
 
+    kind = "embedder"  # what a server serves it as
+
     def __init__(self, encoder: BertEncoder, tokenizer, max_tokens: int, pooling: str = "mean",
                  normalize: bool = True, name: str = "", device: str | torch.device = "cpu"):
         if pooling not in ("mean", "cls"):
@@ -151,6 +153,11 @@ def resolve_embedder(name_or_path: str | Path | None) -> Path:
         raise FirstEpochError(f"{name}: no such embedding model folder or name (bundled: "
                               f"{', '.join(BUNDLED_EMBEDDERS)})")
     return path
+
+
+def is_sentence_transformers_folder(path: Path) -> bool:
+    """A folder as sentence-transformers saves a model: modules.json and tokenizer.json beside the weights."""
+    return path.is_dir() and (path / "modules.json").is_file() and (path / "tokenizer.json").is_file()
 
 
 def bundled_embedders() -> list[dict]:

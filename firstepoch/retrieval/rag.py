@@ -7,9 +7,13 @@ hold the answer: `ask` says so instead of letting the model guess.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 NO_ANSWER_THRESHOLD = 0.3  # cosine similarity; chosen on the retrieval evaluation (BENCHMARKS.md)
+ANSWER_TOKENS = 200  # the longest answer; the passages get the rest of the context
+# greedy (the same answer every time), with a repetition penalty that keeps a small model from looping
+ANSWER_SAMPLING = {"temperature": 0.0, "repetition_penalty": 1.1}
 SYSTEM = ("You answer questions using only the numbered sources you are given. Cite the sources you use by "
           "their numbers, like [1]. If the sources do not contain the answer, say that you don't know.")
 
@@ -26,6 +30,10 @@ class Citation:
     @property
     def where(self) -> str:
         return f"{self.source}, page {self.page}" if self.page else self.source
+
+    def to_json(self) -> dict:
+        return {"number": self.number, "source": self.source, "page": self.page, "score": round(self.score, 4),
+                "text": self.text}
 
 
 @dataclass
@@ -61,9 +69,34 @@ class AnswerStream:
         return Answer(self.question, self.text, self.citations, self.answered)
 
 
+@dataclass
+class AnswerPlan:
+    """What answering a question takes, before any token is generated: a refusal when no passage is similar
+    enough, else the citations and the chat messages (and their token ids) to give the model."""
+
+    question: str
+    refusal: str | None
+    citations: list[Citation]
+    messages: list[dict]
+    prompt_ids: list[int]
+
+
+def plan_answer(lm, question: str, hits, threshold: float = NO_ANSWER_THRESHOLD,
+                max_tokens: int = ANSWER_TOKENS) -> AnswerPlan:
+    """The `AnswerPlan` for `question` from its search `hits`; `lm` (a `LanguageModel`) is used only when there
+    is an answer to attempt, and may be None when `no_answer` already refuses. `ask` and the server's /v1/ask
+    both use it."""
+    refusal = no_answer(hits, threshold)
+    if refusal is not None:
+        return AnswerPlan(question, refusal, [], [], [])
+    citations, messages = fit_context(lm, question, hits, max_tokens, threshold)
+    return AnswerPlan(question, None, citations, messages, lm.encode(lm.render_chat(messages), special=True))
+
+
 def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
-        threshold: float = NO_ANSWER_THRESHOLD, max_tokens: int = 200, temperature: float = 0.0,
-        repetition_penalty: float = 1.1, **sampling) -> Answer | AnswerStream:
+        threshold: float = NO_ANSWER_THRESHOLD, max_tokens: int = ANSWER_TOKENS,
+        temperature: float = ANSWER_SAMPLING["temperature"],
+        repetition_penalty: float = ANSWER_SAMPLING["repetition_penalty"], **sampling) -> Answer | AnswerStream:
     """Answer `question` from `index`.
 
     Args:
@@ -80,20 +113,21 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
         repetition_penalty: above 1 keeps a small model from repeating itself.
     """
     hits = index.search(question, k=k)
-    refusal = no_answer(hits, threshold)
-    if refusal is not None:
-        result = AnswerStream(question, [], iter([refusal]), answered=False)
-        return result if stream else result.result()
-    lm = model if hasattr(model, "chat") else _load_model(model)
-    citations, messages = fit_context(lm, question, hits, max_tokens, threshold)
-    pieces = lm.chat(messages, stream=True, max_new_tokens=max_tokens, temperature=temperature,
-                     repetition_penalty=repetition_penalty, **sampling)
-    result = AnswerStream(question, citations, pieces, answered=True)
+    lm = None
+    if no_answer(hits, threshold) is None:  # load a model only when there is an answer to attempt
+        lm = _load_model(model) if model is None or isinstance(model, (str, Path)) else model
+    plan = plan_answer(lm, question, hits, threshold, max_tokens)
+    if plan.refusal is not None:
+        result = AnswerStream(question, [], iter([plan.refusal]), answered=False)
+    else:
+        pieces = lm.chat(plan.messages, stream=True, max_new_tokens=max_tokens, temperature=temperature,
+                         repetition_penalty=repetition_penalty, **sampling)
+        result = AnswerStream(question, plan.citations, pieces, answered=True)
     return result if stream else result.result()
 
 
 def _load_model(name):
-    from firstepoch.llm.models import load
+    from firstepoch.llm.models import load  # a function-level import: the llm package is big to import
 
     return load(name, context=4096)  # room for the passages and the answer, with a modest KV cache
 

@@ -67,7 +67,7 @@ async def predict(name: str, request: Request):
         known = ", ".join(s.name for s in state.registry.of_kind("classifier", "regressor")) or "none"
         raise ApiError(404, f"model {name!r} is not served here (predict models: {known})", code="model_not_found")
     predictor = served.obj
-    takes_images = predictor.preprocessor.kind == "image"
+    takes_images = predictor.preprocessor.takes_files
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         if not takes_images:
             raise ApiError(400, f"model {name!r} takes a JSON row, not a file upload")
@@ -159,6 +159,7 @@ async def ask(name: str, request: Request):
     """Streamed as NDJSON: first {"citations": [...]}, then {"text": piece} lines, then {"done": true}."""
     import anyio
 
+    from firstepoch.retrieval.rag import ANSWER_SAMPLING, ANSWER_TOKENS
     from firstepoch.serve.streaming import ReservedStream, generated_text, stream_generation
 
     state = _state(request)
@@ -176,23 +177,23 @@ async def ask(name: str, request: Request):
     async with served.slot:
         hits = await served.slot.run(lambda: served.obj.search(question, k=k))
     plan = await anyio.to_thread.run_sync(_answer_plan, hits, question, llm.obj)  # the template: off the loop
+    citations = [c.to_json() for c in plan.citations]
     if not stream:
-        text = plan["refusal"]
+        text = plan.refusal
         if text is None:
-            text = await generated_text(request, llm, plan["ids"], plan["max_new"], plan["options"], state)
+            text = await generated_text(request, llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING, state)
             if text is None:  # the client has gone
                 return Response(status_code=499)
-        return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
-                "citations": plan["citations"]}
-    reservation = llm.slot.reserve() if plan["refusal"] is None else None  # a full queue: a 503 before any byte
+        return {"index": served.name, "answer": text, "answered": plan.refusal is None, "citations": citations}
+    reservation = llm.slot.reserve() if plan.refusal is None else None  # a full queue: a 503 before any byte
 
     async def lines():
-        yield json.dumps({"citations": plan["citations"], "answered": plan["refusal"] is None}) + "\n"
-        if plan["refusal"] is not None:
-            yield json.dumps({"text": plan["refusal"]}) + "\n"
+        yield json.dumps({"citations": citations, "answered": plan.refusal is None}) + "\n"
+        if plan.refusal is not None:
+            yield json.dumps({"text": plan.refusal}) + "\n"
         else:
             async with reservation:
-                async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"], state):
+                async for piece in stream_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING, state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 
@@ -201,23 +202,14 @@ async def ask(name: str, request: Request):
     return ReservedStream(lines(), reservation, media_type="application/x-ndjson")
 
 
-def _answer_plan(hits, question: str, lm) -> dict:
-    """What `rag.ask` does, in steps, so the server can stream the answer on the model's slot."""
-    from firstepoch.retrieval.rag import fit_context, no_answer
+def _answer_plan(hits, question: str, lm):
+    """`rag.plan_answer`, with a template that refuses or runs past its bounds as a 400."""
+    from firstepoch.retrieval.rag import plan_answer
 
-    refusal = no_answer(hits)
-    if refusal is not None:
-        return {"refusal": refusal, "citations": []}
-    max_new = 200
     try:
-        citations, messages = fit_context(lm, question, hits, max_new)
-        ids = lm.encode(lm.render_chat(messages), special=True)
-    except FirstEpochError as exc:  # a template that refuses or runs past its bounds
+        return plan_answer(lm, question, hits)
+    except FirstEpochError as exc:
         raise ApiError(400, str(exc)) from None
-    return {"refusal": None, "ids": ids, "max_new": max_new,
-            "options": {"temperature": 0.0, "repetition_penalty": 1.1},
-            "citations": [{"number": c.number, "source": c.source, "page": c.page, "score": round(c.score, 4),
-                           "text": c.text} for c in citations]}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -233,17 +225,9 @@ async def runs(request: Request):
 
 @router.get("/v1/runs/{name}")
 async def run_metrics(name: str, request: Request):
-    from firstepoch.core.runs import list_runs
+    from firstepoch.core.runs import Run, list_runs
 
     found = [r for r in list_runs() if r.get("name") == name]  # looked up by name, never joined into a path
     if not found:
         raise ApiError(404, f"no run named {name!r}")
-    metrics_file = Path(found[0]["path"]) / "metrics.jsonl"
-    rows = []
-    if metrics_file.is_file():
-        for line in metrics_file.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return {"name": name, "task": found[0].get("task"), "history": rows}
+    return {"name": name, "task": found[0].get("task"), "history": Run(Path(found[0]["path"])).history()}

@@ -44,7 +44,7 @@ def _parameter_size(served) -> str:
 
 @router.get("/version")
 async def version():
-    from firstepoch import __version__
+    from firstepoch.version import __version__
 
     return {"version": __version__}
 

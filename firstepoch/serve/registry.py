@@ -144,41 +144,34 @@ def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, c
 
 
 def _load_into(registry: Registry, models: list[str], indexes: list[str], context: int) -> None:
-    from firstepoch.llm.models import BUNDLED, DEFAULT_MODEL
-    from firstepoch.retrieval.embed import BUNDLED_EMBEDDERS, DEFAULT_EMBEDDER
+    from firstepoch.llm.models import DEFAULT_MODEL
+    from firstepoch.loading import load
+    from firstepoch.retrieval.embed import DEFAULT_EMBEDDER
+    from firstepoch.retrieval.index import Index
 
     for spec in models or [DEFAULT_MODEL, DEFAULT_EMBEDDER]:
         name, _, target = spec.partition("=") if "=" in spec else ("", "", spec)
-        if target in BUNDLED_EMBEDDERS or _is_sentence_transformers(target):
-            from firstepoch.retrieval.embed import load_embedder
-
-            embedder = load_embedder(target)
-            registry.add(name or embedder.name, "embedder", embedder, target, dim=embedder.dim)
-            continue
-        path = Path(target)
-        if path.is_dir() and (path / "firstepoch.json").is_file():
-            from firstepoch.bundle import load as load_bundle
-
-            obj = load_bundle(path)
-            kind = "llm" if obj.config.get("task") == "language_model" else (
-                "classifier" if obj.task == "classification" else "regressor")
-            registry.add(name or _bundle_name(path), kind, obj, str(path))
-            continue
-        from firstepoch.llm.models import load
-
-        lm = load(target, context=context)
-        default = target if target in BUNDLED else (path.stem if path.suffix == ".gguf" else path.name)
-        registry.add(name or default, "llm", lm, target)
+        obj = load(target, context=context)
+        info = {"dim": obj.dim} if obj.kind == "embedder" else {}
+        registry.add(name or _default_name(target, obj), obj.kind, obj, target, **info)
     for spec in indexes:
-        from firstepoch.retrieval.index import Index
-
         name, _, target = spec.partition("=") if "=" in spec else (spec, "", spec)
         registry.add(Path(name).name, "index", Index.open(target, create=False), target)
 
 
-def _is_sentence_transformers(target: str) -> bool:
+def _default_name(target: str, obj) -> str:
+    """A bundled name as it is, an embedder by its own name, a bundle by its run's name, a file by its stem."""
+    from firstepoch.bundle import is_bundle
+    from firstepoch.llm.models import BUNDLED
+
     path = Path(target)
-    return path.is_dir() and (path / "modules.json").is_file() and (path / "tokenizer.json").is_file()
+    if obj.kind == "embedder":
+        return obj.name
+    if target in BUNDLED:
+        return target
+    if is_bundle(path):
+        return _bundle_name(path)
+    return path.stem if path.suffix == ".gguf" else path.name
 
 
 def _bundle_name(path: Path) -> str:

@@ -4,7 +4,7 @@ import torch
 
 from firstepoch import FirstEpochError, Learner
 from firstepoch.core.optim import muon_groups, newton_schulz
-from firstepoch.data import lm, samples
+from firstepoch.data import DataLoaders, samples
 from firstepoch.models.transformer import Transformer, TransformerConfig
 
 
@@ -38,7 +38,7 @@ def test_muon_trains_a_small_gpt_further_than_adamw_in_the_same_steps(tmp_path):
     corpus.write_text(text, encoding="utf-8")
     losses = {}
     for opt in ("adamw", "muon"):
-        dls = lm.from_text(corpus, context=32, batch_size=16, steps_per_epoch=60, cache_dir=tmp_path)
+        dls = DataLoaders.from_text(corpus, context=32, batch_size=16, steps_per_epoch=60, cache_dir=tmp_path)
         torch.manual_seed(0)
         model = Transformer(TransformerConfig(vocab_size=dls.n_out, dim=64, n_layers=2, n_heads=4, context=32))
         learn = Learner(dls, model, opt=opt, progress=False)

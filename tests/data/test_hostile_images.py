@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from firstepoch import FirstEpochError
-from firstepoch.bundle import Predictor
+from firstepoch.predictor import Predictor
 from firstepoch.data import images
 from firstepoch.data.images import ImagePreprocessor, open_image, render_pdf, scan_images
 

@@ -9,7 +9,7 @@ from PIL import Image
 from firstepoch import FirstEpochError
 from firstepoch.data import images
 from firstepoch.data.images import ImagePreprocessor, open_image
-from firstepoch.data.loaders import preprocessor_from_config
+from firstepoch.data.loaders import DataLoaders, preprocessor_from_config
 
 
 def write(path, mode="RGB", size=(12, 10), color=None, fmt=None, **save):
@@ -35,8 +35,8 @@ def folder(tmp_path):
 
 
 def test_from_folder_labels_and_a_seeded_split(folder):
-    dls = images.from_folder(folder, size=8, valid_pct=0.2, seed=1)
-    again = images.from_folder(folder, size=8, valid_pct=0.2, seed=1)
+    dls = DataLoaders.from_folder(folder, size=8, valid_pct=0.2, seed=1)
+    again = DataLoaders.from_folder(folder, size=8, valid_pct=0.2, seed=1)
     assert dls.classes == ["cat", "dog"] and dls.n_out == 2 and dls.input_shape == [3, 8, 8]
     assert (dls.info["n_train"], dls.info["n_valid"]) == (16, 4)
     assert dls.valid.dataset.paths == again.valid.dataset.paths
@@ -47,8 +47,8 @@ def test_from_folder_labels_and_a_seeded_split(folder):
 
 
 def test_a_test_split_is_held_out_first_and_never_trained_on(folder):
-    dls = images.from_folder(folder, size=8, valid_pct=0.25, test_pct=0.2, seed=3)
-    other = images.from_folder(folder, size=8, valid_pct=0.5, test_pct=0.2, seed=3)
+    dls = DataLoaders.from_folder(folder, size=8, valid_pct=0.25, test_pct=0.2, seed=3)
+    other = DataLoaders.from_folder(folder, size=8, valid_pct=0.5, test_pct=0.2, seed=3)
     test = set(dls.test.dataset.paths)
     assert len(test) == 4 and dls.info["n_test"] == 4 and (dls.info["n_train"], dls.info["n_valid"]) == (12, 4)
     assert not test & (set(dls.train.dataset.paths) | set(dls.valid.dataset.paths))
@@ -60,7 +60,7 @@ def test_train_valid_test_folders(tmp_path):
         for cls in ("a", "b"):
             for i in range(n):
                 write(tmp_path / split / cls / f"{i}.jpg", fmt="JPEG")
-    dls = images.from_folder(tmp_path, size=8)
+    dls = DataLoaders.from_folder(tmp_path, size=8)
     assert (dls.info["n_train"], dls.info["n_valid"], dls.info["n_test"]) == (12, 4, 6)
     assert len(dls.test.dataset) == 6
 
@@ -69,21 +69,21 @@ def test_labels_from_a_csv_and_from_file_names(folder, tmp_path):
     labels = tmp_path / "labels.csv"
     rows = [f"{p.relative_to(folder)},{'odd' if int(p.stem[-1]) % 2 else 'even'}" for p in sorted(folder.rglob("*.png"))]
     labels.write_text("file,label\n" + "\n".join(rows) + "\n")
-    assert images.from_folder(folder, labels=labels, size=8).classes == ["even", "odd"]
-    by_regex = images.from_name_func(folder, label_func=r"^([a-z]+)_\d+", size=8)
-    by_func = images.from_name_func(folder, label_func=lambda p: p.name.split("_")[0], size=8)
+    assert DataLoaders.from_folder(folder, labels=labels, size=8).classes == ["even", "odd"]
+    by_regex = DataLoaders.from_name_func(folder, label_func=r"^([a-z]+)_\d+", size=8)
+    by_func = DataLoaders.from_name_func(folder, label_func=lambda p: p.name.split("_")[0], size=8)
     assert by_regex.classes == by_func.classes == ["cat", "dog"]
     assert by_regex.train.dataset.labels == by_func.train.dataset.labels
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(folder):
-    ds = images.from_folder(folder, size=8).train.dataset
+    ds = DataLoaders.from_folder(folder, size=8).train.dataset
     assert torch.equal(ds[(0, 3)][0], ds[(0, 3)][0])
     assert not torch.equal(ds[(0, 3)][0], ds[(1, 3)][0])
 
 
 def test_a_saved_preprocessor_encodes_a_file_exactly_as_the_valid_loader(folder):
-    dls = images.from_folder(folder, size=8)
+    dls = DataLoaders.from_folder(folder, size=8)
     ds = dls.valid.dataset
     reloaded = preprocessor_from_config(dls.preprocessor.to_config())
     for i in range(len(ds)):
@@ -99,7 +99,7 @@ def test_bad_files_are_skipped_with_one_warning_naming_them(folder):
     (folder / "dog" / "cut.jpg").write_bytes(good.getvalue()[:300])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dls = images.from_folder(folder, size=8)
+        dls = DataLoaders.from_folder(folder, size=8)
     [warning] = [str(w.message) for w in caught]
     assert "skipped 3 unreadable image(s) of 23" in warning and "empty.png: empty file" in warning
     assert dls.info["skipped"] == 3 and dls.info["n_train"] + dls.info["n_valid"] == 20
@@ -127,26 +127,26 @@ def test_grayscale_folders_give_one_channel_mixed_give_three(tmp_path):
     for cls in ("a", "b"):
         for i in range(5):
             write(tmp_path / "g" / cls / f"{i}.png", mode="L")
-    assert images.from_folder(tmp_path / "g", size=8).input_shape == [1, 8, 8]
+    assert DataLoaders.from_folder(tmp_path / "g", size=8).input_shape == [1, 8, 8]
     write(tmp_path / "g" / "a" / "color.png", mode="RGB")
-    dls = images.from_folder(tmp_path / "g", size=8)
+    dls = DataLoaders.from_folder(tmp_path / "g", size=8)
     assert dls.input_shape == [3, 8, 8] and dls.one_batch()[0].shape[1] == 3
 
 
 @pytest.mark.parametrize("setup, call, message", [
-    (lambda p: None, lambda p: images.from_folder(p / "nope"), "nope: no such folder"),
+    (lambda p: None, lambda p: DataLoaders.from_folder(p / "nope"), "nope: no such folder"),
     (lambda p: (p / "one" / "face").mkdir(parents=True) or write(p / "one" / "face" / "1.png"),
-     lambda p: images.from_folder(p / "one"), r"only 1 class found \('face'\)"),
+     lambda p: DataLoaders.from_folder(p / "one"), r"only 1 class found \('face'\)"),
     (lambda p: (write(p / "e" / "a" / "1.png"), (p / "e" / "b").mkdir()),
-     lambda p: images.from_folder(p / "e"), "b: class folder has no images"),
-    (lambda p: write(p / "flat" / "1.png"), lambda p: images.from_folder(p / "flat"),
+     lambda p: DataLoaders.from_folder(p / "e"), "b: class folder has no images"),
+    (lambda p: write(p / "flat" / "1.png"), lambda p: DataLoaders.from_folder(p / "flat"),
      "no class sub-folders.*label-regex"),
     (lambda p: [write(p / "r" / f"x{i}.png") for i in range(4)],
-     lambda p: images.from_name_func(p / "r", label_func=r"^(cat|dog)_"), "does not match this file name"),
+     lambda p: DataLoaders.from_name_func(p / "r", label_func=r"^(cat|dog)_"), "does not match this file name"),
     (lambda p: [write(p / "s" / c / f"{i}.png") for c in "ab" for i in range(2)],
-     lambda p: images.from_folder(p / "s", valid_pct=0.1), "validation split is empty"),
+     lambda p: DataLoaders.from_folder(p / "s", valid_pct=0.1), "validation split is empty"),
     (lambda p: [write(p / "t" / c / f"{i}.png") for c in "ab" for i in range(5)],
-     lambda p: images.from_folder(p / "t", batch_size=64), "only 8 training items but batch size 64"),
+     lambda p: DataLoaders.from_folder(p / "t", batch_size=64), "only 8 training items but batch size 64"),
 ])
 def test_bad_input_is_one_clear_error(tmp_path, setup, call, message):
     setup(tmp_path)

@@ -7,7 +7,6 @@ import torch
 
 from firstepoch import DataLoaders, FirstEpochError, Learner
 from firstepoch.data import samples
-from firstepoch.data.lm import from_text
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def text_file(tmp_path_factory):
 
 
 def test_windows_are_next_token_pairs_split_by_position(text_file, tmp_path):
-    dls = from_text(text_file, context=32, batch_size=8, steps_per_epoch=5, cache_dir=tmp_path)
+    dls = DataLoaders.from_text(text_file, context=32, batch_size=8, steps_per_epoch=5, cache_dir=tmp_path)
     train, valid = dls.train.dataset, dls.valid.dataset
     x, y = train[(0, 3)]
     assert x.shape == y.shape == (32,) and torch.equal(x[1:], y[:-1])
@@ -31,25 +30,25 @@ def test_windows_are_next_token_pairs_split_by_position(text_file, tmp_path):
 
 
 def test_the_token_file_is_a_reused_memory_map(text_file, tmp_path):
-    a = from_text(text_file, context=16, cache_dir=tmp_path)
+    a = DataLoaders.from_text(text_file, context=16, cache_dir=tmp_path)
     assert isinstance(a.train.dataset.tokens, np.memmap)
     [bin_file] = tmp_path.glob("*.bin")
     stamp = bin_file.stat().st_mtime_ns
-    b = from_text(text_file, context=16, cache_dir=tmp_path)
+    b = DataLoaders.from_text(text_file, context=16, cache_dir=tmp_path)
     assert bin_file.stat().st_mtime_ns == stamp and b.info["tokens"] == a.info["tokens"]
 
 
 def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait \xff\xfe " * 40)
     with pytest.warns(UserWarning, match="120 character"):  # 3 undecodable bytes x 40
-        dls = from_text(tmp_path / "bad.txt", context=16, batch_size=4, steps_per_epoch=2, cache_dir=tmp_path)
+        dls = DataLoaders.from_text(tmp_path / "bad.txt", context=16, batch_size=4, steps_per_epoch=2, cache_dir=tmp_path)
     assert "\ufffd" in dls.preprocessor.tokenizer.chars
 
 
 def test_a_corpus_too_short_for_the_context_says_how_many_tokens(tmp_path):
     (tmp_path / "short.txt").write_text("To be, or not to be.")
     with pytest.raises(FirstEpochError, match=r"20 tokens, but 65 are needed.*lower --context"):
-        from_text(tmp_path / "short.txt", context=64, cache_dir=tmp_path)
+        DataLoaders.from_text(tmp_path / "short.txt", context=64, cache_dir=tmp_path)
 
 
 def test_a_tiny_gpt_learns_real_text_well_below_its_unigram_entropy(text_file, tmp_path):
@@ -70,7 +69,7 @@ def test_gpt_training_resumes_bit_exactly(text_file, tmp_path):
     from firstepoch.models.transformer import Transformer, TransformerConfig
     from tests.core.test_checkpoint import InterruptAt
 
-    dls = from_text(text_file, context=16, batch_size=8, steps_per_epoch=10, cache_dir=tmp_path)
+    dls = DataLoaders.from_text(text_file, context=16, batch_size=8, steps_per_epoch=10, cache_dir=tmp_path)
 
     def learner(run=None, callbacks=()):
         torch.manual_seed(0)

@@ -1,4 +1,4 @@
-from firstepoch.data import images, samples
+from firstepoch.data import DataLoaders, images, samples
 
 
 def test_digits_are_written_once_as_a_real_image_folder(tmp_path):
@@ -9,7 +9,7 @@ def test_digits_are_written_once_as_a_real_image_folder(tmp_path):
     assert sorted(d.name for d in (path / "train").iterdir()) == [str(i) for i in range(10)]
     stamp = files[0].stat().st_mtime_ns
     assert samples.digits(tmp_path / "digits") == path and files[0].stat().st_mtime_ns == stamp
-    dls = images.from_folder(path / "train", size=16, flip=False)
+    dls = DataLoaders.from_folder(path / "train", size=16, flip=False)
     assert dls.classes == [str(i) for i in range(10)] and dls.input_shape == [1, 16, 16]
 
 

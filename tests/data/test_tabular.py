@@ -7,7 +7,7 @@ from sklearn.datasets import load_diabetes, load_iris
 
 from firstepoch import FirstEpochError, Learner
 from firstepoch.data import tabular
-from firstepoch.data.loaders import preprocessor_from_config
+from firstepoch.data.loaders import DataLoaders, preprocessor_from_config
 
 
 def write_csv(path, header, rows, delimiter=","):
@@ -28,19 +28,19 @@ def iris(tmp_path):
 
 
 def test_classification_from_text_targets_with_encoding(iris):
-    dls = tabular.from_csv(iris, "species", seed=3)
+    dls = DataLoaders.from_csv(iris, "species", seed=3)
     assert dls.task == "classification" and dls.classes == ["setosa", "versicolor", "virginica"]
     assert (dls.info["n_train"], dls.info["n_valid"]) == (120, 30)
     pre = dls.preprocessor
     assert "sepal width (cm)_missing" in pre.features and "color=<other>" in pre.features
     x_train = dls.train.dataset.x
     assert x_train[:, 0].mean().abs() < 1e-5 and x_train[:, 0].std() == pytest.approx(1, abs=0.01)
-    again = tabular.from_csv(iris, "species", seed=3)
+    again = DataLoaders.from_csv(iris, "species", seed=3)
     assert torch.equal(again.valid.dataset.x, dls.valid.dataset.x)
 
 
 def test_unseen_and_missing_categories_go_to_the_other_slot(iris):
-    pre = tabular.from_csv(iris, "species").preprocessor
+    pre = DataLoaders.from_csv(iris, "species").preprocessor
     row = {"sepal length (cm)": 5.0, "sepal width (cm)": "", "petal length (cm)": 1.0, "petal width (cm)": 0.2}
     other = pre.features.index("color=<other>")
     assert pre.encode({**row, "color": "purple"})[other] == 1
@@ -49,7 +49,7 @@ def test_unseen_and_missing_categories_go_to_the_other_slot(iris):
 
 
 def test_a_saved_preprocessor_encodes_rows_bit_identically(iris):
-    dls = tabular.from_csv(iris, "species")
+    dls = DataLoaders.from_csv(iris, "species")
     reloaded = preprocessor_from_config(json.loads(json.dumps(dls.preprocessor.to_config())))
     rows = tabular.read_rows(iris)
     assert torch.equal(reloaded.encode_rows(rows), dls.preprocessor.encode_rows(rows))
@@ -57,18 +57,18 @@ def test_a_saved_preprocessor_encodes_rows_bit_identically(iris):
 
 def test_task_inference_and_override(tmp_path):
     small_ints = write_csv(tmp_path / "a.csv", ["x", "y"], [[i, i % 3] for i in range(40)])
-    assert tabular.from_csv(small_ints, "y").task == "classification"
-    assert tabular.from_csv(small_ints, "y").classes == ["0", "1", "2"]
-    assert tabular.from_csv(small_ints, "y", task="regression").task == "regression"
+    assert DataLoaders.from_csv(small_ints, "y").task == "classification"
+    assert DataLoaders.from_csv(small_ints, "y").classes == ["0", "1", "2"]
+    assert DataLoaders.from_csv(small_ints, "y", task="regression").task == "regression"
     d = load_diabetes()
     floats = write_csv(tmp_path / "d.csv", [*d.feature_names, "progress"], [[*x, t] for x, t in zip(d.data, d.target)],
                        delimiter=";")
-    dls = tabular.from_csv(floats, "progress")
+    dls = DataLoaders.from_csv(floats, "progress")
     assert dls.task == "regression" and dls.n_out == 1 and dls.train.dataset.y.dtype == torch.float32
 
 
 def test_an_mlp_learns_iris(iris):
-    learn = Learner(tabular.from_csv(iris, "species"), "mlp", progress=False)
+    learn = Learner(DataLoaders.from_csv(iris, "species"), "mlp", progress=False)
     assert learn.fit_one_cycle(10, 1e-2)[-1]["accuracy"] >= 0.9
 
 
@@ -84,5 +84,5 @@ def test_bad_csvs_are_one_clear_error_naming_the_file(tmp_path, make, target, me
     path = tmp_path / "data.csv"
     make(path)
     with pytest.raises(FirstEpochError, match=message) as err:
-        tabular.from_csv(path, target)
+        DataLoaders.from_csv(path, target)
     assert "data.csv" in str(err.value)
