@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,12 @@ $(VENV)/.chromium:
 		echo "chromium could not be installed: the browser test will be skipped"
 	touch $@
 
-test: $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium
+# the line budget, import cycles and lint errors (config in pyproject.toml)
+lint: $(VENV)/.installed
+	$(PY) -m ruff check firstepoch tests benchmarks
+	$(PY) -m pylint --score=n firstepoch
+
+test: lint $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.bench

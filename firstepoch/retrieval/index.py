@@ -18,13 +18,11 @@ index; SQLite rolls the unfinished transaction back.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,27 +32,13 @@ import numpy as np
 from firstepoch.errors import FirstEpochError
 from firstepoch.retrieval.chunk import chunk_pages
 from firstepoch.retrieval.documents import READERS, NoText, Unreadable, read_document
+from firstepoch.retrieval.storage import NO_ROOM_ERRNOS, connect, graph_threads, new_graph, no_room, writing
 
 EXACT_LIMIT = 20_000  # up to this many chunks a search scans every vector (about 2 ms); above, HNSW
 SEARCH_MODES = ("hybrid", "vector", "lexical")
 # hybrid score = 0.4 x cosine + 0.6 x BM25, each scaled to [0, 1] over the query's candidates; on the retrieval
 # evaluation (benchmarks/retrieval_eval.py) this beat vector, BM25 and reciprocal rank fusion alike
 VECTOR_WEIGHT = 0.4
-# a write that found no room: SQLite says SQLITE_FULL for ENOSPC, and SQLITE_IOERR_WRITE (or _SHMSIZE, growing the
-# -shm file) when a write failed with EFBIG (a file-size limit) or EDQUOT (a quota); Python's own writes raise
-# OSError with one of these errno values
-_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-_NO_ROOM_SQLITE = {13: "database or disk is full", 778: "disk I/O error", 4874: "disk I/O error"}
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, root TEXT NOT NULL, hash TEXT NOT NULL,
-                                  status TEXT NOT NULL, detail TEXT, chunks INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (id INTEGER PRIMARY KEY AUTOINCREMENT, path TEXT NOT NULL, page INTEGER,
-                                   start INTEGER NOT NULL, end INTEGER NOT NULL, text TEXT NOT NULL,
-                                   vector BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path);
-CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5 (text, tokenize = 'porter unicode61');
-"""
 
 
 @dataclass
@@ -146,9 +130,9 @@ class Index:
             if not create:
                 raise FirstEpochError(f"no index {name!r} at {path}; make it with: firstepoch index DOCS "
                                       f"--index {name}")
-            with _writing(path):
+            with writing(path):
                 path.mkdir(parents=True, exist_ok=True)
-        db = _connect(db_file)
+        db = connect(db_file)
         recorded = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if recorded:
             if model is not None and model != recorded["model"]:
@@ -173,7 +157,7 @@ class Index:
             from firstepoch.retrieval.embed import resolve_embedder
 
             embedder = load_embedder(model)
-            with _writing(path), db:
+            with writing(path), db:
                 db.executemany("INSERT INTO meta VALUES (?, ?)", [
                     ("model", embedder.name), ("model_path", str(resolve_embedder(model))),
                     ("dim", str(embedder.dim)), ("normalized", "true"), ("generation", "0"),
@@ -221,7 +205,7 @@ class Index:
         `document_files(folder)` when the caller already listed them.
 
         Raises FirstEpochError when the disk is full; the index then holds every file up to the last commit."""
-        with _writing(self.path):
+        with writing(self.path):
             return self._add(folder, chunk_tokens, overlap, progress, files)
 
     def _add(self, folder, chunk_tokens, overlap, progress, files) -> Report:
@@ -327,21 +311,21 @@ class Index:
         ann = None
         previous = self._ann_file(start_generation)
         if previous.exists() and (removed or added):
-            ann = _new_ann(self.embedder.dim)
+            ann = new_graph(self.embedder.dim)
             ann.load(str(previous))
             gone = [i for i in removed if i in ann]
             if gone:
                 ann.remove(gone)
             if added:
                 ids, matrix = self._vectors_of(added)
-                ann.add(ids, matrix, threads=_add_threads(len(ann) + len(ids)))
+                ann.add(ids, matrix, threads=graph_threads(len(ann) + len(ids)))
         self._save_ann(ann or self._build_ann(), generation)
 
     def _build_ann(self):
         ids, matrix = self._all_vectors()
-        ann = _new_ann(self.embedder.dim)
+        ann = new_graph(self.embedder.dim)
         if len(ids):
-            ann.add(ids, matrix, threads=_add_threads(len(ids)))
+            ann.add(ids, matrix, threads=graph_threads(len(ids)))
         return ann
 
     def _save_ann(self, ann, generation: int) -> None:
@@ -352,9 +336,9 @@ class Index:
             os.replace(tmp, target)
         except (RuntimeError, OSError) as exc:  # usearch says only "Failed to serialize into stream"
             tmp.unlink(missing_ok=True)  # a part-written graph only takes the room a second run needs
-            if isinstance(exc, OSError) and exc.errno not in _NO_ROOM_ERRNOS:
+            if isinstance(exc, OSError) and exc.errno not in NO_ROOM_ERRNOS:
                 raise
-            raise _no_room(self.path, f"the vector graph: {exc}") from None
+            raise no_room(self.path, f"the vector graph: {exc}") from None
         self._drop_old_ann(keep=generation)
         self._ann, self._ann_generation = ann, generation
 
@@ -390,7 +374,7 @@ class Index:
         if self._ann is None or self._ann_generation != generation:
             file = self._ann_file(generation)
             if file.exists():
-                ann = _new_ann(self.embedder.dim)
+                ann = new_graph(self.embedder.dim)
                 ann.view(str(file))  # memory-mapped, not read into memory
                 self._ann, self._ann_generation = ann, generation
             else:  # an indexing run stopped before writing it: rebuild from the database
@@ -499,59 +483,6 @@ def _fuse(vector: list[tuple[int, float]], lexical: list[tuple[int, float]], wei
     v, b = scaled(vector), scaled(lexical)
     scores = {i: weight * v.get(i, 0.0) + (1 - weight) * b.get(i, 0.0) for i in v.keys() | b.keys()}
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-
-
-def _connect(file: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(file), timeout=30, check_same_thread=False)  # a server uses it from one worker thread
-    try:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
-        db.executescript(_SCHEMA)
-    except sqlite3.DatabaseError as exc:
-        db.close()
-        if _is_no_room(exc):  # not a damaged index: the disk is full
-            raise _no_room(file.parent, exc) from None
-        raise FirstEpochError(f"{file}: not a firstepoch index ({exc}); remove it or choose another --index") from None
-    return db
-
-
-def _is_no_room(exc: BaseException) -> bool:
-    """Whether `exc` is a write that failed for want of space (disk, quota or file-size limit)."""
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; before that, SQLite's message says it
-        return code in _NO_ROOM_SQLITE if code is not None else str(exc) in _NO_ROOM_SQLITE.values()
-    return isinstance(exc, OSError) and exc.errno in _NO_ROOM_ERRNOS
-
-
-def _no_room(path: Path, detail) -> FirstEpochError:
-    return FirstEpochError(f"index {path}: cannot write ({detail}); the disk or your quota is full: free some space "
-                           f"and run again (files indexed before are kept)")
-
-
-@contextmanager
-def _writing(path: Path):
-    """One clear line instead of a traceback when a write to the index at `path` finds no room."""
-    try:
-        yield
-    except (sqlite3.Error, OSError) as exc:
-        if not _is_no_room(exc):
-            raise
-        raise _no_room(path, exc) from None
-
-
-def _new_ann(dim: int):
-    """usearch's HNSW over unit vectors (inner product = cosine), stored as fp16. Chosen over FAISS's HNSW
-    (faster per query here, see BENCHMARKS.md) because it deletes keys for real and maps its file instead
-    of reading it; 96 candidates per search reach recall@10 0.97 on 100,000 real embeddings."""
-    from usearch.index import Index as Graph
-
-    return Graph(ndim=dim, metric="ip", dtype="f16", connectivity=16, expansion_add=128, expansion_search=96)
-
-
-def _add_threads(size: int) -> int:
-    """Threads for inserting into the graph: one below 50,000 vectors, where concurrent inserts were seen to
-    leave a node unreachable now and then (a test with 136 vectors missed two in one build of four)."""
-    return 1 if size < 50_000 else (os.cpu_count() or 1)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
