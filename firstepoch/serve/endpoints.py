@@ -159,7 +159,7 @@ async def ask(name: str, request: Request):
     """Streamed as NDJSON: first {"citations": [...]}, then {"text": piece} lines, then {"done": true}."""
     import anyio
 
-    from firstepoch.serve.streaming import ReservedStream, generated_text, stream_generation
+    from firstepoch.serve.streaming import ReservedStream, generated_text, start_generation, stream_generation
 
     state = _state(request)
     served = _index(request, name)
@@ -179,7 +179,8 @@ async def ask(name: str, request: Request):
     if not stream:
         text = plan["refusal"]
         if text is None:
-            text = await generated_text(request, llm, plan["ids"], plan["max_new"], plan["options"], state)
+            generation = start_generation(llm, plan["ids"], plan["max_new"], plan["options"])
+            text = await generated_text(request, llm, generation, state)
             if text is None:  # the client has gone
                 return Response(status_code=499)
         return {"index": served.name, "answer": text, "answered": plan["refusal"] is None,
@@ -192,7 +193,8 @@ async def ask(name: str, request: Request):
             yield json.dumps({"text": plan["refusal"]}) + "\n"
         else:
             async with reservation:
-                async for piece in stream_generation(llm, plan["ids"], plan["max_new"], plan["options"], state):
+                generation = start_generation(llm, plan["ids"], plan["max_new"], plan["options"])
+                async for piece in stream_generation(llm, generation, state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 

@@ -79,10 +79,13 @@ def test_chat_answer_equals_llama_cpp(smollm, llama):
 
 
 def test_chat_stops_at_the_end_of_turn_and_reports_why(smollm):
-    answer = smollm.chat([{"role": "user", "content": "Say hello."}], stream=False, temperature=0, max_new_tokens=64)
-    assert answer and "<|im_end|>" not in answer and smollm.stats["finish_reason"] == "stop"
-    smollm.generate("Once upon a time", stream=False, temperature=0, max_new_tokens=3)
-    assert smollm.stats == {**smollm.stats, "finish_reason": "length", "completion_tokens": 3}
+    reply = smollm.chat([{"role": "user", "content": "Say hello."}], temperature=0, max_new_tokens=64)
+    answer = "".join(reply)
+    assert answer and "<|im_end|>" not in answer and reply.stats.finish_reason == "stop"
+    story = smollm.generate("Once upon a time", temperature=0, max_new_tokens=3)
+    "".join(story)
+    assert (story.stats.finish_reason, story.stats.completion_tokens) == ("length", 3)
+    assert reply.stats.finish_reason == "stop"  # each generation keeps its own figures
 
 
 def test_a_prompt_longer_than_the_context_is_refused(smollm):
@@ -91,8 +94,9 @@ def test_a_prompt_longer_than_the_context_is_refused(smollm):
 
 
 def test_stop_strings_end_the_text_before_them(smollm):
-    text = smollm.generate("1, 2, 3, 4, 5,", stream=False, temperature=0, max_new_tokens=20, stop=[" 8"])
-    assert text.startswith(" 6, 7,") and " 8" not in text and smollm.stats["finish_reason"] == "stop"
+    generation = smollm.generate("1, 2, 3, 4, 5,", temperature=0, max_new_tokens=20, stop=[" 8"])
+    text = "".join(generation)
+    assert text.startswith(" 6, 7,") and " 8" not in text and generation.stats.finish_reason == "stop"
 
 
 # ------------------------------------------------------------------------------------------ wrong files
