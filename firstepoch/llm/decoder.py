@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import ctypes
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from firstepoch.errors import FirstEpochError
 from firstepoch.models.transformer import Block, KVCache, Transformer, TransformerConfig
+
+if TYPE_CHECKING:
+    from firstepoch.llm.kernels import Kernels, LayerShape
 
 # tokens a C call when prefilling, as llama.cpp's default batch: a one-token call sums attention in another order
 PREFILL_CHUNK = 512
@@ -69,14 +73,14 @@ class CLayers:
     """What the C path of an `InferenceTransformer` holds: every layer's fused weights, llama.cpp's rope tables,
     and the layer pointers bound to the KV caches in use (`bind`). Built by `CLayers.prepare(model)`."""
 
-    kernels: object  # firstepoch.llm.kernels.Kernels
+    kernels: Kernels
     config: TransformerConfig
     layers: list[CLayer]
     rope_cos: torch.Tensor  # (context, head_dim / 2), as llama.cpp builds its angles
     rope_sin: torch.Tensor
     caches: list[KVCache] | None = field(default=None, repr=False)  # what `pointers` point into
     pointers: ctypes.Array | None = field(default=None, repr=False)  # a LayerWeights per layer
-    shape: object = field(default=None, repr=False)  # the LayerShape of the bound caches
+    shape: LayerShape | None = field(default=None, repr=False)  # the sizes of the bound caches
 
     @classmethod
     def prepare(cls, model: Transformer) -> "CLayers | None":

@@ -66,8 +66,8 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     if c.get("sliding_window") and c.get("use_sliding_window", True) is not False:  # Mistral v0.1: local attention
         trained = min(trained, number("sliding_window"))  # within the window it is ordinary attention
     return TransformerConfig(  # PyTorch's attention: llama.cpp's fp16 rounding is for matching it on GGUF files
-        attention="torch", vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"), n_heads=heads,
-        n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
+        attention="torch", vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"),
+        n_heads=heads, n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
         context=min(context or trained, trained), norm_eps=number("rms_norm_eps", 1e-5, float),
         rope_theta=number("rope_theta", 10000.0, float), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
 

@@ -158,8 +158,8 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
     tokens = g.metadata.get("tokenizer.ggml.tokens")
     vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
     return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
-        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads, n_kv_heads=n_kv_heads,
-        hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
+        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads,
+        n_kv_heads=n_kv_heads, hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
         norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
 
