@@ -243,15 +243,6 @@ def _load_llm(model, context, chat_template, device=None):
     return lm
 
 
-def _speed_line(stats: dict) -> str:
-    prompt = stats.get("prompt_tokens", 0) / max(stats.get("prompt_seconds", 0), 1e-9)
-    decoded = max(stats.get("completion_tokens", 0) - 1, 0)
-    decode = decoded / stats["decode_seconds"] if stats.get("decode_seconds") else 0.0
-    return (f"{stats.get('prompt_tokens', 0)} prompt tokens at {prompt:.1f} tokens/s, "
-            f"{stats.get('completion_tokens', 0)} generated at {decode:.1f} tokens/s "
-            f"(finish: {stats.get('finish_reason', '?')})")
-
-
 @app.command()
 def generate(
     model: str = typer.Argument(..., help=_MODEL_HELP),
@@ -273,14 +264,14 @@ def generate(
     pieces = lm.generate(prompt, max_new_tokens=max_tokens, **options)
     if json_out:
         text = "".join(pieces)
-        print(json.dumps({"prompt": prompt, "text": text, **lm.stats}))
+        print(json.dumps({"prompt": prompt, "text": text, **pieces.stats.to_dict()}))
         return
     sys.stdout.write(prompt)
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    print(_speed_line(lm.stats), file=sys.stderr)
+    print(pieces.stats.summary(), file=sys.stderr)
 
 
 @app.command()
@@ -319,9 +310,10 @@ def chat(
         if not text:
             continue
         messages.append({"role": "user", "content": text})
-        answer = []
+        answer, reply = [], None
         try:
-            for piece in lm.chat(messages, max_new_tokens=max_tokens, **options):
+            reply = lm.chat(messages, max_new_tokens=max_tokens, **options)
+            for piece in reply:
                 answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -333,8 +325,8 @@ def chat(
             continue
         print()
         messages.append({"role": "assistant", "content": "".join(answer)})
-        if speed:
-            console.print(_speed_line(lm.stats), style="dim", highlight=False)
+        if speed and reply is not None:
+            console.print(reply.stats.summary(), style="dim", highlight=False)
 
 
 def _enable_history() -> None:

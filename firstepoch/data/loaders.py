@@ -8,15 +8,35 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from firstepoch.data import images, lm, tabular
 from firstepoch.data.core import (TASKS, Preprocessor, TensorDataset, TensorPreprocessor, check_batch_size, infer_task,
                                   make_loader, split_indices, tensor_fingerprint)
 from firstepoch.errors import FirstEpochError
 
+# Each kind of data lives in its own module, imported when it is used: `import firstepoch` stays light (the image
+# module brings torchvision, and with it torch's compiler and triton).
+
+
+def _image(config: dict) -> Preprocessor:
+    from firstepoch.data.images import ImagePreprocessor
+
+    return ImagePreprocessor.from_config(config)
+
+
+def _tabular(config: dict) -> Preprocessor:
+    from firstepoch.data.tabular import TabularPreprocessor
+
+    return TabularPreprocessor.from_config(config)
+
+
+def _text(config: dict) -> Preprocessor:
+    from firstepoch.data.lm import TextPreprocessor
+
+    return TextPreprocessor.from_config(config)
+
+
 # a bundle's `preprocessing.kind` -> how to rebuild its preprocessor
 PREPROCESSORS: dict[str, Callable[[dict], Preprocessor]] = {
-    "tensor": TensorPreprocessor.from_config, "image": images.ImagePreprocessor.from_config,
-    "tabular": tabular.TabularPreprocessor.from_config, "text": lm.TextPreprocessor.from_config}
+    "tensor": TensorPreprocessor.from_config, "image": _image, "tabular": _tabular, "text": _text}
 
 
 def preprocessor_from_config(config: dict) -> Preprocessor:
@@ -75,22 +95,30 @@ class DataLoaders:
     @classmethod
     def from_folder(cls, path, **kwargs) -> "DataLoaders":
         """Images labelled by sub-folder names (arguments: `firstepoch.data.images.folder_parts`)."""
-        return cls(**images.folder_parts(path, **kwargs))
+        from firstepoch.data.images import folder_parts
+
+        return cls(**folder_parts(path, **kwargs))
 
     @classmethod
     def from_name_func(cls, path, files=None, label_func=None, **kwargs) -> "DataLoaders":
         """Images labelled from their file name by a function or regex (`firstepoch.data.images.name_func_parts`)."""
-        return cls(**images.name_func_parts(path, files, label_func, **kwargs))
+        from firstepoch.data.images import name_func_parts
+
+        return cls(**name_func_parts(path, files, label_func, **kwargs))
 
     @classmethod
     def from_text(cls, path, **kwargs) -> "DataLoaders":
         """Next-token windows over a text corpus (arguments: `firstepoch.data.lm.text_parts`)."""
-        return cls(**lm.text_parts(path, **kwargs))
+        from firstepoch.data.lm import text_parts
+
+        return cls(**text_parts(path, **kwargs))
 
     @classmethod
     def from_csv(cls, path, target: str, **kwargs) -> "DataLoaders":
         """Tabular data from a CSV file with a `target` column (arguments: `firstepoch.data.tabular.csv_parts`)."""
-        return cls(**tabular.csv_parts(path, target, **kwargs))
+        from firstepoch.data.tabular import csv_parts
+
+        return cls(**csv_parts(path, target, **kwargs))
 
 
 def from_tensors(x, y, valid_pct: float = 0.2, seed: int = 42, task: str | None = None,

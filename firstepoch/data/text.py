@@ -19,8 +19,11 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ".rst"}
 class Tokenizer(Protocol):
     kind: str
     vocab_size: int
+    end_ids: frozenset[int]  # tokens that end a generation: none, a GPT of your own runs to its token limit
 
     def encode(self, text: str) -> list[int]: ...
+
+    def encode_prompt(self, text: str, special: bool = False) -> list[int]: ...  # as llm.generate's PromptTokenizer
 
     def decode(self, ids: list[int]) -> str: ...
 
@@ -32,6 +35,7 @@ class CharTokenizer:
     with unseen characters still encodes (as their UTF-8 bytes) and decodes back exactly."""
 
     kind = "char"
+    end_ids: frozenset[int] = frozenset()
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -51,6 +55,9 @@ class CharTokenizer:
             else:
                 ids.append(i)
         return ids
+
+    def encode_prompt(self, text: str, special: bool = False) -> list[int]:
+        return self.encode(text)  # no special tokens, no BOS
 
     def decode(self, ids: list[int]) -> str:
         out, pending, base = [], bytearray(), len(self.chars)
@@ -78,6 +85,7 @@ class BPETokenizer:
     """Byte-level BPE (GPT-2 style) trained on the corpus with Hugging Face `tokenizers`."""
 
     kind = "bpe"
+    end_ids: frozenset[int] = frozenset()
 
     def __init__(self, tokenizer):
         self._tok = tokenizer
@@ -100,6 +108,9 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str, special: bool = False) -> list[int]:
+        return self.encode(text)  # no special tokens, no BOS
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)

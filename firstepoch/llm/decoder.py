@@ -1,33 +1,28 @@
 """The Transformer for LLM inference, its layers run in C for prefill and decode alike.
 
 `InferenceTransformer` is the one `Transformer`. On the CPU, for one sequence, with every matrix of every
-layer in blocks the kernels multiply (Q4_0, Q4_1, Q8_0), `forward` runs all layers in one C call
-(`kernels/layers.c`), whose arithmetic is llama.cpp's operation by operation, so that a GGUF model's logits
-are the same bits as there. Other devices, batches and weight types run the PyTorch code; the two are
-tested against each other (tests/llm/test_decoder.py) and the C path against llama.cpp itself
-(tests/llm/test_models.py).
+layer in blocks the kernels multiply (Q4_0, Q4_1, Q8_0) and llama.cpp's attention arithmetic in its config,
+`forward` runs all layers in one C call (`kernels/layers.c`, through its `CLayers`), whose arithmetic is
+llama.cpp's operation by operation, so that a GGUF model's logits are the same bits as there. Other devices,
+batches and weight types run the PyTorch code; the two are tested against each other
+(tests/llm/test_decoder.py) and the C path against llama.cpp itself (tests/llm/test_models.py).
 """
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.transformer import Transformer
+from firstepoch.models.transformer import Block, KVCache, Transformer, TransformerConfig
+
+if TYPE_CHECKING:
+    from firstepoch.llm.kernels import Kernels, LayerShape
 
 # tokens a C call when prefilling, as llama.cpp's default batch: a one-token call sums attention in another order
 PREFILL_CHUNK = 512
-
-
-class _LayerWeights(ctypes.Structure):  # layers.c's layer_weights
-    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_qkv", "w_o", "w_gate_up", "w_down",
-                                                      "k_cache", "v_cache")] + [("types", ctypes.c_int * 4)]
-
-
-class _LayerShape(ctypes.Structure):  # layers.c's layer_shape
-    _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_heads", "n_kv", "head_dim", "hidden", "max_len")] + [
-        ("eps", ctypes.c_float)]
 
 
 def _fuse(*linears) -> torch.Tensor | None:
@@ -43,9 +38,9 @@ def _fuse(*linears) -> torch.Tensor | None:
     return fused
 
 
-def _check_layer(c, block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
+def _check_layer(c: TransformerConfig, block: Block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
     """Every array layers.c reads for one layer has the size the config says: it trusts them blindly."""
-    from firstepoch.llm.quant import BLOCK_TYPES
+    from firstepoch.llm.blocktypes import BLOCK_TYPES
 
     def row_bytes(lin, n_in: int) -> int:
         return BLOCK_TYPES[lin.qtype].row_bytes(n_in)
@@ -63,110 +58,140 @@ def _check_layer(c, block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
         raise ValueError("the C layers take fp32 norm weights")
 
 
+@dataclass
+class CLayer:
+    """One block's arrays as layers.c reads them: its norms and o/down matrices stay the block's own."""
+
+    block: Block
+    qkv: torch.Tensor  # q, k and v rows stacked, in blocks (q + 2 kv rows, row bytes)
+    gate_up: torch.Tensor  # gate and up rows stacked, in blocks (2 hidden rows, row bytes)
+    types: tuple[int, int, int, int]  # BlockType.code of qkv, o, gate_up, down
+
+
+@dataclass
+class CLayers:
+    """What the C path of an `InferenceTransformer` holds: every layer's fused weights, llama.cpp's rope tables,
+    and the layer pointers bound to the KV caches in use (`bind`). Built by `CLayers.prepare(model)`."""
+
+    kernels: Kernels
+    config: TransformerConfig
+    layers: list[CLayer]
+    rope_cos: torch.Tensor  # (context, head_dim / 2), as llama.cpp builds its angles
+    rope_sin: torch.Tensor
+    caches: list[KVCache] | None = field(default=None, repr=False)  # what `pointers` point into
+    pointers: ctypes.Array | None = field(default=None, repr=False)  # a LayerWeights per layer
+    shape: LayerShape | None = field(default=None, repr=False)  # the sizes of the bound caches
+
+    @classmethod
+    def prepare(cls, model: Transformer) -> "CLayers | None":
+        """Fuse q/k/v and gate/up blocks (no copy kept) for the C layers; None where they cannot run the model:
+        no kernels, attention other than llama.cpp's, a head size that is not a multiple of 16, or a matrix
+        not in one block type the kernels multiply."""
+        from firstepoch.llm.kernels import compiled_kernels
+        from firstepoch.llm.blocktypes import BLOCK_TYPES
+
+        kernels, c = compiled_kernels(), model.config
+        # layers.c's attention is llama.cpp's, and works 16 lanes at a time
+        if kernels is None or c.attention != "llamacpp_fp16" or c.head_dim % 16:
+            return None
+        layers = []
+        for block in model.layers:
+            a, m = block.attn, block.mlp
+            if any(getattr(lin, "blocks", None) is None for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)):
+                return None
+            qkv, gate_up = _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)
+            if qkv is None or gate_up is None:
+                return None
+            _check_layer(c, block, qkv, gate_up)
+            codes = tuple(BLOCK_TYPES[lin.qtype].code for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj))
+            layers.append(CLayer(block, qkv, gate_up, codes))
+        cos, sin = kernels.rope_tables(c.rope_theta, c.head_dim, c.context)
+        return cls(kernels, c, layers, cos, sin)
+
+    def bind(self, caches: list[KVCache]) -> None:
+        """Point the layers at these KV caches (one a layer), after checking their shapes: layers.c writes into
+        them at any position below their length. Nothing to do when they are bound already."""
+        from firstepoch.llm.kernels import LayerShape, LayerWeights
+
+        if self.caches is not None and all(a is b for a, b in zip(self.caches, caches)):
+            return
+        c, max_len = self.config, caches[0].k.shape[2]
+        for cache in caches:
+            k, v = cache.k, cache.v
+            if k.shape != (1, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
+                    k.dtype != torch.float32 or v.dtype != torch.float32 or not (k.is_contiguous() and
+                                                                               v.is_contiguous()):
+                raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
+                                 f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
+        pointers = (LayerWeights * len(self.layers))()
+        for entry, layer, cache in zip(pointers, self.layers, caches):
+            block = layer.block
+            entry.attn_norm, entry.mlp_norm = block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr()
+            entry.w_qkv, entry.w_o = layer.qkv.data_ptr(), block.attn.o_proj.blocks.data_ptr()
+            entry.w_gate_up, entry.w_down = layer.gate_up.data_ptr(), block.mlp.down_proj.blocks.data_ptr()
+            entry.k_cache, entry.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
+            entry.types[:] = layer.types
+        self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
+        self.caches, self.pointers = list(caches), pointers
+
+    def unbind(self) -> None:
+        self.caches = self.pointers = self.shape = None
+
+    def forward(self, x: torch.Tensor, start: int) -> None:
+        """All layers for the rows of x (contiguous fp32 (T, dim), updated in place) at positions
+        [start, start + T), into the bound caches, `PREFILL_CHUNK` tokens a C call."""
+        T = x.shape[0]
+        if start < 0 or start + T > self.shape.max_len:  # the caller says why (InferenceTransformer.forward)
+            raise ValueError(f"positions [{start}, {start + T}) are outside the bound KV cache")
+        for first in range(0, T, PREFILL_CHUNK):
+            self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first,
+                                        self.rope_cos, self.rope_sin)
+
+
 class InferenceTransformer(Transformer):
-    """A `Transformer` whose layers run in C when its weights allow (see the module's doc)."""
+    """A `Transformer` whose layers run in C when its weights allow (see the module's doc).
 
-    initialise = False  # every weight is loaded from the file
-    _layers_c: list | None = None
-    _rope: tuple[torch.Tensor, torch.Tensor] | None = None  # layers.c's cos and sin tables, (context, head_dim / 2)
-    _pointers = None  # (the cache they point into, the ctypes array of every layer's pointers, the layer shape)
+    `c_layers` is the C path (`CLayers`) once `prepare_c_layers()` found it possible, else None: then, or for
+    a batch or another device, `forward` is the PyTorch code.
+    """
 
-    def __init__(self, config):
-        super().__init__(config)
-        for block in self.layers:
-            block.attn.like_llamacpp = True  # the PyTorch path rounds to fp16 where layers.c does
+    def __init__(self, config: TransformerConfig, linear=None, embedding=None):
+        super().__init__(config, linear, embedding)
+        self.c_layers: CLayers | None = None
 
     def prepare_c_layers(self) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible."""
-        from firstepoch.llm.kernels import ggml_matmul
-        from firstepoch.llm.quant import BLOCK_TYPES
-
-        lib = ggml_matmul()
-        if lib is None or self.config.head_dim % 16:  # layers.c's attention works 16 lanes at a time
-            return False
-        layers = []
-        for block in self.layers:
-            a, m = block.attn, block.mlp
-            if any(lin.blocks is None for lin in (a.o_proj, m.down_proj)):
-                return False
-            qkv, gate_up = _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)
-            if qkv is None or gate_up is None:
-                return False
-            _check_layer(self.config, block, qkv, gate_up)
-            codes = [BLOCK_TYPES[lin.qtype].code for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)]
-            types = (ctypes.c_int * 4)(*codes)
-            layers.append((block, qkv, gate_up, types))
-        c = self.config
-        cos, sin = torch.empty(c.context, c.head_dim // 2), torch.empty(c.context, c.head_dim // 2)
-        lib.rope_tables_like_llamacpp(c.rope_theta, c.head_dim, c.context, cos.data_ptr(), sin.data_ptr())
-        self._layers_c, self._rope = layers, (cos, sin)
-        return True
+        self.c_layers = CLayers.prepare(self)
+        return self.c_layers is not None
 
     def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         cache = self.layers[0].attn.cache
-        if self._layers_c is None or ids.shape[0] != 1 or ids.device.type != "cpu" or (cache is None and start):
+        if self.c_layers is None or ids.shape[0] != 1 or ids.device.type != "cpu" or (cache is None and start):
             return super().forward(ids, start, last_only)
-        from firstepoch.llm.kernels import ggml_matmul
-
         c, T = self.config, ids.shape[1]
         self.check_fits(start, T)
         temporary = cache is None  # a whole text scored at once: a cache just for this pass
         if temporary:
             self.setup_cache(1, T)
-            cache = self.layers[0].attn.cache
         try:
-            max_len = cache.k.shape[2]
+            max_len = self.layers[0].attn.cache.k.shape[2]
             if start + T > max_len:
                 raise FirstEpochError(f"positions up to {start + T} are past the KV cache ({max_len} positions); "
                                       f"call setup_cache with a larger max_len")
             if start < 0 or ids.min() < 0 or ids.max() >= c.vocab_size:
                 raise FirstEpochError(f"token ids must be in [0, {c.vocab_size}) at positions >= 0")
-            if self._pointers is None or self._pointers[0] is not cache:
-                for layer in self.layers:  # layers.c writes into these at any position below max_len
-                    k, v = layer.attn.cache.k, layer.attn.cache.v
-                    if k.shape != (1, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
-                            k.dtype != torch.float32 or v.dtype != torch.float32 or not (k.is_contiguous() and
-                                                                                       v.is_contiguous()):
-                        raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
-                                         f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
-                shape = _LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
-                self._pointers = (cache, self._layer_pointers(), shape)
+            self.c_layers.bind([layer.attn.cache for layer in self.layers])
             x = self.embed_tokens(ids)[0].float().contiguous()  # (T, dim), updated in place layer by layer
-            for first in range(0, T, PREFILL_CHUNK):
-                self._run_layers(x[first:first + PREFILL_CHUNK], start + first)
+            self.c_layers.forward(x, start)
             if last_only:
                 x = x[-1:]
-            normed = torch.empty_like(x)
-            ggml_matmul().rms_norm_rows(x.data_ptr(), self.norm.weight.data_ptr(), c.norm_eps, c.dim, x.shape[0],
-                                        normed.data_ptr())
+            normed = self.c_layers.kernels.rms_norm_rows(x, self.norm.weight, c.norm_eps)
             return self.lm_head(normed).unsqueeze(0)  # (1, T or 1, vocab)
         finally:
             if temporary:
                 self.clear_cache()
 
-    def _run_layers(self, x: torch.Tensor, start: int) -> None:
-        """All layers for the rows of x (contiguous, (T, dim)) at positions [start, start + T), in one C call."""
-        from firstepoch.llm.kernels import ggml_matmul
-
-        lib, c, (_, layers, shape) = ggml_matmul(), self.config, self._pointers
-        T, threads = x.shape[0], torch.get_num_threads()
-        work = torch.empty(lib.layers_work_size(ctypes.byref(shape), T, threads))
-        widest = max(c.dim, c.hidden_dim, c.n_heads * c.head_dim)
-        scratch = torch.empty(T * widest // 32 * 36, dtype=torch.uint8)  # 8-bit activation blocks
-        cos, sin = self._rope
-        lib.forward_layers(x.data_ptr(), layers, c.n_layers, ctypes.byref(shape), start, T, cos.data_ptr(),
-                           sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
-
     def clear_cache(self) -> None:
         super().clear_cache()
-        self._pointers = None
-
-    def _layer_pointers(self):
-        layers = (_LayerWeights * len(self._layers_c))()
-        for entry, (block, qkv, gate_up, types) in zip(layers, self._layers_c):
-            entry.attn_norm, entry.mlp_norm = block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr()
-            entry.w_qkv, entry.w_o = qkv.data_ptr(), block.attn.o_proj.blocks.data_ptr()
-            entry.w_gate_up, entry.w_down = gate_up.data_ptr(), block.mlp.down_proj.blocks.data_ptr()
-            entry.k_cache, entry.v_cache = block.attn.cache.k.data_ptr(), block.attn.cache.v.data_ptr()
-            entry.types[:] = types
-        return layers
+        if self.c_layers is not None:
+            self.c_layers.unbind()

@@ -1,14 +1,15 @@
 """Text generation: prefill the prompt in one pass, then decode token by token from the KV cache.
 
-`sample_tokens` is the loop on token ids; `LanguageModel` adds the tokenizer, stop strings, the chat
-template and the timing figures (`lm.stats`) that `firstepoch generate` prints.
+`sample_tokens` is the loop on token ids; `LanguageModel` adds the tokenizer, stop strings and the chat
+template. Each streamed generation is a `Generation`, whose own `GenerationStats` (token counts, timings,
+finish reason) are what `firstepoch generate` prints and the server reports.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import asdict, dataclass
+from typing import AbstractSet, Iterator, Protocol
 
 import torch
 
@@ -137,42 +138,91 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-class LanguageModel:
-    """A tokenizer and a `Transformer` (+ a chat template): `generate(prompt)` and `chat(messages)` stream text.
+class PromptTokenizer(Protocol):
+    """What a `LanguageModel` asks of its tokenizer: an LLM's (`llm.tokenizer.LLMTokenizer`) or a GPT's own
+    (`data.text`)."""
 
-    After each generation `stats` holds prompt_tokens, prompt_seconds, completion_tokens, decode_seconds
-    and finish_reason ("stop": an end token or stop string; "length": the token limit).
+    end_ids: AbstractSet[int]  # tokens that end a generation; none for a GPT of your own
+
+    def encode_prompt(self, text: str, special: bool = False) -> list[int]: ...  # BOS and control tokens as due
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass
+class GenerationStats:
+    """The figures of one generation, filled in as it runs.
+
+    finish_reason is "stop" (an end token or a stop string), "length" (the token limit), or, from the server,
+    "timeout" or "shutdown" (cut short). prompt_seconds is the prefill's time up to the first new token,
+    decode_seconds the time of the tokens after it.
     """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "length"
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line of speeds, as `firstepoch generate` prints it."""
+        prompt = self.prompt_tokens / max(self.prompt_seconds, 1e-9)
+        decoded = max(self.completion_tokens - 1, 0)  # the first new token comes with the prefill
+        decode = decoded / self.decode_seconds if self.decode_seconds else 0.0
+        return (f"{self.prompt_tokens} prompt tokens at {prompt:.1f} tokens/s, {self.completion_tokens} generated "
+                f"at {decode:.1f} tokens/s (finish: {self.finish_reason})")
+
+
+class Generation:
+    """One streamed generation: iterate it for text pieces; `stats` are its own (final once it has ended),
+    so generations running side by side never mix their figures. `close()` stops it early."""
+
+    def __init__(self, pieces: Iterator[str], stats: GenerationStats):
+        self._pieces, self.stats = pieces, stats
+
+    def __iter__(self) -> "Generation":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
+class LanguageModel:
+    """A tokenizer and a `Transformer` (+ a chat template): `generate(prompt)` and `chat(messages)` stream text
+    as a `Generation`, which carries the `GenerationStats` of that call."""
 
     kind = "llm"  # what a server serves it as
 
-    def __init__(self, model, tokenizer, config: dict | None = None, chat=None):
+    def __init__(self, model, tokenizer: PromptTokenizer, config: dict | None = None, chat=None):
         self.model, self.tokenizer, self.config = model, tokenizer, config or {}
         self.chat_template = chat
-        self.stats: dict = {}
 
     @property
     def context(self) -> int:
         return self.model.config.context
 
     def encode(self, text: str, special: bool = False) -> list[int]:
-        if hasattr(self.tokenizer, "end_ids"):  # an LLM's tokenizer: BOS and control tokens
-            bos_text = self.tokenizer.token_text(self.tokenizer.bos_id) if self.tokenizer.bos_id is not None else None
-            add_bos = self.tokenizer.add_bos and not (special and bos_text and text.startswith(bos_text))
-            return self.tokenizer.encode(text, add_bos=add_bos, special=special)
-        return self.tokenizer.encode(text)
+        """A prompt's token ids; `special`: control-token text (a rendered chat template) becomes those tokens."""
+        return self.tokenizer.encode_prompt(text, special=special)
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stream: bool = True, min_p: float | None = None, repetition_penalty: float = 1.0,
                  stop: list[str] | None = None, special: bool = False):
-        """The continuation of `prompt` (text, or token ids): a generator of text pieces (`stream=True`)
-        or one string. Stops at the model's end tokens, at any of the `stop` strings, or after
+        """The continuation of `prompt` (text, or token ids): a `Generation` of text pieces with its stats
+        (`stream=True`) or one string. Stops at the model's end tokens, at any of the `stop` strings, or after
         `max_new_tokens`."""
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, special=special)
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
-        pieces = self._stream(ids, max_new_tokens, sampling, stop or [])
-        return pieces if stream else "".join(pieces)
+        stats = GenerationStats(prompt_tokens=len(ids))
+        generation = Generation(self._stream(ids, max_new_tokens, sampling, stop or [], stats), stats)
+        return generation if stream else "".join(generation)
 
     def chat(self, messages: list[dict], stream: bool = True, **options):
         """The assistant's answer to `messages` ([{"role": "user", "content": "..."}, ...]), through the
@@ -186,27 +236,27 @@ class LanguageModel:
             self.chat_template = ChatTemplate(None, self.tokenizer, origin=self.config.get("source", "model"))
         return self.chat_template.render(messages)
 
-    def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str]) -> Iterator[str]:
-        end_ids = set(getattr(self.tokenizer, "end_ids", ()))
+    def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str],
+                stats: GenerationStats) -> Iterator[str]:
+        end_ids = set(self.tokenizer.end_ids)
         # decoded after the prompt's last token, so a SentencePiece "▁word" keeps its space (a decoder strips
         # the leading space of a whole text, not of a continuation)
         prefix = ids[-1:] if end_ids else []
         skip = len(self.tokenizer.decode(prefix)) if prefix else 0
         new: list[int] = []
         shown = ""
-        self.stats = {"prompt_tokens": len(ids), "completion_tokens": 0, "finish_reason": "length"}
         started = time.perf_counter()
         # an LLM stops where its context ends, as llama.cpp does; a GPT of your own shifts its context
         tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
                                context_shift=not end_ids)
         for token in tokens:
             if not new:
-                self.stats["prompt_seconds"] = time.perf_counter() - started
+                stats.prompt_seconds = time.perf_counter() - started
                 started = time.perf_counter()
-            self.stats["completion_tokens"] += 1
-            self.stats["decode_seconds"] = time.perf_counter() - started
+            stats.completion_tokens += 1
+            stats.decode_seconds = time.perf_counter() - started
             if token in end_ids:
-                self.stats["finish_reason"] = "stop"
+                stats.finish_reason = "stop"
                 break
             new.append(token)
             text = self.tokenizer.decode(prefix + new)[skip:]
@@ -216,7 +266,7 @@ class LanguageModel:
             if found := [i for i in (text.find(s, window) for s in stops) if i >= 0]:
                 if min(found) > len(shown):
                     yield text[len(shown):min(found)]
-                self.stats["finish_reason"] = "stop"
+                stats.finish_reason = "stop"
                 tokens.close()
                 return
             safe = len(text) - _held_back(text, stops)

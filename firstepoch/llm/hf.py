@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.llm.models import LIMITS
+from firstepoch.llm.inference import LIMITS
 from firstepoch.models.transformer import TransformerConfig
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-# config.json's sizes -> the GGUF keys whose limits (llm.models.LIMITS) they share
+# config.json's sizes -> the GGUF keys whose limits (llm.inference.LIMITS) they share
 _LIMITED = {"hidden_size": "embedding_length", "num_hidden_layers": "block_count",
             "num_attention_heads": "attention.head_count", "num_key_value_heads": "attention.head_count_kv",
             "intermediate_size": "feed_forward_length", "max_position_embeddings": "context_length",
@@ -65,9 +65,9 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     trained = number("max_position_embeddings", 2048)
     if c.get("sliding_window") and c.get("use_sliding_window", True) is not False:  # Mistral v0.1: local attention
         trained = min(trained, number("sliding_window"))  # within the window it is ordinary attention
-    return TransformerConfig(
-        vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"), n_heads=heads,
-        n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
+    return TransformerConfig(  # PyTorch's attention: llama.cpp's fp16 rounding is for matching it on GGUF files
+        attention="torch", vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"),
+        n_heads=heads, n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
         context=min(context or trained, trained), norm_eps=number("rms_norm_eps", 1e-5, float),
         rope_theta=number("rope_theta", 10000.0, float), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
 
@@ -106,7 +106,7 @@ def load_hf_folder(folder: Path, context: int | None = None):
     """A Hugging Face folder -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from safetensors import safe_open
 
-    from firstepoch.llm.models import build_inference_model, check_fits
+    from firstepoch.llm.inference import build_inference_model, check_fits
     from firstepoch.llm.names import HF, weight_shapes
     from firstepoch.llm.quant import QuantizedLinear
 
@@ -133,8 +133,6 @@ def load_hf_folder(folder: Path, context: int | None = None):
         return where[name].get_tensor(name)
 
     model = build_inference_model(config, lambda ours: QuantizedLinear(tensor(ours)), tensor)
-    for block in model.layers:
-        block.attn.like_llamacpp = False  # llama.cpp's fp16 attention is for matching it on GGUF files
     info = {"architecture": "llama", "name": folder.name, "quantization": "BF16",
             "file_bytes": sum(f.stat().st_size for f in files)}
     return model, tokenizer, template, info

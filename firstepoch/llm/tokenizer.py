@@ -54,6 +54,13 @@ class LLMTokenizer:
             ids = [self.bos_id, *ids]
         return ids
 
+    def encode_prompt(self, text: str, special: bool = False) -> list[int]:
+        """A prompt's ids: BOS first where the model wants one, unless `text` is a rendered chat template
+        (`special`) that starts with the BOS text already."""
+        bos_text = self.token_text(self.bos_id) if self.bos_id is not None else None
+        add_bos = self.add_bos and not (special and bos_text and text.startswith(bos_text))
+        return self.encode(text, add_bos=add_bos, special=special)
+
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self._special.decode(ids, skip_special_tokens=skip_special)
 

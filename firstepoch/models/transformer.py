@@ -3,6 +3,8 @@ KV cache). It trains your own GPT and runs GGUF/safetensors LLMs.
 
 Reads top-down: config, norm, rotary embedding, KV cache, attention, MLP, block, model. Parameter names
 follow Hugging Face's Llama (`q_proj`, `gate_proj`, ...), so loading other weights is a rename table.
+Inference builds the same model from loaded layers (`linear=` and `embedding=` factories, e.g. quantized
+ones) and picks its attention arithmetic in the config (`attention="llamacpp_fp16"` for GGUF files).
 RoPE uses the "rotate half" layout of Hugging Face checkpoints; GGUF files store q/k permuted for the
 interleaved layout, and their loader undoes that permutation.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +26,8 @@ class TransformerConfig:
     """Hyper-parameters of a `Transformer`; JSON-serialisable (`to_dict` / `from_dict`).
 
     `n_kv_heads` < `n_heads` gives grouped-query attention; `hidden_dim` defaults to SwiGLU's 8/3 of `dim`
-    rounded up to a multiple of 64.
+    rounded up to a multiple of 64. `attention` is the arithmetic of attention (see `ATTENTION_KINDS`):
+    PyTorch's own, or llama.cpp's fp16 rounding, which GGUF models use so that their logits equal llama.cpp's.
     """
 
     vocab_size: int
@@ -37,6 +41,7 @@ class TransformerConfig:
     rope_theta: float = 10000.0
     tie_embeddings: bool = True
     dropout: float = 0.0
+    attention: str = "torch"
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -52,6 +57,8 @@ class TransformerConfig:
             problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         elif (self.dim // self.n_heads) % 2:
             problems.append(f"head size {self.dim // self.n_heads} must be even for rotary embeddings")
+        if self.attention not in ATTENTION_KINDS:
+            problems.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION_KINDS)}")
         if problems:
             raise FirstEpochError(f"bad Transformer config: {'; '.join(problems)}")
 
@@ -72,6 +79,12 @@ class TransformerConfig:
     def from_dict(cls, d: dict) -> "TransformerConfig":
         return cls(**d)
 
+
+# TransformerConfig.attention -> what it computes
+ATTENTION_KINDS = {
+    "torch": "PyTorch's scaled_dot_product_attention in the model's dtype",
+    "llamacpp_fp16": "llama.cpp's CPU arithmetic: an fp16 KV cache, queries and weights rounded to fp16",
+}
 
 # name -> (n_layers, n_heads, dim): tiny is nanoGPT's CPU Shakespeare recipe, small its GPU one, base GPT-2's
 PRESETS = {"tiny": (4, 4, 128), "small": (6, 6, 384), "base": (12, 12, 768)}
@@ -147,18 +160,27 @@ def attention_like_llamacpp(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     return fp16(scores.masked_fill(~visible, float("-inf")).softmax(-1)) @ v
 
 
-class Attention(nn.Module):
-    # inference on GGUF models sets this, so that results follow llama.cpp's (see attention_like_llamacpp)
-    like_llamacpp = False
+# (in_features, out_features, name) -> a layer computing x W^T; names are the state dict's ("layers.0.attn.q_proj")
+LinearFactory = Callable[[int, int, str], nn.Module]
+# (vocab_size, dim) -> a layer looking up token ids (B, T) as vectors (B, T, dim)
+EmbeddingFactory = Callable[[int, int], nn.Module]
 
-    def __init__(self, config: TransformerConfig):
+
+def new_linear(in_features: int, out_features: int, name: str) -> nn.Module:
+    """The layers a `Transformer` builds for itself: `nn.Linear` without bias (`name` is not needed)."""
+    return nn.Linear(in_features, out_features, bias=False)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig, linear: LinearFactory = new_linear, name: str = "attn"):
         super().__init__()
         c = config
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
-        self.q_proj = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=False)
-        self.k_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
-        self.v_proj = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
-        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+        self.q_proj = linear(c.dim, c.n_heads * c.head_dim, f"{name}.q_proj")
+        self.k_proj = linear(c.dim, c.n_kv_heads * c.head_dim, f"{name}.k_proj")
+        self.v_proj = linear(c.dim, c.n_kv_heads * c.head_dim, f"{name}.v_proj")
+        self.o_proj = linear(c.n_heads * c.head_dim, c.dim, f"{name}.o_proj")
+        self.like_llamacpp = c.attention == "llamacpp_fp16"  # see attention_like_llamacpp
         self.dropout = c.dropout
         self.cache: KVCache | None = None
 
@@ -190,23 +212,23 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, linear: LinearFactory = new_linear, name: str = "mlp"):
         super().__init__()
-        self.gate_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
-        self.up_proj = nn.Linear(config.dim, config.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(config.hidden_dim, config.dim, bias=False)
+        self.gate_proj = linear(config.dim, config.hidden_dim, f"{name}.gate_proj")
+        self.up_proj = linear(config.dim, config.hidden_dim, f"{name}.up_proj")
+        self.down_proj = linear(config.hidden_dim, config.dim, f"{name}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, linear: LinearFactory = new_linear, name: str = "block"):
         super().__init__()
         self.attn_norm = RMSNorm(config.dim, config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = Attention(config, linear, f"{name}.attn")
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, linear, f"{name}.mlp")
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -219,26 +241,32 @@ class Transformer(nn.Module):
 
     For generation, `setup_cache(batch)` allocates a KV cache; then `forward(ids, start=pos)` feeds the
     tokens at positions [pos, pos + T) and attends to everything cached before them.
+
+    Args:
+        config: the sizes and the attention arithmetic.
+        linear: builds each linear layer, `linear(in_features, out_features, name)` (default: `new_linear`).
+        embedding: builds the token embedding, `embedding(vocab_size, dim)` (default: `nn.Embedding`).
+            A model built by the factories holds their layers as they are: no random initial weights, and an
+            output layer tied to the embeddings is theirs to share. Its own layers are initialised as GPT-2's.
     """
 
-    initialise = True  # random initial weights (off where every weight is loaded right after)
-
-    def __init__(self, config: TransformerConfig):
+    def __init__(self, config: TransformerConfig, linear: LinearFactory | None = None,
+                 embedding: EmbeddingFactory | None = None):
         super().__init__()
+        own = linear is None and embedding is None  # random initial weights, else loaded ones
+        linear, embedding = linear or new_linear, embedding or nn.Embedding
         self.config = config
         self.spec = {"arch": "transformer", **config.to_dict()}
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.embed_tokens = embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, linear, f"layers.{i}") for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
+        self.lm_head = linear(config.dim, config.vocab_size, "lm_head")
+        if own and config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        # built for real when the model is built on the meta device: ops there load torch._dynamo (40 MB)
-        on_meta = torch.empty(0).device.type == "meta"
-        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta, device="cpu" if on_meta else None)
+        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        if self.initialise:
+        if own:
             self.apply(self._init_weights)
             for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
                 if name.endswith(("o_proj.weight", "down_proj.weight")):

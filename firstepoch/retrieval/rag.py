@@ -42,14 +42,16 @@ class Answer:
     text: str
     citations: list[Citation]
     answered: bool  # False: no passage scored over the threshold, and no model was asked
+    stats: object = None  # the generation's llm.GenerationStats (None when no model was asked)
 
 
 class AnswerStream:
     """An answer being generated: iterate for text pieces; `citations` are known from the start, `text`
-    holds what has been streamed so far."""
+    holds what has been streamed so far, `stats` the generation's figures (None when no model was asked)."""
 
-    def __init__(self, question: str, citations: list[Citation], pieces: Iterator[str], answered: bool):
-        self.question, self.citations, self.answered = question, citations, answered
+    def __init__(self, question: str, citations: list[Citation], pieces: Iterator[str], answered: bool,
+                 stats=None):
+        self.question, self.citations, self.answered, self.stats = question, citations, answered, stats
         self._pieces = pieces
         self.text = ""
 
@@ -66,7 +68,7 @@ class AnswerStream:
     def result(self) -> Answer:
         for _ in self:
             pass
-        return Answer(self.question, self.text, self.citations, self.answered)
+        return Answer(self.question, self.text, self.citations, self.answered, self.stats)
 
 
 @dataclass
@@ -122,7 +124,7 @@ def ask(index, question: str, model=None, k: int = 5, stream: bool = False,
     else:
         pieces = lm.chat(plan.messages, stream=True, max_new_tokens=max_tokens, temperature=temperature,
                          repetition_penalty=repetition_penalty, **sampling)
-        result = AnswerStream(question, plan.citations, pieces, answered=True)
+        result = AnswerStream(question, plan.citations, pieces, answered=True, stats=pieces.stats)
     return result if stream else result.result()
 
 

@@ -160,7 +160,7 @@ async def ask(name: str, request: Request):
     import anyio
 
     from firstepoch.retrieval.rag import ANSWER_SAMPLING, ANSWER_TOKENS
-    from firstepoch.serve.streaming import ReservedStream, generated_text, stream_generation
+    from firstepoch.serve.streaming import ReservedStream, generated_text, start_generation, stream_generation
 
     state = _state(request)
     served = _index(request, name)
@@ -181,7 +181,8 @@ async def ask(name: str, request: Request):
     if not stream:
         text = plan.refusal
         if text is None:
-            text = await generated_text(request, llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING, state)
+            generation = start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
+            text = await generated_text(request, llm, generation, state)
             if text is None:  # the client has gone
                 return Response(status_code=499)
         return {"index": served.name, "answer": text, "answered": plan.refusal is None, "citations": citations}
@@ -193,7 +194,8 @@ async def ask(name: str, request: Request):
             yield json.dumps({"text": plan.refusal}) + "\n"
         else:
             async with reservation:
-                async for piece in stream_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING, state):
+                generation = start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
+                async for piece in stream_generation(llm, generation, state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"
 

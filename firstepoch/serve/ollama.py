@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
 from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
-                                        stream_generation)
+                                        start_generation, stream_generation)
 
 router = APIRouter(prefix="/api")
 DEFAULT_NUM_PREDICT = 512
@@ -157,26 +157,26 @@ async def chat(request: Request):
 async def _respond(request, served, ids, max_new, sampling, stream: bool, shape):
     state = _state(request)
     started = time.perf_counter_ns()
+    generation = start_generation(served, ids, max_new, sampling)  # this request's own text and stats
 
     def final(text: str) -> dict:
-        s = served.obj.stats
-        reason = s.get("finish_reason", "stop")
+        s = generation.stats
+        reason = s.finish_reason
         return {"model": served.name, "created_at": _now(), **shape(text), "done": True,
                 "done_reason": reason if reason in ("stop", "length") else "length",
                 "total_duration": time.perf_counter_ns() - started, "load_duration": 0,
-                "prompt_eval_count": s.get("prompt_tokens", len(ids)),
-                "prompt_eval_duration": int(s.get("prompt_seconds", 0) * 1e9),
-                "eval_count": s.get("completion_tokens", 0), "eval_duration": int(s.get("decode_seconds", 0) * 1e9)}
+                "prompt_eval_count": s.prompt_tokens, "prompt_eval_duration": int(s.prompt_seconds * 1e9),
+                "eval_count": s.completion_tokens, "eval_duration": int(s.decode_seconds * 1e9)}
 
     if not stream:
-        text = await generated_text(request, served, ids, max_new, sampling, state)
+        text = await generated_text(request, served, generation, state)
         return final(text) if text is not None else Response(status_code=499)  # None: the client has gone
 
     reservation = served.slot.reserve()  # a full queue is a 503 before any byte is sent
 
     async def lines():
         async with reservation:
-            async for piece in stream_generation(served, ids, max_new, sampling, state):
+            async for piece in stream_generation(served, generation, state):
                 yield json.dumps({"model": served.name, "created_at": _now(), **shape(piece), "done": False},
                                  ensure_ascii=False) + "\n"
             yield json.dumps(final(""), ensure_ascii=False) + "\n"

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
 from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
-                                        stream_generation)
+                                        start_generation, stream_generation)
 
 router = APIRouter(prefix="/v1")
 DEFAULT_MAX_TOKENS = 512
@@ -106,6 +106,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
+    generation = start_generation(served, ids, max_new, sampling)  # this request's own text and stats
 
     def choice(text: str | None, finish: str | None, delta: bool) -> dict:
         if not chat:
@@ -115,16 +116,16 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
         return {"index": 0, ("delta" if delta else "message"): message, "logprobs": None, "finish_reason": finish}
 
     def usage() -> dict:
-        s = served.obj.stats
-        return {"prompt_tokens": s.get("prompt_tokens", len(ids)), "completion_tokens": s.get("completion_tokens", 0),
-                "total_tokens": s.get("prompt_tokens", len(ids)) + s.get("completion_tokens", 0)}
+        s = generation.stats
+        return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+                "total_tokens": s.prompt_tokens + s.completion_tokens}
 
     if not stream:
-        text = await generated_text(request, served, ids, max_new, sampling, state)
+        text = await generated_text(request, served, generation, state)
         if text is None:  # the client has gone: nobody to answer
             return Response(status_code=499)
         return {"id": rid, "object": kind, "created": created, "model": served.name,
-                "choices": [choice(text, _finish(served), delta=False)], "usage": usage()}
+                "choices": [choice(text, _finish(generation.stats), delta=False)], "usage": usage()}
 
     reservation = served.slot.reserve()  # a full queue is a 503 before any byte is sent
 
@@ -135,11 +136,11 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                 first = {"role": "assistant", "content": ""}
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]})
-            async for piece in stream_generation(served, ids, max_new, sampling, state):
+            async for piece in stream_generation(served, generation, state):
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [choice(piece, None, delta=True)]})
             last = {"id": rid, "object": chunk, "created": created, "model": served.name,
-                    "choices": [choice(None if chat else "", _finish(served), delta=True)]}
+                    "choices": [choice(None if chat else "", _finish(generation.stats), delta=True)]}
             yield _sse(last)
             if include_usage:
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name, "choices": [],
@@ -150,8 +151,8 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _finish(served) -> str:
-    reason = served.obj.stats.get("finish_reason", "stop")
+def _finish(stats) -> str:
+    reason = stats.finish_reason
     return reason if reason in ("stop", "length") else "length"  # timeout/shutdown: cut short
 
 

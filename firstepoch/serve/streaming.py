@@ -82,33 +82,38 @@ def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max
     return ids, min(max_tokens or default_max, room)
 
 
-async def stream_generation(served, ids: list[int], max_new_tokens: int, options: dict,
-                            state) -> AsyncIterator[str]:
-    """Text pieces of `served.obj.generate(ids)`, holding the model's slot until the generator is closed.
+def start_generation(served, ids: list[int], max_new_tokens: int, options: dict):
+    """A request's own `Generation` of `served.obj` (nothing runs until `stream_generation` iterates it on the
+    model's slot); its `stats` are that request's alone."""
+    return served.obj.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
+
+
+async def stream_generation(served, generation, state) -> AsyncIterator[str]:
+    """Text pieces of `generation` (from `start_generation`), holding the model's slot until the generator is
+    closed.
 
     `state` is the server's (its limits, metrics and shutdown flag). The caller must already hold `served.slot`.
     If the consumer stops iterating (a client disconnect cancels it), the generation is closed on the slot's
-    thread before the slot is given back. `served.obj.stats`
-    holds the counts afterwards; `finish_reason` is "timeout" or "shutdown" when it was cut short here.
+    thread before the slot is given back. `generation.stats` holds the counts afterwards; its `finish_reason` is
+    "timeout" or "shutdown" when it was cut short here.
     """
-    lm, slot = served.obj, served.slot
+    slot, pieces, stats = served.slot, generation, generation.stats
     limits, metrics, stopping = state.limits, state.metrics, state.stopping
-    pieces = lm.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
     deadline = time.monotonic() + limits.total_timeout
     finished = False
     try:
         while True:
             if stopping():
-                lm.stats["finish_reason"] = "shutdown"
+                stats.finish_reason = "shutdown"
                 break
             wait = min(limits.idle_timeout, deadline - time.monotonic())
             if wait <= 0:
-                lm.stats["finish_reason"] = "timeout"
+                stats.finish_reason = "timeout"
                 break
             with anyio.move_on_after(wait) as scope:
                 batch = await slot.run(_next_pieces, pieces, _BATCH_SECONDS)
             if scope.cancelled_caught:
-                lm.stats["finish_reason"] = "timeout"
+                stats.finish_reason = "timeout"
                 break
             ended = batch and batch[-1] is _END
             text = "".join(batch[:-1] if ended else batch)
@@ -122,11 +127,10 @@ async def stream_generation(served, ids: list[int], max_new_tokens: int, options
             metrics.cancelled += 1
         with anyio.CancelScope(shield=True):  # even when cancelled: free the model before the slot
             await slot.run(pieces.close)
-        stats = lm.stats
-        metrics.prompt_tokens += stats.get("prompt_tokens", 0)
-        metrics.completion_tokens += stats.get("completion_tokens", 0)
-        metrics.decode_seconds += stats.get("decode_seconds", 0.0)
-        metrics.prompt_seconds += stats.get("prompt_seconds", 0.0)
+        metrics.prompt_tokens += stats.prompt_tokens
+        metrics.completion_tokens += stats.completion_tokens
+        metrics.decode_seconds += stats.decode_seconds
+        metrics.prompt_seconds += stats.prompt_seconds
 
 
 async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
@@ -141,9 +145,9 @@ async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_
     return await anyio.to_thread.run_sync(work)
 
 
-async def generated_text(request, served, ids: list[int], max_new_tokens: int, options: dict, state) -> str | None:
-    """The whole text of a generation that is not streamed, on the model's slot; None when the client went away
-    first (its generation is stopped then, as a stream's is)."""
+async def generated_text(request, served, generation, state) -> str | None:
+    """The whole text of `generation` (from `start_generation`) when it is not streamed, on the model's slot;
+    None when the client went away first (its generation is stopped then, as a stream's is)."""
     text, error = None, None
     async with served.slot, anyio.create_task_group() as group:
         async def watch():
@@ -153,7 +157,7 @@ async def generated_text(request, served, ids: list[int], max_new_tokens: int, o
 
         group.start_soon(watch)
         try:
-            text = "".join([piece async for piece in stream_generation(served, ids, max_new_tokens, options, state)])
+            text = "".join([piece async for piece in stream_generation(served, generation, state)])
         except Exception as exc:  # raised below, as itself: the task group would wrap it in an ExceptionGroup
             error = exc
         group.cancel_scope.cancel()

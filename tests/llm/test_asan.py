@@ -36,9 +36,10 @@ import sys, pytest, torch
 code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]])
 print(f"suite exit code {int(code)}", flush=True)
 if code == 0:
-    from firstepoch.llm.kernels import ggml_matmul
+    from firstepoch.llm.kernels import compiled_kernels
     x, w, out = torch.ones(64), torch.ones(64), torch.empty(64)
-    ggml_matmul().rms_norm_rows(x.data_ptr(), w.data_ptr(), 1e-5, 64, 2, out.data_ptr())  # 2 rows of 64: 1 too many
+    library = compiled_kernels().library  # the C function: Kernels.rms_norm_rows takes sizes from its tensors
+    library.rms_norm_rows(x.data_ptr(), w.data_ptr(), 1e-5, 64, 2, out.data_ptr())  # 2 rows of 64: 1 too many
 """
 
 

@@ -6,12 +6,14 @@ import torch
 gguf = pytest.importorskip("gguf")
 from gguf.quants import quantize  # noqa: E402
 
-from firstepoch.llm.kernels import ggml_matmul  # noqa: E402
-from firstepoch.llm.models import build_inference_model  # noqa: E402
+from firstepoch.llm.kernels import compiled_kernels  # noqa: E402
+from firstepoch.llm.inference import build_inference_model  # noqa: E402
 from firstepoch.llm.quant import QuantizedLinear  # noqa: E402
 from firstepoch.models.transformer import Transformer, TransformerConfig  # noqa: E402
 
-CONFIG = TransformerConfig(vocab_size=96, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, hidden_dim=256, context=64)
+# llama.cpp's attention arithmetic, as GGUF models have: the C layers compute only that
+CONFIG = TransformerConfig(vocab_size=96, dim=128, n_layers=3, n_heads=4, n_kv_heads=2, hidden_dim=256, context=64,
+                           attention="llamacpp_fp16")
 
 
 def quantized_model(qtype: str):
@@ -29,8 +31,8 @@ def quantized_model(qtype: str):
 
 
 def decode(model, prompt, tokens, fast):
-    saved = model._layers_c
-    model._layers_c = saved if fast else None
+    saved = model.c_layers
+    model.c_layers = saved if fast else None  # None: the PyTorch layers
     model.setup_cache(1, 32)
     try:
         with torch.no_grad():
@@ -39,16 +41,16 @@ def decode(model, prompt, tokens, fast):
                 out.append(model(torch.tensor([[token]]), start=len(prompt) + i)[0, -1])
     finally:
         model.clear_cache()
-        model._layers_c = saved
+        model.c_layers = saved
     return torch.stack(out)
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q4_0"])
 def test_the_c_layers_equal_the_pytorch_layers(qtype):
-    if ggml_matmul() is None:
+    if compiled_kernels() is None:
         pytest.skip("no C compiler")
     model = quantized_model(qtype)
-    assert model._layers_c is not None, "the C layers should be enabled for block weights"
+    assert model.c_layers is not None, "the C layers should be enabled for block weights"
     prompt, tokens = [5, 17, 33, 2, 60, 71, 8], [40, 41, 90, 3, 12, 55, 7, 19, 26, 81]
     fast, slow = decode(model, prompt, tokens, True), decode(model, prompt, tokens, False)
     # same kernels, same 8-bit activations and fp16 attention rounding; RMSNorm, RoPE, softmax and SiLU round

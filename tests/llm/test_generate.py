@@ -60,3 +60,18 @@ def test_bad_prompts_are_clear_errors(model):
         list(sample_tokens(model, [], 5))
     with pytest.raises(FirstEpochError, match="30 tokens but the model's context is 24"):
         list(sample_tokens(model, [1] * 30, 5))
+
+
+def test_each_generation_keeps_its_own_stats():
+    from firstepoch.data.text import CharTokenizer
+    from firstepoch.llm.generate import LanguageModel
+
+    tokenizer = CharTokenizer("abcdefgh")
+    lm = LanguageModel(Transformer(TransformerConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1,
+                                                     n_heads=4, context=24)), tokenizer)
+    first, second = lm.generate("abc", max_new_tokens=5, temperature=0), lm.generate("abcdefg", max_new_tokens=2)
+    "".join(first)
+    "".join(second)  # (one model runs one generation at a time: the server's slot queues them)
+    assert (first.stats.prompt_tokens, first.stats.completion_tokens, first.stats.finish_reason) == (3, 5, "length")
+    assert (second.stats.prompt_tokens, second.stats.completion_tokens) == (7, 2)
+    assert "3 prompt tokens" in first.stats.summary()

@@ -41,12 +41,12 @@ def load_or_refuse(path):
 
 
 def test_the_tiny_model_is_valid_and_runs_the_c_layers(tiny):
-    from firstepoch.llm.kernels import ggml_matmul
+    from firstepoch.llm.kernels import compiled_kernels
 
     lm = firstepoch.llm.load(tiny)
-    if ggml_matmul() is None:
+    if compiled_kernels() is None:
         pytest.skip("no C compiler: the kernels are not built here")
-    assert lm.model._layers_c is not None  # the C path is the one under test
+    assert lm.model.c_layers is not None  # the C path is the one under test
     assert len(lm.generate("the", max_new_tokens=4, temperature=0, stream=False)) > 0
     assert lm.chat([{"role": "user", "content": "hi"}], max_new_tokens=2, stream=False) is not None
 

@@ -6,8 +6,9 @@ import torch
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize, quantize  # noqa: E402
 
-from firstepoch.llm.kernels import ggml_matmul  # noqa: E402
-from firstepoch.llm.quant import BLOCK_TYPES, QuantizedLinear, dequantize_blocks  # noqa: E402
+from firstepoch.llm.kernels import compiled_kernels  # noqa: E402
+from firstepoch.llm.blocktypes import BLOCK_TYPES, dequantize_blocks  # noqa: E402
+from firstepoch.llm.quant import QuantizedLinear  # noqa: E402
 
 T = gguf.GGMLQuantizationType
 
@@ -26,7 +27,7 @@ def test_dequantization_equals_the_gguf_package_bit_for_bit(weights, qtype):
 
 @pytest.mark.parametrize("qtype", list(BLOCK_TYPES))
 def test_the_kernel_computes_the_product_with_8_bit_activations(weights, qtype):
-    if ggml_matmul() is None:
+    if compiled_kernels() is None:
         pytest.skip("no C compiler: the bf16 path is used instead")
     w, x = weights
     raw = quantize(w, T[qtype])
@@ -42,7 +43,7 @@ def test_the_kernel_computes_the_product_with_8_bit_activations(weights, qtype):
 
 def test_without_the_kernel_weights_become_bf16(weights, monkeypatch):
     monkeypatch.setenv("FIRSTEPOCH_KERNELS", "0")
-    ggml_matmul.cache_clear()
+    compiled_kernels.cache_clear()
     try:
         raw = quantize(weights[0], T.Q4_1)
         reader_tensor = type("T", (), {"tensor_type": T.Q4_1, "shape": np.array([256, 48]), "data": raw,
@@ -50,4 +51,4 @@ def test_without_the_kernel_weights_become_bf16(weights, monkeypatch):
         layer = QuantizedLinear.from_gguf(reader_tensor)
         assert layer.qtype == "BF16" and layer.weight.dtype == torch.bfloat16
     finally:
-        ggml_matmul.cache_clear()
+        compiled_kernels.cache_clear()

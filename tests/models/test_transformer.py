@@ -100,6 +100,7 @@ def test_tied_embeddings_share_one_tensor_and_learning_works():
     ({"dim": 30}, "not divisible by n_heads"),
     ({"n_kv_heads": 3}, "not a multiple of n_kv_heads"),
     ({"dim": 36, "n_heads": 4}, "must be even"),
+    ({"attention": "flash"}, "attention 'flash' is not one of torch, llamacpp_fp16"),
 ])
 def test_bad_configs_say_what_is_wrong(overrides, message):
     with pytest.raises(FirstEpochError, match=message):
@@ -116,3 +117,28 @@ def test_config_round_trips_through_json():
 
     config = tiny().config
     assert TransformerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_factories_build_the_layers_under_their_state_dict_names():
+    reference = tiny(tie_embeddings=False)
+    built = []
+
+    def linear(in_features, out_features, name):  # the reference's own weights, as a loader would give them
+        built.append(name)
+        layer = torch.nn.Linear(in_features, out_features, bias=False)
+        layer.weight = reference.get_submodule(name).weight
+        return layer
+
+    model = Transformer(reference.config, linear=linear, embedding=lambda vocab, dim: reference.embed_tokens).eval()
+    assert [f"{name}.weight" for name in built] == [n for n in reference.state_dict() if n.endswith("proj.weight")
+                                                    or n == "lm_head.weight"]
+    ids = torch.tensor([[1, 5, 9, 2]])
+    assert torch.equal(model(ids), reference(ids))  # the factories' weights as they were: nothing initialised
+
+
+def test_llamacpp_attention_rounds_like_an_fp16_cache():
+    torch_model, fp16_model = tiny(), tiny(attention="llamacpp_fp16")
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        a, b = torch_model(ids), fp16_model(ids)
+    assert not torch.equal(a, b) and (a - b).abs().max() < 1e-2  # the same weights, rounded differently

@@ -31,7 +31,7 @@ def test_answer_cites_the_passages_it_was_given(ix, lm):
     assert answer.citations[0].number == 1
     assert [c.number for c in answer.citations] == list(range(1, len(answer.citations) + 1))
     assert all(c.score >= 0.3 for c in answer.citations)
-    assert lm.stats["prompt_tokens"] + 24 <= lm.context
+    assert answer.stats.prompt_tokens + 24 <= lm.context
 
 
 def test_streaming_gives_the_same_answer(ix, lm):
@@ -55,4 +55,4 @@ def test_passages_are_fitted_into_a_small_context(ix, docs_folder):
     small = load("smollm2-135m-instruct", context=300)
     answer = ask(ix, "What is in the README about fine-tuning on your own images?", model=small, k=8, max_tokens=20)
     assert answer.answered and 1 <= len(answer.citations) < 8  # not all eight passages fit
-    assert small.stats["prompt_tokens"] + 20 <= 300
+    assert answer.stats.prompt_tokens + 20 <= 300

@@ -1,8 +1,9 @@
 """firstepoch's own CPU kernels (block-quantized matmuls, the Transformer's layers for prefill and decode), compiled on first use with the machine's C compiler and loaded with ctypes.
 
-`ggml_matmul()` gives the compiled library, or None (with one warning) where no compiler is found or the
-build fails; callers then fall back to PyTorch's bf16 matmul. The library is cached in firstepoch's data
-folder under a name made from the source's hash and the compiler flags, so it is built once a machine.
+`compiled_kernels()` gives them as a `Kernels` object, each C function a method on tensors, or None (with one
+warning) where no compiler is found or the build fails; callers then fall back to PyTorch's bf16 matmul. The
+library is cached in firstepoch's data folder under a name made from the source's hash and the compiler flags,
+so it is built once a machine.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import warnings
 from functools import cache
 from pathlib import Path
 
+import torch
+
 SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "layers.c")]
 # -ffp-contract=off: no multiply-add fused unless written so (layers.c reproduces llama.cpp's rounding)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
@@ -26,11 +29,71 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "
 ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 # tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
 FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
+ACTIVATION_BLOCK_BYTES = 36  # the largest 8-bit activation block (Q8_1's: 32 values, a scale and a sum)
 
+
+class LayerWeights(ctypes.Structure):
+    """layers.c's layer_weights: one layer's arrays (norm weights, fused matrices, its KV cache) and the
+    `blocktypes.BlockType.code` of each matrix (qkv, o, gate_up, down)."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_qkv", "w_o", "w_gate_up", "w_down",
+                                                      "k_cache", "v_cache")] + [("types", ctypes.c_int * 4)]
+
+
+class LayerShape(ctypes.Structure):
+    """layers.c's layer_shape: the sizes every layer shares, and the KV cache's length."""
+    _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_heads", "n_kv", "head_dim", "hidden", "max_len")] + [
+        ("eps", ctypes.c_float)]
+
+
+class Kernels:
+    """The compiled kernels, each a method. They trust the sizes they are given: callers check shapes first.
+
+    `library` is the ctypes library itself, argument types set (for tests that call a function wrongly on
+    purpose).
+    """
+
+    def __init__(self, library: ctypes.CDLL):
+        self.library = library
+
+    def matmul(self, kind, blocks: torch.Tensor, in_features: int, x: torch.Tensor) -> torch.Tensor:
+        """x (tokens, in_features) fp32 contiguous times the weight whose rows are `blocks` (out_features, row
+        bytes) of `kind` (a blocktypes.BlockType), the activations quantized to 8 bits as llama.cpp does ->
+        (tokens, out_features) fp32."""
+        tokens, out_features = x.shape[0], blocks.shape[0]
+        y = torch.empty(tokens, out_features)
+        scratch = torch.empty(tokens * in_features // 32 * kind.activation_bytes, dtype=torch.uint8)
+        getattr(self.library, kind.kernel)(blocks.data_ptr(), out_features, in_features, x.data_ptr(), tokens,
+                                           y.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
+        return y
+
+    def rms_norm_rows(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """llama.cpp's RMSNorm of each row of x (rows, n) fp32 contiguous, times `weight` (n,) fp32."""
+        out = torch.empty_like(x)
+        self.library.rms_norm_rows(x.data_ptr(), weight.data_ptr(), eps, x.shape[1], x.shape[0], out.data_ptr())
+        return out
+
+    def rope_tables(self, theta: float, head_dim: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin, each (length, head_dim / 2), built as llama.cpp builds its angles."""
+        cos, sin = torch.empty(length, head_dim // 2), torch.empty(length, head_dim // 2)
+        self.library.rope_tables_like_llamacpp(theta, head_dim, length, cos.data_ptr(), sin.data_ptr())
+        return cos, sin
+
+    def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int, cos: torch.Tensor,
+                       sin: torch.Tensor) -> None:
+        """Every layer, in one call, for the rows of x (T, dim) fp32 contiguous at positions [start, start + T),
+        x updated in place; `layers` is a ctypes array of `LayerWeights` whose KV caches hold `shape.max_len`
+        positions, cos and sin come from `rope_tables`."""
+        T, threads = x.shape[0], torch.get_num_threads()
+        work = torch.empty(self.library.layers_work_size(ctypes.byref(shape), T, threads))
+        widest = max(shape.dim, shape.hidden, shape.n_heads * shape.head_dim)
+        scratch = torch.empty(T * widest // 32 * ACTIVATION_BLOCK_BYTES, dtype=torch.uint8)
+        self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, T, cos.data_ptr(),
+                                    sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
 
 
 @cache
-def ggml_matmul() -> ctypes.CDLL | None:
+def compiled_kernels() -> Kernels | None:
+    """The kernels, built on first use; None (with one warning) where they cannot be, or FIRSTEPOCH_KERNELS=0."""
     if os.environ.get("FIRSTEPOCH_KERNELS", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")  # CC may be "ccache gcc"
@@ -50,24 +113,21 @@ def ggml_matmul() -> ctypes.CDLL | None:
     except OSError as exc:
         warnings.warn(f"loading firstepoch's quantized kernels failed ({exc}); using bf16 weights", stacklevel=2)
         return None
-    from firstepoch.llm.quant import BLOCK_TYPES
+    from firstepoch.llm.blocktypes import BLOCK_TYPES
 
-    for name in (kind.kernel for kind in BLOCK_TYPES.values()):
-        fn = getattr(lib, name)
-        fn.restype = None
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    signatures = {
+    signatures = {kind.kernel: (None, [pointer, size, size, pointer, size, pointer, pointer, ctypes.c_int])
+                  for kind in BLOCK_TYPES.values()}
+    signatures.update({
         "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
         "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, pointer, pointer,
                                   ctypes.c_int]),
-    }
+    })
     for name, (restype, argtypes) in signatures.items():
         getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes
-    return lib
+    return Kernels(lib)
 
 
 def _build(compiler: str, extra: tuple[str, ...] = ()) -> Path | None:

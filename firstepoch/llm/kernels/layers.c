@@ -255,7 +255,7 @@ void matmul_q4_1(const void *, int64_t, int64_t, const float *, int64_t, float *
 void matmul_q8_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
 
 typedef void (*matmul_fn)(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
-static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0};  /* by BlockType.code (quant.py) */
+static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0};  /* by BlockType.code (blocktypes.py) */
 
 typedef struct {
     const float *attn_norm, *mlp_norm;

@@ -1,0 +1,198 @@
+"""The inference `Transformer` of an LLM file: its config read from GGUF metadata with every value checked
+against `LIMITS`, its tensors checked against the config, the memory it needs checked against what is free,
+and the model built from its layers as they are stored (`QuantizedLinear`), without random initial weights.
+Hugging Face folders (`hf.py`) share the limits, the memory check and the builder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from firstepoch.errors import FirstEpochError
+from firstepoch.models.transformer import RMSNorm, TransformerConfig
+
+KV_BYTES = 4  # the KV cache is fp32
+
+
+# what a llama-architecture file may declare: far above any real model, so that a lie in the metadata is
+# refused before it sizes an allocation or a loop (llama.cpp allows at most 512 layers)
+LIMITS = {"embedding_length": 1 << 17, "block_count": 512, "attention.head_count": 1 << 10,
+          "attention.head_count_kv": 1 << 10, "feed_forward_length": 1 << 20, "context_length": 1 << 24,
+          "vocab_size": 1 << 22}
+
+
+def _size(g, key: str, default: int | None = None) -> int:
+    """The architecture's key `key` as a positive integer within `LIMITS`, or one clear line."""
+    name, value = f"{g.architecture}.{key}", g.arch(key, default)
+    if value is None:
+        raise FirstEpochError(f"{g.path}: the metadata has no {name}; the file is incomplete or not a llama model")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}, not an integer "
+                              f"(per-layer values are not supported)")
+    if not 1 <= value <= LIMITS[key]:
+        raise FirstEpochError(f"{g.path}: {name} is {value}; it must be between 1 and {LIMITS[key]:,}")
+    return value
+
+
+def _positive_float(g, key: str, default: float) -> float:
+    name, value = f"{g.architecture}.{key}", g.arch(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a positive number")
+    return float(value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
+    """The `TransformerConfig` a GGUF file declares, every value checked (type, range, consistency)."""
+    from firstepoch.llm.gguf import SUPPORTED_ARCHITECTURES
+
+    if g.architecture not in SUPPORTED_ARCHITECTURES:
+        raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
+                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
+    n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
+    if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
+        raise FirstEpochError(f"{g.path}: {dim} dimensions, {n_heads} heads and {n_kv_heads} key/value heads do "
+                              f"not fit together (dim must split into heads of even size, heads into kv groups)")
+    head_dim = dim // n_heads
+    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
+        raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
+                              f"not supported yet")
+    if "rope_freqs.weight" in g.tensors or g.arch("rope.scaling.type", "none") not in ("none", None):
+        raise FirstEpochError(f"{g.path}: RoPE frequency scaling (Llama 3.1 and later) is not supported yet")
+    trained = _size(g, "context_length", 2048)
+    if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
+        raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
+    tokens = g.metadata.get("tokenizer.ggml.tokens")
+    vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
+    return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
+        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads,
+        n_kv_heads=n_kv_heads, hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
+        norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
+        rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
+
+
+def check_tensors(g, config: TransformerConfig) -> None:
+    """Refuse a file whose tensors disagree with its metadata, before any kernel sees a pointer into it: every
+    expected tensor present with exactly the shape `config` implies, and the vocabulary the size of the
+    embedding table."""
+    from firstepoch.llm.names import GGUF, weight_shapes
+
+    for ours, shape in weight_shapes(config).items():
+        name, shape = GGUF.theirs(ours), shape[::-1]  # GGUF lists the fastest-varying dimension first
+        t = g.tensors.get(name)
+        if t is None:
+            raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a llama model")
+        if tuple(int(n) for n in t.shape) != shape:
+            raise FirstEpochError(f"{g.path}: tensor {name} has shape {list(map(int, t.shape))} but the metadata "
+                                  f"implies {list(shape)}; the file is corrupt or its metadata is wrong")
+    tokens = g.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list) and len(tokens) != config.vocab_size:
+        raise FirstEpochError(f"{g.path}: the tokenizer has {len(tokens):,} tokens but the embedding table "
+                              f"{config.vocab_size:,} rows; the file is corrupt or its metadata is wrong")
+
+
+def memory_needed(g, config: TransformerConfig) -> int:
+    """Bytes the loaded model takes: matrices in the kernel's block types as they are, other matrices as bf16,
+    vectors as fp32, and the KV cache for the whole context."""
+    from firstepoch.llm.blocktypes import BLOCK_TYPES
+
+    def size(t) -> int:
+        if len(t.shape) < 2:
+            return 4 * int(t.n_elements)
+        return int(t.n_bytes) if t.tensor_type.name in BLOCK_TYPES else 2 * int(t.n_elements)
+
+    weights = sum(size(t) for t in g.tensors.values())
+    cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
+    return weights + cache
+
+
+def check_fits(needed: int, source) -> None:
+    available = available_memory()
+    if available is not None and needed > available:
+        raise FirstEpochError(f"{source}: the model needs about {needed / 2**30:.1f} GiB but only "
+                              f"{available / 2**30:.1f} GiB of memory is free; pick a smaller model or quantization, "
+                              f"or a shorter --context")
+
+
+def available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def load_gguf(path: Path, context: int | None = None):
+    """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
+    from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
+    from firstepoch.llm.names import GGUF
+    from firstepoch.llm.quant import QuantizedLinear
+    from firstepoch.llm.tokenizer import LLMTokenizer
+
+    g = read_gguf(path)
+    config = config_from_gguf(g, context)
+    check_tensors(g, config)
+    check_fits(memory_needed(g, config), path)
+    tokenizer = LLMTokenizer.from_gguf(g.metadata, str(path))
+
+    def tensor(ours: str):
+        return g.tensors[GGUF.theirs(ours)]  # present, with its shape checked
+
+    def matrix(ours: str) -> QuantizedLinear:
+        heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
+        return QuantizedLinear.from_gguf(tensor(ours), rows=(lambda w: from_interleaved(w, heads)) if heads else None)
+
+    def vector(ours: str) -> torch.Tensor:
+        return torch.from_numpy(tensor_array(tensor(ours)).copy())
+
+    model = build_inference_model(config, matrix, vector)
+    name, template = g.metadata.get("general.name"), g.metadata.get("tokenizer.chat_template")
+    info = {"architecture": g.architecture, "name": name if isinstance(name, str) else path.stem,
+            "quantization": g.quantization, "file_bytes": path.stat().st_size}
+    return model, tokenizer, template if isinstance(template, str) else None, info
+
+
+def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:
+    """A `Transformer` for inference, built from loaded layers: `matrix(name)` gives each linear layer as a
+    `QuantizedLinear` (compact), `vector(name)` each norm's weight; the embedding table is shared with the
+    output layer when tied. No layer gets random initial weights first."""
+    from firstepoch.llm.decoder import InferenceTransformer
+
+    table = matrix("embed_tokens")
+
+    def linear(in_features: int, out_features: int, name: str) -> nn.Module:
+        layer = table if name == "lm_head" and config.tie_embeddings else matrix(name)
+        assert (layer.in_features, layer.out_features) == (in_features, out_features), name  # checked on reading
+        return layer
+
+    model = InferenceTransformer(config, linear=linear, embedding=lambda vocab_size, dim: _Embedding(table))
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, RMSNorm):
+                module.weight.copy_(vector(name))
+    model.requires_grad_(False)
+    model.prepare_c_layers()
+    return model.eval()
+
+
+class _Embedding(nn.Module):
+    """Rows of a `QuantizedLinear`'s weight as fp32 embeddings (the table is shared with the output layer)."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table.rows(ids)
