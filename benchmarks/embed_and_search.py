@@ -65,7 +65,7 @@ def embedding_throughput(n_texts: int, repeats: int) -> None:
 
 
 def vectors(n: int) -> tuple[np.ndarray, np.ndarray]:
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
     from firstepoch.retrieval.embed import load_embedder
 
     texts = lines(n + 300)

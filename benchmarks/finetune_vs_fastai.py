@@ -30,7 +30,7 @@ CLASSES = ("brick", "grass", "gravel", "coffee", "chelsea", "astronaut")
 def make_folder(root: Path, crop: int = 128, n_train: int = 40, n_valid: int = 40) -> Path:
     from PIL import Image
 
-    from firstepoch.data.samples import package_file
+    from firstepoch.paths import package_file
 
     rng = random.Random(0)
     for name in CLASSES:

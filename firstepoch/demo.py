@@ -9,33 +9,28 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
-
-from firstepoch.core.learner import Learner
-from firstepoch.core.runs import Run
 
 SIZE, LR = 28, 5e-3
 
 
 def run_demo(console: Console, epochs: int = 8, out: Path | None = None, device: str | None = None) -> dict:
     """Train, evaluate, predict and export a digits classifier; returns the test metrics."""
-    from firstepoch.loading import load
     from firstepoch.core.plots import plot_confusion
     from firstepoch.data import DataLoaders, samples
+    from firstepoch.loading import load
+    from firstepoch.train import train
 
     folder = samples.digits()
     console.print(f"[bold]data[/bold]  {folder}: 1,797 real handwritten digits (scikit-learn), as PNG files",
                   highlight=False)
     dls = DataLoaders.from_folder(folder / "train", valid_pct=0.2, seed=42, size=SIZE, flip=False, rotate=10.0)
-    run = Run.create(task="demo-digits", config={"data": str(folder), "arch": "cnn", "epochs": epochs, "lr": LR})
-    learn = Learner(dls, "cnn", run=run, device=device)
     console.print(f"[bold]train[/bold] a small CNN on {dls.info['n_train']} images, validate on "
-                  f"{dls.info['n_valid']}  ·  {learn.device}  ·  run {run.dir}", highlight=False)
-    learn.fit_one_cycle(epochs, LR)
-
-    bundle = learn.export(out or run.bundle_dir)
+                  f"{dls.info['n_valid']}", highlight=False)
+    run = train(dls, "cnn", "demo-digits", epochs, LR, device=device, out=out, console=console,
+                config={"data": str(folder), "arch": "cnn", "epochs": epochs, "lr": LR})
+    bundle = Path(run.info()["bundle"])
     predictor = load(bundle, device=device)
     test = predictor.evaluate(folder / "test", metrics=["accuracy", "f1"])
     console.print(f"\n[bold]test[/bold]  {test['n']} held-out images: accuracy {test['accuracy']:.4f}, "
@@ -53,9 +48,8 @@ def run_demo(console: Console, epochs: int = 8, out: Path | None = None, device:
     confusion = predictor.confusion(folder / "test")
     plot_confusion(confusion, predictor.classes, run.dir / "confusion.png")
     run.update(bundle=str(bundle), test=test)
-    console.print(f"\n[bold green]saved[/bold green] bundle {bundle}\n"
-                  f"      plots  {run.dir / 'loss.png'}, {run.dir / 'confusion.png'}\n"
-                  f"      log    {run.metrics_file}", highlight=False)
+    console.print(f"\n[bold green]plots[/bold green] {run.dir / 'loss.png'}, {run.dir / 'confusion.png'}",
+                  highlight=False)
     console.print(
         "\n[bold]next[/bold]\n"
         f"  firstepoch predict {bundle} {picks[0]}\n"

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from firstepoch.cli_documents import highlight, snippet
+from firstepoch.cli.documents import highlight, snippet
 from tests.retrieval.conftest import docs_folder  # noqa: F401  (the fixture)
 from tests.test_cli import cli
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -75,3 +76,35 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu":
         return torch.bfloat16
     return None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU/MPS allocators' RuntimeErrors."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+class CompiledForward:
+    """The forward pass through `torch.compile` when `enabled`: the first model it is called with is compiled;
+    where compiling or running compiled code fails (no C compiler, an unsupported GPU or op) it warns once and
+    runs models as they are from then on. Running out of memory is not a compile failure: it is raised."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self._compiled = enabled, None
+
+    def __call__(self, model, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return model(x)
+        if self._compiled is None:
+            self._compiled = torch.compile(model)
+        try:
+            return self._compiled(x)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            warnings.warn(f"torch.compile failed here ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                          f"continuing without it", stacklevel=3)
+            self.enabled = False
+            return model(x)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,9 +19,11 @@ from firstepoch.core.callbacks import (Callback, CancelBatchException, CancelEpo
                                        EVENTS, GradientAccumulation, GradientClip, Interrupt, MixedPrecision,
                                        NaNGuard, ParamScheduler, RecalibrateBatchNorm, TrainingInterrupted)
 from firstepoch.core.checkpoint import Checkpoint, clean_state_dict, load_checkpoint, save_checkpoint
-from firstepoch.core.device import default_device, rng_state, seed_everything, set_rng_state
+from firstepoch.core.device import (CompiledForward, default_device, is_out_of_memory, rng_state, seed_everything,
+                                    set_rng_state)
 from firstepoch.core.metrics import DEFAULT_METRICS, Metric, get_metric
-from firstepoch.core.optim import DEFAULT_LOSS, get_loss, make_optimizer, muon_groups, one_cycle
+from firstepoch.core.losses import DEFAULT_LOSS, get_loss
+from firstepoch.core.optim import make_optimizer, muon_groups, one_cycle
 from firstepoch.core.recorder import MetricsLog, ProgressCallback, Recorder
 from firstepoch.core.runs import Run
 from firstepoch.data.loaders import DataLoaders
@@ -103,8 +104,7 @@ class Learner:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self._train_model = DistributedDataParallel(self.model, device_ids=ids)
             self.dls.train.sampler.shard(self.rank, self.world_size)
-        self._compile = compile
-        self._compiled = None
+        self._compiled = CompiledForward(compile)
         self.epoch = self.iter = self.train_iter = 0
         self.resume_point = (0, 0)
         self.training = self.fitting = False
@@ -153,15 +153,9 @@ class Learner:
         """A Learner on a timm image model: with pretrained weights and a new head for the data's classes
         (EfficientNet-Lite0's ImageNet weights work offline; `weights` takes your own file), or from
         scratch with `pretrained=False`. Then `fine_tune(epochs)`."""
-        from firstepoch.models import create_model
-        from firstepoch.models.vision import pretrained_model, use_pretrained_stats
+        from firstepoch.models.vision import image_model
 
-        if pretrained or weights is not None:
-            model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
-            use_pretrained_stats(dls, arch)
-        else:
-            model = create_model(arch, dls.input_shape, dls.n_out)
-        return cls(dls, model, **kwargs)
+        return cls(dls, image_model(dls, arch, pretrained, weights), **kwargs)
 
     def fit(self, epochs: int, lr: float | None = None, resume: bool | str | Path = False,
             callbacks: Iterable[Callback] = ()) -> list[dict]:
@@ -252,7 +246,7 @@ class Learner:
                 self._fire("after_cancel_fit")
             except BaseException as exc:
                 self.failed = True
-                if _is_out_of_memory(exc):
+                if is_out_of_memory(exc):
                     raise self._out_of_memory(exc) from exc
                 raise
             finally:
@@ -315,20 +309,7 @@ class Learner:
         self.opt.zero_grad(set_to_none=True)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        model = self._train_model if self.training else self.model
-        if not self._compile:
-            return model(x)
-        if self._compiled is None:
-            self._compiled = torch.compile(model)
-        try:
-            return self._compiled(x)
-        except Exception as exc:  # no C compiler, unsupported GPU or op: train uncompiled, say it once
-            if _is_out_of_memory(exc):
-                raise
-            warnings.warn(f"torch.compile failed here ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
-                          f"continuing without it", stacklevel=2)
-            self._compile = False
-            return model(x)
+        return self._compiled(self._train_model if self.training else self.model, x)
 
     def _out_of_memory(self, exc: Exception) -> FirstEpochError:
         if self.device.type == "cuda":
@@ -442,14 +423,6 @@ class Learner:
                            training={"epochs": len(self.recorder.history), "optimizer": self.opt_name,
                                      "seed": self.seed, "loss": getattr(self.loss_func, "__name__", "custom"),
                                      "metrics": [m.name for m in self.recorder.metrics]})
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, or the CPU/MPS allocators' RuntimeErrors."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    message = str(exc)
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int]:

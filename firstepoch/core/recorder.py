@@ -8,7 +8,7 @@ import time
 import torch
 
 from firstepoch.core.callbacks import Callback
-from firstepoch.core.io import atomic_open, write_json
+from firstepoch.core.io import atomic_open
 from firstepoch.core.metrics import Metric
 
 

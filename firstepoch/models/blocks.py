@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import torch
 from torch import nn
 
 from firstepoch.errors import FirstEpochError

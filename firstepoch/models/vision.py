@@ -26,7 +26,7 @@ PACKAGED_STATS = {"efficientnet_lite0": {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0
 
 
 def _packaged_file(arch: str) -> Path | None:
-    from firstepoch.data.samples import package_file
+    from firstepoch.paths import package_file
 
     return package_file(*PACKAGED[arch])
 
@@ -36,7 +36,7 @@ def has_offline_weights(arch: str) -> bool:
 
 
 def _cache_file(arch: str) -> Path:
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
 
     return home() / "weights" / f"{arch}.safetensors"
 
@@ -161,6 +161,19 @@ def _adapt_stem(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     repeats = -(-in_channels // 3)
     return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (3 / in_channels)
+
+
+def image_model(dls, arch: str = DEFAULT_ARCH, pretrained: bool = True, weights: str | Path | None = None) -> nn.Module:
+    """A timm image model for `dls`: with pretrained weights (the bundled ones offline, or your `weights` file)
+    and a new head for the data's classes, the data then normalised with the backbone's own statistics; or
+    from scratch with `pretrained=False`."""
+    if pretrained or weights is not None:
+        model = pretrained_model(arch, dls.input_shape[0], dls.n_out, weights)
+        use_pretrained_stats(dls, arch)
+        return model
+    from firstepoch.models import create_model
+
+    return create_model(arch, dls.input_shape, dls.n_out)
 
 
 class ImageNetPreprocessor:

@@ -88,7 +88,7 @@ def index_path(name: str | Path) -> Path:
         return Path(name).expanduser()
     if not re.fullmatch(r"[\w.-]+", name):
         raise FirstEpochError(f"index name {name!r}: use letters, digits, '.', '-' and '_' (or give a folder path)")
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
 
     return home() / "indexes" / name
 

@@ -109,7 +109,7 @@ def texture_folder(root, crop: int = 96):
 
     from PIL import Image
 
-    from firstepoch.data.samples import package_file
+    from firstepoch.paths import package_file
 
     sources = {name: package_file("skimage", f"data/{name}.png") for name in ("brick", "grass", "gravel")}
     if None in sources.values():

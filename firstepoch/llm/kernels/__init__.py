@@ -133,7 +133,7 @@ def compiled_kernels() -> Kernels | None:
 def _build(compiler: str, extra: tuple[str, ...] = ()) -> Path | None:
     """The cached library for this source and compiler (and `extra` flags), built if missing; None (with a
     warning) on failure."""
-    from firstepoch.data.samples import home
+    from firstepoch.paths import home
 
     source = b"".join(path.read_bytes() for path in SOURCES)
     errors = []

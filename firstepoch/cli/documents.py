@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from firstepoch.cli.app import app
 from firstepoch.errors import FirstEpochError
 
 console = Console(soft_wrap=True, emoji=False)
@@ -20,6 +21,7 @@ _STOPWORDS = set("a an and are as at be by for from how in is it of on or the th
                  "who why with does do did can".split())
 
 
+@app.command()
 def embed(
     texts: List[str] = typer.Argument(..., help="One or more texts."),
     model: Optional[str] = typer.Option(None, help="Embedding model name or sentence-transformers folder "
@@ -40,6 +42,7 @@ def embed(
         console.print(f"{embedder.name} ({embedder.dim} dims) [{head}, ...]  {escape(text[:60])}", highlight=False)
 
 
+@app.command()
 def index(
     docs: Path = typer.Argument(..., help="A folder of documents (.txt .md .rst .pdf .html), or one file."),
     index: str = typer.Option("docs", "--index", help=_INDEX_HELP),
@@ -79,6 +82,7 @@ def index(
                   f"embedded in {report.seconds:.1f}s", highlight=False)
 
 
+@app.command()
 def search(
     query: str = typer.Argument(..., help="What to look for, in plain words."),
     index: str = typer.Option("docs", "--index", help=_INDEX_HELP),
@@ -102,6 +106,7 @@ def search(
         console.print("   " + highlight(snippet(hit.text, query), query), highlight=False)
 
 
+@app.command()
 def ask(
     question: str = typer.Argument(..., help="Your question."),
     index: str = typer.Option("docs", "--index", help=_INDEX_HELP),
@@ -163,39 +168,3 @@ def highlight(text: str, query: str) -> str:
         out += [escape(text[at:m.start()]), f"[bold yellow]{escape(m.group(0))}[/bold yellow]"]
         at = m.end()
     return "".join(out) + escape(text[at:])
-
-
-def serve(
-    models: Optional[List[str]] = typer.Argument(None, help="What to serve: bundled names, GGUF files, model "
-                                                 "folders, bundles; NAME=PATH picks the name. Default: the bundled "
-                                                 "chat and embedding models."),
-    index: Optional[List[str]] = typer.Option(None, "--index", help="A document index to serve (repeatable)."),
-    host: str = typer.Option("127.0.0.1", help="Address to listen on (loopback by default)."),
-    port: int = typer.Option(8000, min=1, max=65535),
-    api_key: Optional[str] = typer.Option(None, envvar="FIRSTEPOCH_API_KEY", help="Require 'Authorization: "
-                                          "Bearer KEY' on every route."),
-    cors: Optional[List[str]] = typer.Option(None, help="Allow browser calls from this origin (repeatable)."),
-    allow_host: Optional[List[str]] = typer.Option(None, help="Another Host name to answer to, e.g. a reverse "
-                                                   "proxy's (repeatable); loopback names and --host always are."),
-    queue: int = typer.Option(16, min=1, help="Requests that may wait for a busy model before 503."),
-    context: int = typer.Option(4096, min=64, help="Context length to allocate for each LLM."),
-    timeout: float = typer.Option(600.0, min=1.0, help="The longest one request may run (seconds)."),
-):
-    """Serve models over OpenAI- and Ollama-compatible HTTP APIs, with a web page at /."""
-    from firstepoch.serve import Limits
-    from firstepoch.serve import serve as run_server
-
-    limits = Limits(queue_size=queue, total_timeout=timeout)
-    run_server(list(models or []), list(index or []), host=host, port=port, api_key=api_key, cors=cors,
-               limits=limits, context=context, allow_hosts=list(allow_host or []),
-               ready=lambda url: console.print(f"[bold green]serving[/bold green] {url}  (web page at {url}/, "
-                                               f"OpenAI API at {url}/v1, Ollama API at {url}/api)",
-                                               highlight=False))
-
-
-def register(app: typer.Typer) -> None:
-    for command in (embed, index, search, ask, serve):
-        app.command()(command)
-
-
-__all__ = ["register", "snippet", "highlight"]
