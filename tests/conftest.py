@@ -27,3 +27,13 @@ def linear_data(n: int = 256, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 1, generator=g)
     return x, 3 * x[:, 0] - 2 + 0.05 * torch.randn(n, generator=g)
+
+
+def record_output_dtypes(model: torch.nn.Module) -> tuple[list, list]:
+    """Forward hooks on every Linear and conv layer of `model`: they record the dtype each output had as it ran
+    (what autocast really computed in). Returns (the list they fill, the hooks to remove)."""
+    seen, hooks = [], []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            hooks.append(module.register_forward_hook(lambda m, args, out: seen.append(out.dtype)))
+    return seen, hooks

@@ -98,7 +98,7 @@ def test_test_time_augmentation_averages_the_views_the_model_was_trained_for(tmp
     folder = samples.digits(tmp_path / "digits") / "test"
     dls = DataLoaders.from_folder(folder, size=16, batch_size=32, flip=flip)
     learn = Learner(dls, "cnn", progress=False)
-    learn.fit_one_cycle(1, 3e-3)
+    learn.fit_one_cycle(2, 1e-2)  # enough to learn (an untrained one scores about 0.12 here)
     predictor = firstepoch.load(learn.export(tmp_path / "bundle"))
     assert predictor.preprocessor.flip is flip
     image = sorted(folder.rglob("*.png"))[0]
@@ -111,4 +111,4 @@ def test_test_time_augmentation_averages_the_views_the_model_was_trained_for(tmp
     assert averaged["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
     assert predictor.predict(image)["probability"] != averaged["probability"]  # off by default
     accuracy = predictor.evaluate(folder, tta=True)["accuracy"]
-    assert 0.0 <= accuracy <= 1.0 and predictor.tta is False
+    assert accuracy > 0.5 and predictor.tta is False  # seen: 0.76 with the flip, 0.92 without

@@ -17,12 +17,26 @@ def dls():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16", "mixed"])
 def test_trains_on_cuda(dls, precision):
+    """It learns, and every conv and Linear layer really ran in the precision asked for (an autocast that fell
+    back to fp32 would learn just as well)."""
+    from firstepoch.core.device import autocast_dtype
+    from tests.conftest import record_output_dtypes
+
+    expected = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+                "mixed": autocast_dtype(torch.device("cuda"))}[precision]
     learn = Learner(dls, "cnn", device="cuda", precision=precision, progress=False)
+    seen, hooks = record_output_dtypes(learn.model)
     history = learn.fit_one_cycle(3, 5e-3)
+    for hook in hooks:
+        hook.remove()
     assert next(learn.model.parameters()).is_cuda
+    assert len(seen) > 100 and set(seen) == {expected}, set(seen)
+    assert {p.dtype for p in learn.model.parameters()} == {torch.float32}
     assert history[-1]["accuracy"] > 0.9
-    if precision == "fp16":
-        assert learn.callbacks[-1].scaler is not None
+    mixed = [cb for cb in learn.callbacks if type(cb).__name__ == "MixedPrecision"]
+    assert [cb.active_dtype for cb in mixed] == ([] if precision == "fp32" else [expected])
+    if expected == torch.float16:
+        assert mixed[0].scaler is not None and mixed[0].scaler.get_scale() > 0
 
 
 def test_compiled_cuda_training_and_a_gpu_checkpoint_on_cpu(dls, tmp_path):

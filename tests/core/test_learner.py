@@ -7,7 +7,7 @@ from torch import nn
 
 from firstepoch import DataLoaders, EarlyStopping, FirstEpochError, Learner
 from firstepoch.core.callbacks import Callback, GradientClip
-from tests.conftest import linear_data
+from tests.conftest import linear_data, record_output_dtypes
 
 
 def linear_learner(**kwargs):
@@ -155,11 +155,21 @@ def test_compile_failure_falls_back_with_one_warning(monkeypatch):
     assert history[-1]["valid_loss"] < history[0]["train_loss"]
 
 
-def test_mixed_precision_bf16_trains_on_cpu(digits):
+@pytest.mark.parametrize("precision", ["bf16", "mixed"])
+def test_mixed_precision_bf16_trains_on_cpu(digits, precision):
+    """The layers really compute in bf16 (an autocast that silently fell back to fp32 would still learn),
+    the weights stay fp32, and the model still learns."""
     x, y = digits
-    learn = Learner(DataLoaders.from_tensors(x, y), "mlp", precision="bf16", progress=False)
+    learn = Learner(DataLoaders.from_tensors(x, y), "mlp", precision=precision, progress=False)
+    seen, hooks = record_output_dtypes(learn.model)
     history = learn.fit_one_cycle(2, 1e-2)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) > 100 and set(seen) == {torch.bfloat16}, set(seen)  # train and valid batches alike
+    assert {p.dtype for p in learn.model.parameters()} == {torch.float32}
     assert history[-1]["accuracy"] > 0.85
+    with torch.no_grad():  # outside fit there is no autocast: plain fp32 again
+        assert learn.model(x[:4]).dtype == torch.float32
 
 
 def test_lr_find_suggests_a_sane_lr_and_restores_the_model(tmp_path, digits):
@@ -187,5 +197,9 @@ def test_unknown_names_are_clear_errors():
 
 def test_same_seed_same_result():
     a, b = linear_learner(model="mlp"), linear_learner(model="mlp")
-    assert a.fit(2) is not None and b.fit(2) is not None
-    assert a.recorder.losses == b.recorder.losses
+    history = a.fit(2)
+    b.fit(2)
+    assert history[-1]["valid_loss"] < history[0]["train_loss"]  # it trained
+    assert len(a.recorder.losses) == 2 * a.iters_per_epoch > 0 and a.recorder.losses == b.recorder.losses
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)

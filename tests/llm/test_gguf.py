@@ -109,23 +109,49 @@ def test_the_exported_file_loads_back_as_an_llm_with_the_same_tokens_and_logits(
         torch.testing.assert_close(back.model(torch.tensor([ids])), lm.model(torch.tensor([ids])), atol=0.05, rtol=0.01)
 
 
-@pytest.mark.parametrize("target, qtype", [("q8", "Q8_0"), ("q4", "Q4_1")])
-def test_quantize_writes_a_smaller_file_that_llama_cpp_runs(char_model, tmp_path, target, qtype):
-    from firstepoch.llm.gguf import read_gguf
+QUANTS = [("q8", "Q8_0"), ("q4", "Q4_1")]
+
+
+@pytest.fixture(scope="module")
+def quantized(char_model, tmp_path_factory):
+    """The char model re-quantized to each of QUANTS, by target name (needs only the gguf package)."""
     from firstepoch.llm.quant import quantize_gguf
 
+    folder = tmp_path_factory.mktemp("quantized")
+    return {target: quantize_gguf(char_model[1], target, folder / f"{target}.gguf") for target, _ in QUANTS}
+
+
+@pytest.mark.parametrize("target, qtype", QUANTS)
+def test_quantize_writes_a_smaller_file_that_reads_back(char_model, quantized, target, qtype):
+    import firstepoch.llm
+    from firstepoch.llm.gguf import read_gguf
+
     lm, path = char_model
-    out = quantize_gguf(path, target, tmp_path / f"{target}.gguf")
+    out = quantized[target]
     g = read_gguf(out)
     assert g.tensors["blk.0.ffn_up.weight"].tensor_type.name == qtype
     assert g.tensors["blk.0.attn_norm.weight"].tensor_type.name == "F32"
     assert out.stat().st_size < path.stat().st_size / 2.5
     assert g.metadata["tokenizer.ggml.tokens"] == read_gguf(path).metadata["tokenizer.ggml.tokens"]
-    ids = lm.tokenizer.encode("ROMEO:\n")
+    ids = lm.tokenizer.encode(STRINGS[0])
+    with torch.no_grad():  # ours reads it back: close to the unquantized model, not just finite
+        logits = firstepoch.llm.load(out).model(torch.tensor([ids]))
+        reference = lm.model(torch.tensor([ids]))
+    assert torch.isfinite(logits).all()
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree  # seen: 1.0 for both
+
+
+@pytest.mark.parametrize("target", [target for target, _ in QUANTS])
+def test_llama_cpp_runs_the_quantized_file_as_firstepoch_does(char_model, quantized, target):
     import firstepoch.llm
 
-    with torch.no_grad():  # ours reads it back, then llama.cpp runs it
-        assert torch.isfinite(firstepoch.llm.load(out).model(torch.tensor([ids]))).all()
-    llm = llama(out, logits_all=True)  # else llama.cpp keeps no scores for the positions: the array is unset memory
+    lm, _ = char_model
+    ids = lm.tokenizer.encode(STRINGS[0])
+    llm = llama(quantized[target], logits_all=True)  # else llama.cpp keeps no scores for the positions
     llm.eval(ids)
-    assert np.isfinite(np.asarray(llm.scores[len(ids) - 1])).all()
+    theirs = np.asarray(llm.scores[len(ids) - 1])
+    with torch.no_grad():
+        ours = firstepoch.llm.load(quantized[target]).model(torch.tensor([ids]))[0, -1].numpy()
+    assert np.isfinite(theirs).all() and theirs.argmax() == ours.argmax()
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-3)  # seen: equal
