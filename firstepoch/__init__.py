@@ -18,6 +18,6 @@ from firstepoch.data.loaders import DataLoaders
 from firstepoch.errors import FirstEpochError
 from firstepoch.retrieval import Index, embed
 
-__all__ = ["__version__", "Callback", "DataLoaders", "EarlyStopping", "FirstEpochError", "GradientAccumulation", "GradientClip",
-           "Index", "Learner", "MixedPrecision", "Predictor", "Run", "TimeBudget", "TrainingInterrupted", "embed",
-           "list_runs", "load"]
+__all__ = ["__version__", "Callback", "DataLoaders", "EarlyStopping", "FirstEpochError", "GradientAccumulation",
+           "GradientClip", "Index", "Learner", "MixedPrecision", "Predictor", "Run", "TimeBudget",
+           "TrainingInterrupted", "embed", "list_runs", "load"]

@@ -41,8 +41,9 @@ def test_a_fresh_process_predicts_exactly_what_the_learner_gave(trained, digits,
             "p = firstepoch.load(sys.argv[1], device=sys.argv[3])\n"
             "items = torch.load(sys.argv[2], weights_only=True)\n"
             "print(json.dumps([p.predict(i) for i in items]))\n")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "items.pt"), str(learn.device)], capture_output=True,
-                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "items.pt"), str(learn.device)],
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert json.loads(out.stdout) == [learn.predict(i) for i in x[:5]]
 
 

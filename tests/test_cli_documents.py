@@ -9,7 +9,7 @@ from tests.test_cli import cli
 
 
 @pytest.fixture(scope="module")
-def indexed(docs_folder, tmp_path_factory):
+def indexed(docs_folder, tmp_path_factory):  # noqa: F811  (the fixture imported above)
     name = str(tmp_path_factory.mktemp("indexes") / "docs-index")
     result = cli("index", docs_folder, "--index", name)
     assert result.returncode == 0, result.stderr

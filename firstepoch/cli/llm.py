@@ -23,12 +23,8 @@ def _sampling_options(temperature, top_k, top_p, min_p, repeat_penalty, seed, st
 
 def _load_llm(model, context, chat_template, device=None):
     import firstepoch.llm
-    from firstepoch.llm import LanguageModel
 
-    lm = firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
-    if not isinstance(lm, LanguageModel):
-        raise FirstEpochError(f"{model}: a {lm.task} model, not a language model; use `firstepoch predict`")
-    return lm
+    return firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
 
 
 @app.command()

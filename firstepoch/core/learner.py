@@ -181,8 +181,8 @@ class Learner:
                   callbacks: Iterable[Callback] = ()) -> list[dict]:
         """fastai's recipe for a pretrained model: train the new head with the body frozen for `freeze_epochs`
         (BatchNorm layers keep training, and their statistics restart each epoch from the new data's batches),
-        then train everything for `epochs` with a 1cycle schedule and discriminative learning rates: the body's `lr_mult` times smaller
-        than the head's `base_lr / 2`. Returns the epoch history (both phases)."""
+        then train everything for `epochs` with a 1cycle schedule and discriminative learning rates: the body's
+        `lr_mult` times smaller than the head's `base_lr / 2`. Returns the epoch history (both phases)."""
         callbacks = [RecalibrateBatchNorm(), *callbacks]
         if freeze_epochs > 0:
             self.freeze()

@@ -319,7 +319,8 @@ def _fingerprint(root: Path, paths: Sequence[Path]) -> str:
 def build(root: Path, splits: dict[str, tuple[list[Path], list[str]]], size: int = 64, seed: int = 42,
           batch_size: int | None = None, flip: bool = True, rotate: float = 10.0, num_workers: int = 0,
           page: int = 1) -> dict:
-    """The fields of a `DataLoaders` from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the one builder)."""
+    """The fields of a `DataLoaders` from {"train": (paths, labels), "valid": (...), optional "test": (...)} (the
+    one builder)."""
     scanned, total, all_bad = {}, 0, []
     for name, (paths, labels) in splits.items():
         good, bad, gray, pixels = scan_images(paths, size, page)
@@ -435,8 +436,8 @@ def name_func_parts(path, files: Sequence[Path] | None = None, label_func: Calla
                    valid_pct: float = 0.2, seed: int = 42, size: int = 64, batch_size: int | None = None,
                    flip: bool = True, rotate: float = 10.0, num_workers: int = 0, page: int = 1,
                    test_pct: float = 0.0) -> dict:
-    """The fields of `DataLoaders.from_name_func`: images labelled from their file names by `label_func(path) -> label`, or by a regex whose first
-    group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
+    """The fields of `DataLoaders.from_name_func`: images labelled from their file names by `label_func(path) ->
+    label`, or by a regex whose first group is the label (e.g. r"^([a-z_]+)_\\d+" for "great_pyrenees_12.jpg")."""
     root = _check_folder(path)
     files = [Path(f) for f in files] if files is not None else image_files(root)
     if not files:

@@ -20,6 +20,8 @@ class Tokenizer(Protocol):
     kind: str
     vocab_size: int
     end_ids: frozenset[int]  # tokens that end a generation: none, a GPT of your own runs to its token limit
+    bos_id: int | None  # the begin and end tokens a chat template may name: none for a GPT of your own
+    eos_id: int | None
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -36,6 +38,7 @@ class CharTokenizer:
 
     kind = "char"
     end_ids: frozenset[int] = frozenset()
+    bos_id = eos_id = None
 
     def __init__(self, chars: str):
         self.chars = chars
@@ -86,6 +89,7 @@ class BPETokenizer:
 
     kind = "bpe"
     end_ids: frozenset[int] = frozenset()
+    bos_id = eos_id = None
 
     def __init__(self, tokenizer):
         self._tok = tokenizer

@@ -73,7 +73,7 @@ class ChatTemplate:
                 raise FirstEpochError(f"message {i}: each message needs a 'role' and a 'content' string")
         self._check()
         tok = self.tokenizer
-        bos_id, eos_id = getattr(tok, "bos_id", None), getattr(tok, "eos_id", None)  # a GPT of your own has none
+        bos_id, eos_id = (tok.bos_id, tok.eos_id) if tok is not None else (None, None)  # None: a GPT of your own
         context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
                    "bos_token": tok.token_text(bos_id) if bos_id is not None else "",
                    "eos_token": tok.token_text(eos_id) if eos_id is not None else ""}

@@ -143,6 +143,8 @@ class PromptTokenizer(Protocol):
     (`data.text`)."""
 
     end_ids: AbstractSet[int]  # tokens that end a generation; none for a GPT of your own
+    bos_id: int | None  # the begin and end tokens a chat template may name; None for a GPT of your own
+    eos_id: int | None
 
     def encode_prompt(self, text: str, special: bool = False) -> list[int]: ...  # BOS and control tokens as due
 

@@ -3,8 +3,8 @@ they are) and export of a firstepoch GPT as a `llama`-architecture GGUF that lla
 
 Export writes F32 weights under llama.cpp's tensor names. Queries and keys are permuted from the
 rotate-half RoPE layout our Transformer uses to the interleaved layout llama.cpp applies to `llama`
-models, and reading undoes it. Tokenizers: the character tokenizer becomes a SentencePiece-style vocabulary (one piece per
-character, byte-fallback pieces `<0xNN>`, no merges, no space prefix), which llama.cpp then splits
+models, and reading undoes it. Tokenizers: the character tokenizer becomes a SentencePiece-style vocabulary (one
+piece per character, byte-fallback pieces `<0xNN>`, no merges, no space prefix), which llama.cpp then splits
 exactly as we do; the byte-level BPE becomes a GPT-2 vocabulary with its merges.
 """
 from __future__ import annotations

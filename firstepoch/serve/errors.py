@@ -9,7 +9,8 @@ from starlette.responses import JSONResponse
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy", 504: "timeout"}
+          415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error", 503: "server_busy",
+          504: "timeout"}
 
 
 class ApiError(Exception):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from firstepoch import DataLoaders, FirstEpochError, Learner, TrainingInterrupted
 from firstepoch.core.callbacks import Callback

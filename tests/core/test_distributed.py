@@ -14,7 +14,8 @@ SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     d = load_digits()
     x, y = torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
-    learn = Learner(DataLoaders.from_tensors(x, y, batch_size=32), "mlp", run=sys.argv[1] if os.environ["RANK"] == "0" else None)
+    run = sys.argv[1] if os.environ["RANK"] == "0" else None
+    learn = Learner(DataLoaders.from_tensors(x, y, batch_size=32), "mlp", run=run)
     history = learn.fit_one_cycle(2, 1e-2)
     weights = torch.cat([p.detach().flatten() for p in learn.model.parameters()])
     out = {"rank": learn.rank, "world": learn.world_size, "steps": learn.train_iter,

@@ -67,7 +67,8 @@ def test_train_valid_test_folders(tmp_path):
 
 def test_labels_from_a_csv_and_from_file_names(folder, tmp_path):
     labels = tmp_path / "labels.csv"
-    rows = [f"{p.relative_to(folder)},{'odd' if int(p.stem[-1]) % 2 else 'even'}" for p in sorted(folder.rglob("*.png"))]
+    rows = [f"{p.relative_to(folder)},{'odd' if int(p.stem[-1]) % 2 else 'even'}"
+            for p in sorted(folder.rglob("*.png"))]
     labels.write_text("file,label\n" + "\n".join(rows) + "\n")
     assert DataLoaders.from_folder(folder, labels=labels, size=8).classes == ["even", "odd"]
     by_regex = DataLoaders.from_name_func(folder, label_func=r"^([a-z]+)_\d+", size=8)

@@ -41,7 +41,8 @@ def test_the_token_file_is_a_reused_memory_map(text_file, tmp_path):
 def test_bytes_that_are_not_utf8_are_replaced_and_counted(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait \xff\xfe " * 40)
     with pytest.warns(UserWarning, match="120 character"):  # 3 undecodable bytes x 40
-        dls = DataLoaders.from_text(tmp_path / "bad.txt", context=16, batch_size=4, steps_per_epoch=2, cache_dir=tmp_path)
+        dls = DataLoaders.from_text(tmp_path / "bad.txt", context=16, batch_size=4, steps_per_epoch=2,
+                                    cache_dir=tmp_path)
     assert "\ufffd" in dls.preprocessor.tokenizer.chars
 
 

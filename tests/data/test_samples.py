@@ -1,4 +1,4 @@
-from firstepoch.data import DataLoaders, images, samples
+from firstepoch.data import DataLoaders, samples
 
 
 def test_digits_are_written_once_as_a_real_image_folder(tmp_path):

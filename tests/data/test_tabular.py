@@ -75,7 +75,8 @@ def test_an_mlp_learns_iris(iris):
 @pytest.mark.parametrize("make, target, message", [
     (lambda p: None, "species", "no such CSV file"),
     (lambda p: p.write_text(""), "species", "empty file"),
-    (lambda p: write_csv(p, ["a", "species"], [[1, "x"]] * 10), "specie", r"no column 'specie'.*did you mean 'species'"),
+    (lambda p: write_csv(p, ["a", "species"], [[1, "x"]] * 10), "specie",
+     r"no column 'specie'.*did you mean 'species'"),
     (lambda p: write_csv(p, ["a", "species"], [[i, "x"] for i in range(10)]), "species", "single value"),
     (lambda p: p.write_text("a,species\n1,x\n2,y,3\n"), "species", "line 3: 3 fields but the header has 2"),
     (lambda p: write_csv(p, ["species"], [["x"], ["y"]] * 5), "species", "no feature columns"),

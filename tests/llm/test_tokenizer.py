@@ -4,7 +4,8 @@ from hypothesis import strategies as st
 
 STRINGS = ["Hello world!", "  leading spaces and   runs   of them\t\ttabs\n\n\nnewlines", "café naïve Œdipus résumé",
            "emoji 🙂🎉 and 日本語の文", "def f(x):\n    return x ** 2  # 12345 67", "It's we'll they've I'D",
-           "numbers 3.14159 and 1,000,000", "<|im_start|>user\nhi<|im_end|>", "", " ", "\u00a0non-breaking\u2009thin", "a\x16b (a byte with no token: dropped by both)"]
+           "numbers 3.14159 and 1,000,000", "<|im_start|>user\nhi<|im_end|>", "", " ", "\u00a0non-breaking\u2009thin",
+           "a\x16b (a byte with no token: dropped by both)"]
 
 
 def test_token_ids_equal_llama_cpp(smollm, llama):

@@ -35,7 +35,8 @@ def docs(docs_folder, tmp_path):
 def consistent(ix: Index) -> None:
     """No duplicate chunks, the text table and the FTS table agree, every file's chunk count holds."""
     db = ix.db
-    assert db.execute("SELECT COUNT(*) FROM chunks").fetchone() == db.execute("SELECT COUNT(*) FROM chunks_fts").fetchone()
+    count = lambda table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: E731
+    assert count("chunks") == count("chunks_fts")
     for path, n in db.execute("SELECT path, chunks FROM files").fetchall():
         assert db.execute("SELECT COUNT(*) FROM chunks WHERE path = ?", (path,)).fetchone()[0] == n, path
     dup = db.execute("SELECT COUNT(*) FROM (SELECT path, start, page FROM chunks GROUP BY path, page, start "

@@ -193,8 +193,10 @@ def test_streams_at_the_queue_edge_are_whole_or_503(server):
 
 
 def test_a_client_that_leaves_a_plain_request_stops_its_generation(server):
-    metric = lambda: float([line for line in httpx.get(server.url + "/metrics", headers=server.headers).text
-                            .splitlines() if line.startswith("firstepoch_cancelled_generations_total")][0].split()[-1])
+    def metric():
+        text = httpx.get(server.url + "/metrics", headers=server.headers).text
+        return float([line for line in text.splitlines()
+                      if line.startswith("firstepoch_cancelled_generations_total")][0].split()[-1])
     before = metric()
     body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story."}],
                        "max_tokens": 1000, "stream": False}).encode()

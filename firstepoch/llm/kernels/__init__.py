@@ -1,4 +1,5 @@
-"""firstepoch's own CPU kernels (block-quantized matmuls, the Transformer's layers for prefill and decode), compiled on first use with the machine's C compiler and loaded with ctypes.
+"""firstepoch's own CPU kernels (block-quantized matmuls, the Transformer's layers for prefill and decode),
+compiled on first use with the machine's C compiler and loaded with ctypes.
 
 `compiled_kernels()` gives them as a `Kernels` object, each C function a method on tensors, or None (with one
 warning) where no compiler is found or the build fails; callers then fall back to PyTorch's bf16 matmul. The
