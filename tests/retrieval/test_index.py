@@ -73,8 +73,8 @@ def test_search_modes_and_bad_queries(built):
     for mode in ("vector", "lexical", "hybrid"):
         hits = ix.search("Bell Rock lighthouse", k=2, mode=mode)
         assert hits[0].source == "page.html", mode
-        assert "lighthouse" in hits[0].text.lower(), (mode, hits[0].text[:200])  # the passage itself, not only its file
-        assert -1.0 <= hits[0].score <= 1.0 and all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+        assert "Bell Rock lighthouse keeper lit the lamp" in hits[0].text and -1.0 <= hits[0].score <= 1.0
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))  # best first
     assert ix.search("!!! ???", k=3, mode="lexical") == []
     with pytest.raises(FirstEpochError, match="search mode"):
         ix.search("x", mode="fuzzy")

@@ -34,28 +34,45 @@ def test_chat_streams_an_answer(page):
     page.wait_for_function("document.querySelectorAll('#chat-model option').length > 0")
     page.fill("#temp", "0")
     page.fill("#prompt", "Write one sentence about the sea.")
+    # every text the answer shows, as the page shows it: a MutationObserver notes each distinct one
+    page.evaluate("""() => {
+        window.shown = [];
+        new MutationObserver(() => {
+            const body = document.querySelector('.msg.assistant:last-child .body');
+            const text = body ? body.textContent : '';
+            if (text && text !== window.shown[window.shown.length - 1]) window.shown.push(text);
+        }).observe(document.querySelector('#log'), {childList: true, subtree: true, characterData: true});
+    }""")
     page.click("#send")
     page.wait_for_selector(".msg.assistant .body:not(:empty)", timeout=60_000)
-    first = page.inner_text(".msg.assistant .body")
-    page.wait_for_function("!document.querySelector('#stop') || document.querySelector('#stop').disabled",
-                           timeout=120_000)
-    final = page.inner_text(".msg.assistant .body")
-    assert final.strip() and len(final) >= len(first)  # it grew as the pieces arrived
+    page.wait_for_function("document.querySelector('#stop').disabled", timeout=120_000)
+    final = page.text_content(".msg.assistant .body")
+    shown = page.evaluate("window.shown")
+    # streamed: the answer was seen growing through several partial texts before the whole one
+    assert len(final.strip()) > 10 and shown[-1] == final, shown
+    assert len(shown) >= 4 and all(len(a) < len(b) for a, b in zip(shown, shown[1:])), shown
+    assert all(final.startswith(partial.rstrip()) for partial in shown[:-1]), shown
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
 
 
 def test_upload_an_image_and_see_a_label(page, served_things):
-    _, _, digits = served_things
+    import firstepoch
+
+    tmp, _, digits = served_things
     image = next((digits / "test" / "7").glob("*.png"))
     page.click("nav button[data-tab=classify]")
     page.wait_for_function("document.querySelectorAll('#predict-model option').length > 0")
     page.select_option("#predict-model", "digits")
     page.set_input_files("#file", str(image))
     page.wait_for_selector("#label", timeout=30_000)
-    label = page.inner_text("#label")
-    assert label in [str(d) for d in range(10)]
-    assert page.locator("table.probs tr").count() == 5
+    expected = firstepoch.load(tmp / "digits-model").predict(image)  # the same bundle, in-process
+    assert page.inner_text("#label") == expected["label"]
+    rows = page.locator("table.probs tr")
+    assert rows.count() == 5
+    top5 = sorted(expected["probs"].items(), key=lambda item: -item[1])[:5]
+    shown = [rows.nth(i).locator("td").all_inner_texts() for i in range(5)]
+    assert [(row[0], row[2]) for row in shown] == [(c, f"{p * 100:.1f}%") for c, p in top5], shown
     page.screenshot(path=str(ARTIFACTS / "classify.png"), full_page=True)
 
 

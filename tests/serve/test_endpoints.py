@@ -1,5 +1,4 @@
 """Plain HTTP for what only firstepoch serves: predictions, document search and answers, runs, health, metrics."""
-import io
 import json
 
 import httpx
@@ -20,24 +19,32 @@ def test_predict_an_image_and_a_pdf_upload(server, served_things):
                    headers=server.headers)
     assert r.status_code == 200, r.text
     out = r.json()
-    expected = firstepoch.load(tmp / "digits-model").predict(image)
+    predictor = firstepoch.load(tmp / "digits-model")
+    expected = predictor.predict(image)
     assert out["label"] == expected["label"] and abs(out["probability"] - expected["probability"]) < 1e-6
+    assert out["probs"] == pytest.approx(expected["probs"], abs=1e-6)
     assert abs(sum(out["probs"].values()) - 1) < 1e-4
-    pdf = io.BytesIO()
+    pdf = tmp / "scan-of-a-3.pdf"
     Image.open(image).convert("RGB").save(pdf, format="PDF")
-    r = httpx.post(server.url + "/v1/predict/digits", files={"file": ("scan.pdf", pdf.getvalue())},
+    r = httpx.post(server.url + "/v1/predict/digits", files={"file": ("scan.pdf", pdf.read_bytes())},
                    headers=server.headers)
     assert r.status_code == 200, r.text
-    assert r.json()["label"] in out["probs"]
+    expected = predictor.predict(pdf)  # the same page rendered in-process by the library
+    assert r.json()["label"] == expected["label"] and r.json()["probs"] == pytest.approx(expected["probs"], abs=1e-6)
     r = httpx.post(server.url + "/v1/predict/digits", json={"row": {"a": 1}}, headers=server.headers)
     assert r.status_code == 400 and "upload" in r.json()["error"]["message"]
 
 
-def test_predict_a_tabular_row(server):
+def test_predict_a_tabular_row(server, served_things):
+    import firstepoch
+
     row = {"sepal length (cm)": 6.7, "sepal width (cm)": 3.0, "petal length (cm)": 5.2, "petal width (cm)": 2.3}
     r = httpx.post(server.url + "/v1/predict/iris", json={"row": row}, headers=server.headers)
     assert r.status_code == 200, r.text
-    assert r.json()["label"] in ("setosa", "versicolor", "virginica")
+    expected = firstepoch.load(served_things[0] / "iris").predict(row)  # the same bundle, in-process
+    out = r.json()
+    assert out["label"] == expected["label"] and out["probs"] == pytest.approx(expected["probs"], abs=1e-6)
+    assert set(out["probs"]) == {"setosa", "versicolor", "virginica"}
     r = httpx.post(server.url + "/v1/predict/iris", files={"file": ("x.png", b"...")}, headers=server.headers)
     assert r.status_code == 400 and "JSON row" in r.json()["error"]["message"]
 
@@ -53,6 +60,7 @@ def test_search_and_ask_an_index(server):
                       json={"question": "How many animals were counted in the zebra herd?"}) as stream:
         lines = [json.loads(line) for line in stream.iter_lines() if line]
     assert lines[0]["answered"] and lines[0]["citations"][0]["source"] == "reports/survey.pdf"
+    assert "counted 412 animals" in lines[0]["citations"][0]["text"]  # the passage that holds the answer
     assert any(line.get("text") for line in lines[1:-1]) and lines[-1] == {"done": True}
     r = httpx.post(server.url + "/v1/ask/docs", headers=server.headers,
                    json={"question": "Who won the 1998 football world cup?", "stream": False})
