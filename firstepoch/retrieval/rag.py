@@ -6,7 +6,7 @@ hold the answer: `ask` says so instead of letting the model guess.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -152,7 +152,8 @@ def no_answer(hits, threshold: float = NO_ANSWER_THRESHOLD) -> str | None:
 def fit_context(lm, question: str, hits, max_tokens: int,
                 threshold: float = NO_ANSWER_THRESHOLD) -> tuple[list[Citation], list[dict]]:
     """The chat messages for `lm`: passages scoring at least `threshold`, in rank order, while the prompt
-    still leaves `max_tokens` for the answer; the first one is cut to fit when even it alone is too long.
+    still leaves `max_tokens` for the answer; the first one is cut to fit when even it alone is too long (and its
+    citation then quotes the part the model read).
     Never more than the context."""
     hits = [h for h in hits if h.score >= threshold]
     budget = lm.context - max_tokens
@@ -174,8 +175,8 @@ def fit_context(lm, question: str, hits, max_tokens: int,
             text = hit.text
             while text and size([(citation, text)]) > budget:
                 text = text[: int(len(text) * 0.8)]
-            if text:
-                chosen.append((citation, text))
+            if text:  # the citation quotes what the model read
+                chosen.append((replace(citation, text=text), text))
             break
         else:
             break
