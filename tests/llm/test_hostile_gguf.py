@@ -48,7 +48,10 @@ def test_the_tiny_model_is_valid_and_runs_the_c_layers(tiny):
         pytest.skip("no C compiler: the kernels are not built here")
     assert lm.model.c_layers is not None  # the C path is the one under test
     assert len(lm.generate("the", max_new_tokens=4, temperature=0, stream=False)) > 0
-    assert lm.chat([{"role": "user", "content": "hi"}], max_new_tokens=2, stream=False) is not None
+    reply = lm.chat([{"role": "user", "content": "hi"}], max_new_tokens=2)
+    text = "".join(reply)
+    assert reply.stats.completion_tokens in (1, 2) and reply.stats.finish_reason in ("stop", "length"), reply.stats
+    assert isinstance(text, str) and reply.stats.prompt_tokens > 1  # the template rendered the message
 
 
 # each lie of the hardening issue, by itself
