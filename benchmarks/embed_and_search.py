@@ -95,14 +95,14 @@ def latency(search, queries: np.ndarray, truth: np.ndarray) -> tuple[float, floa
 
 
 def search_speed(n: int) -> None:
-    from firstepoch.retrieval.index import _new_ann
+    from firstepoch.retrieval.storage import new_graph
 
     x, queries = vectors(n)
     print(f"search: {len(x):,} vectors of {x.shape[1]} dims, {len(queries)} queries, top 10, one at a time")
     truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]
     rows = [("exact scan (numpy)", 0.0, latency(lambda q: np.argpartition(-(x @ q), 10)[:10], queries, truth))]
     start = time.perf_counter()
-    graph = _new_ann(x.shape[1])
+    graph = new_graph(x.shape[1])
     graph.add(np.arange(len(x)), x, threads=torch.get_num_threads())
     rows.append(("firstepoch (usearch HNSW)", time.perf_counter() - start,
                  latency(lambda q: graph.search(q, 10).keys, queries, truth)))

@@ -30,6 +30,8 @@ def run_demo(console: Console, epochs: int = 8, out: Path | None = None, device:
                   f"{dls.info['n_valid']}", highlight=False)
     run = train(dls, "cnn", "demo-digits", epochs, LR, device=device, out=out, console=console,
                 config={"data": str(folder), "arch": "cnn", "epochs": epochs, "lr": LR})
+    if run is None:  # another rank of a distributed run: the first one shows the demo
+        return {}
     bundle = Path(run.info()["bundle"])
     predictor = load(bundle, device=device)
     test = predictor.evaluate(folder / "test", metrics=["accuracy", "f1"])

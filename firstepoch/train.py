@@ -1,7 +1,8 @@
 """Training as `firstepoch train` does it, from Python: each function reads the data, picks the model and the
 learning rate, fits, evaluates the test split, exports the bundle and returns the `Run`.
 
-    run = firstepoch.train.train_images("pets/", epochs=3)       # fine-tunes the bundled EfficientNet-Lite0
+    from firstepoch.train import train_images
+    run = train_images("pets/", epochs=3)                         # fine-tunes the bundled EfficientNet-Lite0
     firstepoch.load(run.bundle_dir).predict("cat.jpg")
 
 `train` is the shared part, for DataLoaders and models of your own.
@@ -36,7 +37,8 @@ def train(dls: DataLoaders, model, task: str, epochs: int, lr: float | None = No
     """Fit `model` on `dls` in a new run folder (or the run `name`), evaluate the test split, export the bundle.
 
     Args:
-        model: an architecture name ("cnn", "mlp", a timm name) or an `nn.Module`.
+        model: an architecture name ("cnn", "mlp", a timm name) or a model made by `firstepoch.models` (it
+            records its architecture, which the bundle needs).
         task: the run's kind, for its default name (`<task>-<time>`).
         lr: the peak learning rate of the 1cycle schedule (or fine-tuning's base rate).
         resume: continue the run `name` from its last checkpoint.
@@ -55,17 +57,22 @@ def train(dls: DataLoaders, model, task: str, epochs: int, lr: float | None = No
                               "--arch cnn")
     if opt not in OPTIMIZERS:  # before any run folder is made
         raise FirstEpochError(f"--opt {opt!r}: choose from {', '.join(OPTIMIZERS)}")
+    if not isinstance(model, str) and getattr(model, "spec", None) is None:
+        raise FirstEpochError("train exports a bundle, which needs a model made by firstepoch.models (linear, mlp, "
+                              "cnn, a timm name, the Transformer); for your own nn.Module use Learner and learn.save")
     is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
     run = Run.create(name=name, task=task, config=config) if is_main else None
     checkpoint = Run(runs_root() / name).checkpoint if resume else False
     learn = Learner(dls, model, opt=opt, seed=seed, device=device, precision=precision, compile=compile, run=run)
     if run is not None:
         unit = "tokens" if dls.task == "language_model" else "items"
-        console.print(f"[bold]run[/bold] {run.dir}  ·  {dls.info.get('n_train', '?'):,} train / "
-                      f"{dls.info.get('n_valid', '?'):,} valid {unit}  ·  {learn.device}", highlight=False)
+        count = lambda key: f"{dls.info[key]:,}" if isinstance(dls.info.get(key), int) else "?"  # noqa: E731
+        console.print(f"[bold]run[/bold] {run.dir}  ·  {count('n_train')} train / {count('n_valid')} valid "
+                      f"{unit}  ·  {learn.device}", highlight=False)
     try:
         if freeze_epochs is not None:
-            learn.fine_tune(epochs, base_lr=lr, freeze_epochs=freeze_epochs, callbacks=callbacks)
+            learn.fine_tune(epochs, base_lr=lr or IMAGE_LR["fine_tune"], freeze_epochs=freeze_epochs,
+                            callbacks=callbacks)
         else:
             learn.fit_one_cycle(epochs, lr, resume=checkpoint, callbacks=callbacks)
     except TrainingInterrupted as exc:

@@ -193,6 +193,8 @@ BAD_INPUT = [
     (["train", "text", "--sample", "shakespeare", "--time", "soon"], "expected a duration such as 90s"),
     (["train", "text", "--sample", "shakespeare", "--opt", "lion"], "--opt 'lion': choose from"),
     (["export", "{tmp}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
+    (["evaluate", "pets", "{tmp}"], "pets: no such bundle folder"),
+    (["export", "{html}", "--gguf", "x.gguf"], "not a firstepoch bundle"),
     (["generate", "{html}", "hi"], "an HTML page, not a model"),
     (["train", "images", "{tmp}", "--arch", "cnn", "--weights", "w.safetensors"], "--weights needs a timm"),
     (["predict", "efficientnet_lite0", "{csv}", "--tta"], "--tta works with trained bundles"),

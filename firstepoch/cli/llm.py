@@ -21,7 +21,7 @@ def _sampling_options(temperature, top_k, top_p, min_p, repeat_penalty, seed, st
             "repetition_penalty": repeat_penalty, "seed": seed, "stop": list(stop or [])}
 
 
-def _load_llm(model, context, chat_template, device=None):
+def _load_llm(model, context, chat_template):
     import firstepoch.llm
 
     return firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
@@ -206,12 +206,13 @@ def export(
 ):
     """Export a trained GPT to GGUF (architecture llama, F32 weights, its tokenizer)."""
     import firstepoch
-    from firstepoch.llm import LanguageModel
+    from firstepoch.bundle import read_config
     from firstepoch.llm.gguf import export_gguf
 
+    task = read_config(bundle)["task"]  # a bundle, or one line saying what is wrong with it
+    if task != "language_model":
+        raise FirstEpochError(f"{bundle}: only GPT bundles export to GGUF; this one is a {task} model")
     lm = firstepoch.load(bundle, device="cpu")
-    if not isinstance(lm, LanguageModel):
-        raise FirstEpochError(f"{bundle}: only GPT bundles export to GGUF; this one is a {lm.task} model")
     path = export_gguf(lm, gguf, name=bundle.resolve().parent.name)
     size = path.stat().st_size / 2**20
     console.print(f"[bold green]wrote[/bold green] {path} ({size:.1f} MiB)\n"

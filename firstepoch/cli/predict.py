@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from firstepoch.bundle import read_config
 from firstepoch.cli.app import app, console
 from firstepoch.errors import FirstEpochError
 
@@ -31,6 +32,7 @@ def predict(
             raise FirstEpochError("--tta works with trained bundles, not with a pretrained ImageNet model")
         predictor = ImageNetClassifier(str(bundle))
     else:
+        read_config(bundle)  # a bundle, or one line saying what is wrong with it
         predictor = firstepoch.load(bundle, device=device)
         predictor.tta = tta
     results = [(str(name), predictor.predict(item)) for name, item in _raw_items(predictor, files)]
@@ -70,6 +72,7 @@ def evaluate(
     import firstepoch
 
     bars = _parse_bars(fail_under)
+    read_config(bundle)  # a bundle, or one line saying what is wrong with it
     predictor = firstepoch.load(bundle, device=device)
     predictor.tta = tta
     labelled = predictor.labelled_outputs(data)  # predicted once, for the metrics and the pictures

@@ -328,7 +328,8 @@ class Learner:
         return dict(self.recorder.last_valid)
 
     def predictor(self):
-        """A `Predictor` over the current model: what `export` then `firstepoch.load` gives back."""
+        """A `Predictor` over the current model: what `export` then `firstepoch.load` gives back for a classifier
+        or regressor."""
         from firstepoch.predictor import Predictor
 
         return Predictor(self.model, self.dls.preprocessor, self.dls.task, self.dls.classes, self.device)

@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from firstepoch.bundle import CONFIG_FILE, is_bundle, read_bundle
+from firstepoch.bundle import CONFIG_FILE, is_bundle, read_bundle, read_config
 from firstepoch.errors import FirstEpochError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -90,9 +90,11 @@ def load_bundle(path: str | Path, device: str | None = None):
     from firstepoch.core.device import default_device
     from firstepoch.llm.generate import LanguageModel
 
+    task = read_config(path)["task"]
+    if task != "language_model":  # before any weight is read
+        raise FirstEpochError(f"{path}: a {task} bundle, not a language model; use it with `firstepoch predict` or "
+                              f"firstepoch.load")
     config, model, preprocessor = read_bundle(path, default_device(device))
-    if config["task"] != "language_model":
-        raise FirstEpochError(f"{path}: a {config['task']} bundle, not a language model; load it with firstepoch.load")
     return LanguageModel(model, preprocessor.tokenizer, config)
 
 

@@ -242,4 +242,5 @@ class ImageNetClassifier:
         top = probs.topk(k)
         ranked = [{"label": self.names.index_to_description(int(i)), "probability": float(p)}
                   for p, i in zip(top.values, top.indices)]
-        return {"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top": ranked}
+        return {"label": ranked[0]["label"], "probability": ranked[0]["probability"], "top": ranked,
+                "probs": {r["label"]: r["probability"] for r in ranked}}  # the top k, as the web page shows them

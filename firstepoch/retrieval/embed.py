@@ -178,10 +178,15 @@ def bundled_embedders() -> list[dict]:
     return found
 
 
-@lru_cache(maxsize=2)
 def load_embedder(name_or_path: str | None = None) -> Embedder:
-    """The embedder by name (default all-minilm-l6-v2) or sentence-transformers folder; loaded once."""
-    return Embedder.from_dir(resolve_embedder(name_or_path))
+    """The embedder by name (default all-minilm-l6-v2) or sentence-transformers folder; loaded once a folder
+    (a name and its folder share one copy)."""
+    return _embedder_in(resolve_embedder(name_or_path))
+
+
+@lru_cache(maxsize=2)
+def _embedder_in(folder: Path) -> Embedder:
+    return Embedder.from_dir(folder)
 
 
 def embed(texts: str | list[str], model: str | None = None, batch_size: int = 32) -> np.ndarray:
