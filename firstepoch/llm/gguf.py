@@ -29,7 +29,11 @@ SPM_SPACE = "\u2581"  # SentencePiece's visible space
 
 # ---------------------------------------------------------------------------------------------- reading
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K")
+# what a model file's tensors may be: the block types firstepoch multiplies as stored (llm/blocktypes.py), and
+# the others the gguf package dequantizes (held as bf16), among them every type of llama.cpp's Q4_K_M, Q5_K_M and
+# Q6_K mixtures (Q5_0, Q5_1 and Q8_0 rows where a dimension is not a multiple of 256)
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                   "Q6_K", "IQ4_NL", "IQ4_XS")
 SUPPORTED_ARCHITECTURES = ("llama",)
 # the magics of the pre-GGUF formats, as their first four bytes read ('ggml', 'ggmf', 'ggjt', 'ggla' little-endian)
 GGUF_MAGIC = b"GGUF"
