@@ -105,7 +105,7 @@ class CLayers:
             _check_layer(c, block, qkv, gate_up)
             codes = tuple(BLOCK_TYPES[lin.qtype].code for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj))
             layers.append(CLayer(block, qkv, gate_up, codes))
-        cos, sin = kernels.rope_tables(c.rope_theta, c.head_dim, c.context)
+        cos, sin = kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors)
         return cls(kernels, c, layers, cos, sin)
 
     def bind(self, caches: list[KVCache]) -> None:

@@ -64,18 +64,37 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
     if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
         raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
                               f"not supported yet")
-    if "rope_freqs.weight" in g.tensors or g.arch("rope.scaling.type", "none") not in ("none", None):
-        raise FirstEpochError(f"{g.path}: RoPE frequency scaling (Llama 3.1 and later) is not supported yet")
+    if g.arch("rope.scaling.type", "none") not in ("none", None):
+        raise FirstEpochError(f"{g.path}: RoPE scaling {_shown(g.arch('rope.scaling.type'))} is not supported yet "
+                              f"(Llama 3.1's rope_freqs are)")
     trained = _size(g, "context_length", 2048)
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
         raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
     tokens = g.metadata.get("tokenizer.ggml.tokens")
     vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
+    factors = _rope_freq_factors(g, head_dim)
     return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
         attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads,
         n_kv_heads=n_kv_heads, hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
         norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
-        rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors)
+        rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors,
+        rope_freq_factors=factors)
+
+
+def _rope_freq_factors(g, head_dim: int) -> list[float] | None:
+    """Llama 3.1's `rope_freqs` tensor (one divisor per rotary frequency), checked, or None when there is none."""
+    t = g.tensors.get("rope_freqs.weight")
+    if t is None:
+        return None
+    from firstepoch.llm.gguf import tensor_array
+
+    if tuple(int(n) for n in t.shape) != (head_dim // 2,):
+        raise FirstEpochError(f"{g.path}: tensor rope_freqs.weight has shape {list(map(int, t.shape))}, not "
+                              f"[{head_dim // 2}] (one factor per rotary frequency)")
+    factors = tensor_array(t).reshape(-1).astype(float).tolist()
+    if not all(0 < f < float("inf") for f in factors):
+        raise FirstEpochError(f"{g.path}: rope_freqs.weight holds a factor that is not a positive number")
+    return factors
 
 
 def check_tensors(g, config: TransformerConfig) -> None:

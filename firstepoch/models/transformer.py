@@ -42,6 +42,8 @@ class TransformerConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     attention: str = "torch"
+    # Llama 3.1 and later: each rotary frequency divided by its factor (GGUF's rope_freqs tensor), head_dim / 2 of them
+    rope_freq_factors: list[float] | None = None
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -57,6 +59,10 @@ class TransformerConfig:
             problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         elif (self.dim // self.n_heads) % 2:
             problems.append(f"head size {self.dim // self.n_heads} must be even for rotary embeddings")
+        factors = self.rope_freq_factors
+        if factors is not None and not problems and (
+                len(factors) != self.dim // self.n_heads // 2 or not all(0 < f < float("inf") for f in factors)):
+            problems.append(f"rope_freq_factors must be {self.dim // self.n_heads // 2} positive numbers")
         if self.attention not in ATTENTION_KINDS:
             problems.append(f"attention {self.attention!r} is not one of {', '.join(ATTENTION_KINDS)}")
         if problems:
@@ -110,9 +116,13 @@ class RMSNorm(nn.Module):
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each (length, head_dim), for the rotate-half layout."""
+def rope_tables(head_dim: int, length: int, theta: float, device=None,
+                freq_factors: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each (length, head_dim), for the rotate-half layout; `freq_factors` (head_dim / 2) divide the
+    frequencies (Llama 3.1's long-context scaling)."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    if freq_factors is not None:
+        inv_freq = inv_freq / torch.tensor(freq_factors, device=device, dtype=torch.float32)
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
     return angles.cos(), angles.sin()
@@ -263,7 +273,8 @@ class Transformer(nn.Module):
         self.lm_head = linear(config.dim, config.vocab_size, "lm_head")
         if own and config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta)
+        cos, sin = rope_tables(config.head_dim, config.context, config.rope_theta,
+                               freq_factors=config.rope_freq_factors)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         if own:

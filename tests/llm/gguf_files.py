@@ -43,8 +43,9 @@ def tensors(seed: int = 0) -> dict[str, tuple[np.ndarray, object]]:
     return out
 
 
-def tiny_model(path: Path, seed: int = 0) -> Path:
-    """A valid 2-layer llama GGUF (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf package."""
+def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None) -> Path:
+    """A valid 2-layer llama GGUF (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf package; with
+    `rope_freqs` (head_dim / 2 factors), Llama 3.1's rope_freqs tensor too."""
     writer = gguf.GGUFWriter(str(path), arch="llama")
     writer.add_name("tiny")
     writer.add_context_length(128)
@@ -63,7 +64,10 @@ def tiny_model(path: Path, seed: int = 0) -> Path:
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_chat_template(TEMPLATE)
-    for name, (values, qtype) in tensors(seed).items():
+    items = tensors(seed)
+    if rope_freqs is not None:
+        items["rope_freqs.weight"] = (np.asarray(rope_freqs, np.float32), gguf.GGMLQuantizationType.F32)
+    for name, (values, qtype) in items.items():
         data = gguf.quants.quantize(values, qtype) if qtype != gguf.GGMLQuantizationType.F32 else values
         writer.add_tensor(name, data, raw_dtype=qtype)
     writer.write_header_to_file()

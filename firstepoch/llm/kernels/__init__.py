@@ -73,10 +73,16 @@ class Kernels:
         self.library.rms_norm_rows(x.data_ptr(), weight.data_ptr(), eps, x.shape[1], x.shape[0], out.data_ptr())
         return out
 
-    def rope_tables(self, theta: float, head_dim: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin, each (length, head_dim / 2), built as llama.cpp builds its angles."""
+    def rope_tables(self, theta: float, head_dim: int, length: int,
+                    freq_factors: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin, each (length, head_dim / 2), built as llama.cpp builds its angles (each divided by its
+        frequency factor when `freq_factors` are given)."""
         cos, sin = torch.empty(length, head_dim // 2), torch.empty(length, head_dim // 2)
-        self.library.rope_tables_like_llamacpp(theta, head_dim, length, cos.data_ptr(), sin.data_ptr())
+        factors = torch.tensor(freq_factors, dtype=torch.float32) if freq_factors is not None else None
+        if factors is not None and factors.numel() != head_dim // 2:
+            raise ValueError(f"{factors.numel()} frequency factors for a head of {head_dim}")
+        self.library.rope_tables_like_llamacpp(theta, head_dim, length, factors.data_ptr() if factors is not None
+                                               else None, cos.data_ptr(), sin.data_ptr())
         return cos, sin
 
     def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int, cos: torch.Tensor,
@@ -121,7 +127,7 @@ def compiled_kernels() -> Kernels | None:
                   for kind in BLOCK_TYPES.values()}
     signatures.update({
         "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
-        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer]),
+        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, pointer, pointer,
                                   ctypes.c_int]),

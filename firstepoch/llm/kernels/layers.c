@@ -148,14 +148,17 @@ static void swiglu_rows(const float *gate_up, int64_t n, int64_t rows, float *ou
 
 /* The cos and sin of every position's angles, (n_positions, head_dim / 2) each: pair i of position p turns
  * by p * base^(-2i / head_dim), the powers built by repeated multiplication. */
-void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions, float *cos_out, float *sin_out) {
+void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions, const float *freq_factors,
+                               float *cos_out, float *sin_out) {
+    /* freq_factors: NULL, or head_dim / 2 divisors of the angles (Llama 3.1's rope_freqs), as ggml applies them */
     const int64_t half = head_dim / 2;
     const float ratio = powf(base, -2.0f / (float)head_dim);
     for (int64_t p = 0; p < n_positions; p++) {
         float theta = (float)p;
         for (int64_t i = 0; i < half; i++) {
-            cos_out[p * half + i] = cosf(theta);
-            sin_out[p * half + i] = sinf(theta);
+            const float angle = freq_factors ? theta / freq_factors[i] : theta;
+            cos_out[p * half + i] = cosf(angle);
+            sin_out[p * half + i] = sinf(angle);
             theta *= ratio;
         }
     }
