@@ -8,6 +8,7 @@ bf16; names are Hugging Face's, so loading is a rename table. The tokenizer is t
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -43,9 +44,12 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
     if architecture not in ARCHITECTURES:
         raise FirstEpochError(f"{folder}: architecture {architecture} is not supported yet; supported: "
                               f"{', '.join(ARCHITECTURES)}")
-    if c.get("rope_scaling"):
-        kind = c["rope_scaling"].get("rope_type", c["rope_scaling"].get("type", "?"))
-        raise FirstEpochError(f"{folder}: RoPE scaling ({kind}) is not supported yet")
+    scaling = c.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise FirstEpochError(f"{folder / 'config.json'}: 'rope_scaling' must be an object")
+    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    if scaling and kind not in ("llama3", "default"):
+        raise FirstEpochError(f"{folder}: RoPE scaling ({str(kind)[:40]}) is not supported yet (llama3 is)")
 
     def number(key: str, default=None, kind=int):
         """config.json's `key`: a positive integer within the limits GGUF files get too (or a positive float)."""
@@ -69,7 +73,39 @@ def config_from_hf(folder: Path, context: int | None = None) -> TransformerConfi
         attention="torch", vocab_size=number("vocab_size"), dim=dim, n_layers=number("num_hidden_layers"),
         n_heads=heads, n_kv_heads=number("num_key_value_heads", heads), hidden_dim=number("intermediate_size"),
         context=min(context or trained, trained), norm_eps=number("rms_norm_eps", 1e-5, float),
-        rope_theta=number("rope_theta", 10000.0, float), tie_embeddings=bool(c.get("tie_word_embeddings", False)))
+        rope_theta=number("rope_theta", 10000.0, float), tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        rope_freq_factors=llama3_freq_factors(folder, scaling, dim // heads, number("rope_theta", 10000.0, float))
+        if kind == "llama3" else None)
+
+
+def llama3_freq_factors(folder: Path, scaling: dict, head_dim: int, theta: float) -> list[float]:
+    """Llama 3.1's long-context RoPE as config.json's `rope_scaling` describes it, as one divisor per rotary
+    frequency (what a GGUF file holds in rope_freqs): high frequencies kept, those whose wavelength is past
+    original_max_position_embeddings / low_freq_factor divided by `factor`, and a smooth blend between."""
+    def positive(key: str) -> float:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise FirstEpochError(f"{folder / 'config.json'}: rope_scaling's '{key}' is {repr(value)[:40]}, not a "
+                                  f"positive number")
+        return float(value)
+
+    factor, low, high = positive("factor"), positive("low_freq_factor"), positive("high_freq_factor")
+    original = positive("original_max_position_embeddings")
+    if high <= low:
+        raise FirstEpochError(f"{folder / 'config.json'}: rope_scaling's high_freq_factor must exceed low_freq_factor")
+    factors = []
+    for i in range(0, head_dim, 2):
+        inv_freq = theta ** (-i / head_dim)
+        wavelength = 2 * math.pi / inv_freq
+        if wavelength < original / high:
+            scaled = inv_freq
+        elif wavelength > original / low:
+            scaled = inv_freq / factor
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            scaled = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        factors.append(inv_freq / scaled)
+    return factors
 
 
 def _tokenizer(folder: Path):
