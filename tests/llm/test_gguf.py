@@ -14,7 +14,7 @@ STRINGS = ["ROMEO:\nWhat light through yonder window breaks?", "  runs   of spac
            "accents: café, naïve, Œdipus", "emoji 🙂 and 日本語", "code: def f(x):\n    return x ** 2  # ok"]
 
 
-def train_and_export(tmp_path, tokenizer, steps=150):
+def train_and_export(tmp_path, tokenizer, steps=80):
     text = samples.shakespeare(tmp_path / "s.txt").read_text()[:40_000]
     (tmp_path / "c.txt").write_text(text)
     dls = DataLoaders.from_text(tmp_path / "c.txt", context=64, batch_size=16, steps_per_epoch=steps,
