@@ -117,19 +117,14 @@ def resolve(source: str | Path) -> Path | None:
     """The file or folder `source` names (bundled names first, then paths, then the models folder); None for a
     timm architecture name; one clear line when it is none of these."""
     name = str(source)
-    if name in llm.BUNDLED:
-        return llm.resolve(name)
     if name in BUNDLED_EMBEDDERS:
         return resolve_embedder(name)
-    path = Path(name)
-    if path.exists():
-        return path
-    for candidate in (llm.models_dir() / name, llm.models_dir() / f"{name}.gguf"):
-        if candidate.exists():
-            return candidate
-    if path.name == name and _is_timm_name(name):
-        return None
-    raise FirstEpochError(f"{name}: no such model file, folder or name; `firstepoch models` lists what is here")
+    try:
+        return llm.resolve(name)  # a bundled LLM's name, a path, or a file in the models folder
+    except FirstEpochError:
+        if Path(name).name == name and _is_timm_name(name):
+            return None
+        raise
 
 
 def _is_timm_name(name: str) -> bool:
