@@ -21,5 +21,6 @@ def smollm(smollm_path):
 
 @pytest.fixture(scope="session")
 def llama(smollm_path):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python could not be installed")
-    return llama_cpp.Llama(str(smollm_path), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    from tests.llm.oracle import llama_cpp_model
+
+    return llama_cpp_model(smollm_path, n_ctx=512, n_threads=1, logits_all=True)

@@ -7,6 +7,7 @@ import firstepoch
 from firstepoch import DataLoaders, Learner
 from firstepoch.data import samples
 from firstepoch.llm.generate import sample_tokens
+from tests.llm.oracle import llama_cpp_model
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 
@@ -51,8 +52,7 @@ def test_the_file_reads_back_with_the_gguf_package(char_model):
 def llama(path, **kwargs):
     """llama.cpp on `path`; the calling test is skipped where llama-cpp-python is not installed (the export,
     read-back and quantize checks of our own still run there)."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make test installs it)")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False, **kwargs)
+    return llama_cpp_model(path, **{"n_ctx": 64, "n_threads": 1, **kwargs})
 
 
 def test_llama_cpp_tokenizes_like_firstepoch(char_model):

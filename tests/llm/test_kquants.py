@@ -11,6 +11,7 @@ import torch
 
 import firstepoch.llm
 from firstepoch.llm.gguf import read_gguf
+from tests.llm.oracle import llama_cpp_model
 
 pytestmark = pytest.mark.slow
 TEXT = ("The Bell Rock Lighthouse, off the coast of Angus, Scotland, is the world's oldest surviving sea-washed "
@@ -36,10 +37,9 @@ def test_a_q4_k_m_file_holds_the_mixture_and_loads(q4_k_m):
 
 
 def test_its_next_token_choices_are_llama_cpps(q4_k_m):
-    llama_cpp = pytest.importorskip("llama_cpp")
     lm = firstepoch.llm.load(q4_k_m, context=128)
     ids = lm.encode(TEXT)
-    llama = llama_cpp.Llama(str(q4_k_m), n_ctx=128, n_threads=2, logits_all=True, verbose=False)
+    llama = llama_cpp_model(q4_k_m, n_ctx=128, n_threads=2, logits_all=True)
     llama.eval(ids)
     theirs = np.array(llama.scores[:len(ids)])
     with torch.no_grad():

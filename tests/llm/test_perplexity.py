@@ -48,7 +48,7 @@ def test_perplexity_equals_llama_cpp_on_the_same_windows(smollm, llama):
     assert 2 < reference < 100  # a small instruct model on plain English: surprised, not lost
     # the tolerance tells windowing apart: scoring every position, or the first window only, differs far more
     for other in (np.exp(losses.mean()), np.exp(second_half[0].mean())):
-        assert abs(other / reference - 1) > 1e-2, (other, reference)
+        assert abs(other / reference - 1) > 5e-3, (other, reference)  # 50 times the tolerance
 
 
 def test_a_text_shorter_than_one_window_is_refused(smollm):

@@ -8,6 +8,7 @@ import torch
 import firstepoch.llm
 from firstepoch import FirstEpochError
 from tests.llm.gguf_files import DIM, HEADS, tiny_model
+from tests.llm.oracle import llama_cpp_model
 
 HALF = DIM // HEADS // 2
 FACTORS = np.concatenate([np.ones(HALF // 2), np.linspace(1.5, 8.0, HALF - HALF // 2)]).astype(np.float32)
@@ -32,8 +33,7 @@ def test_the_factors_are_read_and_change_the_model(scaled, tmp_path):
 
 
 def test_logits_equal_llama_cpps_on_a_model_with_rope_freqs(scaled):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python could not be installed")
-    llama = llama_cpp.Llama(str(scaled), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
+    llama = llama_cpp_model(scaled, n_ctx=128, n_threads=1, logits_all=True)
     llama.eval(PROMPT)
     theirs = np.array(llama.scores[:len(PROMPT)])
     ours = logits_of(firstepoch.llm.load(scaled), PROMPT)
