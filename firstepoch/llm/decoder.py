@@ -85,14 +85,14 @@ class CLayers:
     @classmethod
     def prepare(cls, model: Transformer) -> "CLayers | None":
         """Fuse q/k/v and gate/up blocks (no copy kept) for the C layers; None where they cannot run the model:
-        no kernels, attention other than llama.cpp's, a head size that is not a multiple of 16, or a matrix
-        not in one block type the kernels multiply."""
+        no kernels, a model other than a Llama (`TransformerConfig.is_llama`), attention other than llama.cpp's,
+        a head size that is not a multiple of 16, or a matrix not in one block type the kernels multiply."""
         from firstepoch.llm.kernels import compiled_kernels
         from firstepoch.llm.blocktypes import BLOCK_TYPES
 
         kernels, c = compiled_kernels(), model.config
         # layers.c's attention is llama.cpp's, and works 16 lanes at a time
-        if kernels is None or c.attention != "llamacpp_fp16" or c.head_dim % 16:
+        if kernels is None or not c.is_llama or c.attention != "llamacpp_fp16" or c.head_dim % 16:
             return None
         layers = []
         for block in model.layers:

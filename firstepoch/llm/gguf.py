@@ -34,7 +34,6 @@ SPM_SPACE = "\u2581"  # SentencePiece's visible space
 # Q6_K mixtures (Q5_0, Q5_1 and Q8_0 rows where a dimension is not a multiple of 256)
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                    "Q6_K", "IQ4_NL", "IQ4_XS")
-SUPPORTED_ARCHITECTURES = ("llama",)
 # the magics of the pre-GGUF formats, as their first four bytes read ('ggml', 'ggmf', 'ggjt', 'ggla' little-endian)
 GGUF_MAGIC = b"GGUF"
 _LEGACY_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"algg")

@@ -4,6 +4,7 @@ and the model built from its layers as they are stored (`QuantizedLinear`), with
 Hugging Face folders (`hf.py`) share the limits, the memory check and the builder."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from firstepoch.errors import FirstEpochError
+from firstepoch.llm.architectures import ARCHITECTURES, GEMMA_WIDE_QUERY_LAYERS
 from firstepoch.models.transformer import RMSNorm, TransformerConfig
 
 KV_BYTES = 4  # the KV cache is fp32
@@ -20,7 +22,7 @@ KV_BYTES = 4  # the KV cache is fp32
 # refused before it sizes an allocation or a loop (llama.cpp allows at most 512 layers)
 LIMITS = {"embedding_length": 1 << 17, "block_count": 512, "attention.head_count": 1 << 10,
           "attention.head_count_kv": 1 << 10, "feed_forward_length": 1 << 20, "context_length": 1 << 24,
-          "vocab_size": 1 << 22}
+          "vocab_size": 1 << 22, "attention.key_length": 1 << 12, "attention.sliding_window": 1 << 24}
 
 
 def _size(g, key: str, default: int | None = None) -> int:
@@ -33,6 +35,15 @@ def _size(g, key: str, default: int | None = None) -> int:
                               f"(per-layer values are not supported)")
     if not 1 <= value <= LIMITS[key]:
         raise FirstEpochError(f"{g.path}: {name} is {value}; it must be between 1 and {LIMITS[key]:,}")
+    return value
+
+
+def _count(g, key: str, default: int) -> int:
+    """A non-negative integer of the architecture's metadata (0 allowed), or one clear line."""
+    name, value = f"{g.architecture}.{key}", g.arch(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= LIMITS["block_count"]:
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a whole number up to "
+                              f"{LIMITS['block_count']} (per-layer lists are not supported yet)")
     return value
 
 
@@ -49,36 +60,65 @@ def _shown(value) -> str:
 
 
 def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
-    """The `TransformerConfig` a GGUF file declares, every value checked (type, range, consistency)."""
-    from firstepoch.llm.gguf import SUPPORTED_ARCHITECTURES
-
-    if g.architecture not in SUPPORTED_ARCHITECTURES:
+    """The `TransformerConfig` a GGUF file declares, every value checked (type, range, consistency), with the
+    variations of its architecture (`ARCHITECTURES`)."""
+    if not isinstance(g.architecture, str) or g.architecture not in ARCHITECTURES:
         raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
-                              f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+                              f"{', '.join(ARCHITECTURES)}")
+    arch = ARCHITECTURES[g.architecture]
     dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
     n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
-    if dim % n_heads or n_heads % n_kv_heads or (dim // n_heads) % 2:
-        raise FirstEpochError(f"{g.path}: {dim} dimensions, {n_heads} heads and {n_kv_heads} key/value heads do "
-                              f"not fit together (dim must split into heads of even size, heads into kv groups)")
-    head_dim = dim // n_heads
-    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.key_length", head_dim) != head_dim:
-        raise FirstEpochError(f"{g.path}: partial rotary embeddings or a head size other than dim/heads are "
+    head_dim = _size(g, "attention.key_length", dim // n_heads if dim % n_heads == 0 else None)
+    if n_heads % n_kv_heads or head_dim % 2:
+        raise FirstEpochError(f"{g.path}: {n_heads} heads, {n_kv_heads} key/value heads and a head size of "
+                              f"{head_dim} do not fit together (heads must split into kv groups, heads be of "
+                              f"even size)")
+    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.value_length", head_dim) != head_dim:
+        raise FirstEpochError(f"{g.path}: partial rotary embeddings or values of another size than keys are "
                               f"not supported yet")
-    if g.arch("rope.scaling.type", "none") not in ("none", None):
-        raise FirstEpochError(f"{g.path}: RoPE scaling {_shown(g.arch('rope.scaling.type'))} is not supported yet "
-                              f"(Llama 3.1's rope_freqs are)")
     trained = _size(g, "context_length", 2048)
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
         raise FirstEpochError(f"context {context!r}: give a positive number of tokens")
     tokens = g.metadata.get("tokenizer.ggml.tokens")
     vocab = _size(g, "vocab_size", len(tokens) if isinstance(tokens, list) and tokens else None)
-    factors = _rope_freq_factors(g, head_dim)
+    n_layers = _size(g, "block_count")
+    variations = {}
+    if head_dim * n_heads != dim:
+        variations["head_size"] = head_dim
+    if arch.embed_scale:
+        variations["embed_scale"] = math.sqrt(dim)
+    if arch.query_scale:
+        wide = g.architecture.startswith("gemma") and n_layers in GEMMA_WIDE_QUERY_LAYERS
+        variations["query_scale"] = 1 / math.sqrt(dim / n_heads if wide else head_dim)
+    for field, key, default in (("attn_softcap", "attn_logit_softcapping", arch.attn_softcap),
+                                ("final_softcap", "final_logit_softcapping", arch.final_softcap)):
+        if arch.softcaps and g.arch(key, default):  # 0 or absent without a default: no cap
+            variations[field] = _positive_float(g, key, default)
+    if arch.sliding_window_pattern is not None and g.arch("attention.sliding_window", arch.sliding_window):
+        variations["sliding_window"] = _size(g, "attention.sliding_window", arch.sliding_window)
+        variations["sliding_window_pattern"] = _count(g, "attention.sliding_window_pattern",
+                                                      arch.sliding_window_pattern)
+        if arch.local_rope_base is not None or g.arch("rope.freq_base_swa") is not None:
+            variations["rope_theta_local"] = _positive_float(g, "rope.freq_base_swa", arch.local_rope_base)
     return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
-        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=_size(g, "block_count"), n_heads=n_heads,
+        attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=n_kv_heads, hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
         norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors,
-        rope_freq_factors=factors)
+        rope_freq_factors=_rope_freq_factors(g, head_dim), rope_scaling_factor=_rope_scaling(g),
+        qkv_bias=arch.qkv_bias, qk_norm=arch.qk_norm, post_norms=arch.post_norms, activation=arch.activation,
+        **variations)
+
+
+def _rope_scaling(g) -> float:
+    """The linear RoPE scaling factor (positions divided by it), 1.0 without scaling; other kinds refused."""
+    kind = g.arch("rope.scaling.type", "none")
+    if kind in ("none", None):
+        return 1.0
+    if kind != "linear":
+        raise FirstEpochError(f"{g.path}: RoPE scaling {_shown(kind)} is not supported yet (linear scaling and "
+                              f"Llama 3.1's rope_freqs are)")
+    return _positive_float(g, "rope.scaling.factor", 1.0)
 
 
 def _rope_freq_factors(g, head_dim: int) -> list[float] | None:
@@ -169,8 +209,11 @@ def load_gguf(path: Path, context: int | None = None):
     def tensor(ours: str):
         return g.tensors[GGUF.theirs(ours)]  # present, with its shape checked
 
+    interleaved = ARCHITECTURES[g.architecture].interleaved_rope
+
     def matrix(ours: str) -> QuantizedLinear:
         heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
+        heads = heads if interleaved else None
         return QuantizedLinear.from_gguf(tensor(ours), rows=(lambda w: from_interleaved(w, heads)) if heads else None)
 
     def vector(ours: str) -> torch.Tensor:
@@ -201,6 +244,9 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Modul
         for name, module in model.named_modules():
             if isinstance(module, RMSNorm):
                 module.weight.copy_(vector(name))
+        for name, bias in model.named_parameters():
+            if name.endswith("_bias"):  # attention biases (Qwen 2)
+                bias.copy_(vector(name))
     model.requires_grad_(False)
     model.prepare_c_layers()
     return model.eval()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class NameTable:
     """A format's weight names: `top` for the modules outside the layers, `layer` for those inside layer i,
-    which the format puts under `block` with i filled in; every weight ends in `.weight`."""
+    which the format puts under `block` with i filled in; every weight ends in `.weight`, a bias in `.bias`."""
 
     top: dict[str, str]
     layer: dict[str, str]
@@ -24,15 +24,20 @@ class NameTable:
         if ours in self.top:
             return f"{self.top[ours]}.weight"
         _, index, rest = ours.split(".", 2)
-        return f"{self.block.format(i=index)}{self.layer[rest]}.weight"
+        name = self.layer[rest]
+        return f"{self.block.format(i=index)}{name}{'' if name.endswith('.bias') else '.weight'}"
 
 
-# llama.cpp's names (gguf-py's tensor_mapping for the llama architecture)
+# llama.cpp's names (gguf-py's tensor_mapping)
 GGUF = NameTable(
     top={"embed_tokens": "token_embd", "norm": "output_norm", "lm_head": "output"},
     layer={"attn_norm": "attn_norm", "attn.q_proj": "attn_q", "attn.k_proj": "attn_k", "attn.v_proj": "attn_v",
            "attn.o_proj": "attn_output", "mlp_norm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-           "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"},
+           "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+           # the other architectures' (ARCHITECTURES)
+           "attn.q_bias": "attn_q.bias", "attn.k_bias": "attn_k.bias", "attn.v_bias": "attn_v.bias",
+           "attn.q_norm": "attn_q_norm", "attn.k_norm": "attn_k_norm", "attn_post_norm": "post_attention_norm",
+           "mlp_post_norm": "post_ffw_norm"},
     block="blk.{i}.")
 
 # Hugging Face's LlamaForCausalLM
@@ -55,6 +60,12 @@ def weight_shapes(config) -> dict[str, tuple[int, ...]]:
     layer = {"attn_norm": (c.dim,), "mlp_norm": (c.dim,), "attn.q_proj": (q, c.dim), "attn.k_proj": (kv, c.dim),
              "attn.v_proj": (kv, c.dim), "attn.o_proj": (c.dim, q), "mlp.gate_proj": (c.hidden_dim, c.dim),
              "mlp.up_proj": (c.hidden_dim, c.dim), "mlp.down_proj": (c.dim, c.hidden_dim)}
+    if c.qkv_bias:
+        layer.update({"attn.q_bias": (q,), "attn.k_bias": (kv,), "attn.v_bias": (kv,)})
+    if c.qk_norm:
+        layer.update({"attn.q_norm": (c.head_dim,), "attn.k_norm": (c.head_dim,)})
+    if c.post_norms:
+        layer.update({"attn_post_norm": (c.dim,), "mlp_post_norm": (c.dim,)})
     for i in range(c.n_layers):
         shapes.update({f"layers.{i}.{name}": shape for name, shape in layer.items()})
     return shapes

@@ -19,20 +19,28 @@ TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n
 DIM, LAYERS, HEADS, KV_HEADS, HIDDEN = 64, 2, 4, 2, 128
 
 
-def tensors(seed: int = 0) -> dict[str, tuple[np.ndarray, object]]:
-    """name -> (fp32 values in (rows, columns), GGUF type) of the tiny model: Q8_0 and Q4_0 matrices, F32 norms."""
+# what each architecture's tiny model adds to the llama one: metadata and tensors (see llm/architectures.py)
+ARCH_HEAD = {"gemma3": 32}  # a head size other than DIM / HEADS (Gemma 3 270M has 256 for a width of 640)
+WINDOW = 8  # the sliding window of the Gemmas' local layers: prompts of 100 tokens see it
+
+
+def tensors(seed: int = 0, arch: str = "llama") -> dict[str, tuple[np.ndarray, object]]:
+    """name -> (fp32 values in (rows, columns), GGUF type) of the tiny model: Q8_0 and Q4_0 matrices, F32
+    vectors; norms and biases random, so that reading one wrongly shows in the logits."""
     rng = np.random.default_rng(seed)
-    head = DIM // HEADS
+    head = ARCH_HEAD.get(arch, DIM // HEADS)
     q8, q4, f32 = gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.F32
 
     def matrix(rows: int, columns: int) -> np.ndarray:
         return (rng.standard_normal((rows, columns)) / np.sqrt(columns)).astype(np.float32)
 
-    out = {"token_embd.weight": (matrix(len(TOKENS), DIM), q8),
-           "output_norm.weight": (np.ones(DIM, np.float32), f32)}
+    def norm(n: int) -> tuple[np.ndarray, object]:
+        values = np.ones(n) if arch == "llama" else 1 + 0.3 * rng.standard_normal(n)  # llama's: as before
+        return values.astype(np.float32), f32
+
+    out = {"token_embd.weight": (matrix(len(TOKENS), DIM), q8), "output_norm.weight": norm(DIM)}
     for i in range(LAYERS):
-        out.update({f"blk.{i}.attn_norm.weight": (np.ones(DIM, np.float32), f32),
-                    f"blk.{i}.ffn_norm.weight": (np.ones(DIM, np.float32), f32),
+        out.update({f"blk.{i}.attn_norm.weight": norm(DIM), f"blk.{i}.ffn_norm.weight": norm(DIM),
                     f"blk.{i}.attn_q.weight": (matrix(HEADS * head, DIM), q8),
                     f"blk.{i}.attn_k.weight": (matrix(KV_HEADS * head, DIM), q8),
                     f"blk.{i}.attn_v.weight": (matrix(KV_HEADS * head, DIM), q8),
@@ -40,13 +48,21 @@ def tensors(seed: int = 0) -> dict[str, tuple[np.ndarray, object]]:
                     f"blk.{i}.ffn_gate.weight": (matrix(HIDDEN, DIM), q4),
                     f"blk.{i}.ffn_up.weight": (matrix(HIDDEN, DIM), q4),
                     f"blk.{i}.ffn_down.weight": (matrix(DIM, HIDDEN), q8)})
+        if arch == "qwen2":
+            for name, n in (("q", HEADS * head), ("k", KV_HEADS * head), ("v", KV_HEADS * head)):
+                out[f"blk.{i}.attn_{name}.bias"] = (0.5 * rng.standard_normal(n).astype(np.float32), f32)
+        if arch in ("qwen3", "gemma3"):
+            out.update({f"blk.{i}.attn_q_norm.weight": norm(head), f"blk.{i}.attn_k_norm.weight": norm(head)})
+        if arch.startswith("gemma"):
+            out.update({f"blk.{i}.post_attention_norm.weight": norm(DIM), f"blk.{i}.post_ffw_norm.weight": norm(DIM)})
     return out
 
 
-def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None) -> Path:
-    """A valid 2-layer llama GGUF (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf package; with
-    `rope_freqs` (head_dim / 2 factors), Llama 3.1's rope_freqs tensor too."""
-    writer = gguf.GGUFWriter(str(path), arch="llama")
+def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None, arch: str = "llama") -> Path:
+    """A valid 2-layer GGUF of architecture `arch` (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf
+    package; with `rope_freqs` (head_dim / 2 factors), Llama 3.1's rope_freqs tensor too. The Gemmas' layer 0 is
+    local (a window of `WINDOW` positions), layer 1 global."""
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     writer.add_name("tiny")
     writer.add_context_length(128)
     writer.add_embedding_length(DIM)
@@ -54,8 +70,20 @@ def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None) 
     writer.add_feed_forward_length(HIDDEN)
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(KV_HEADS)
-    writer.add_rope_dimension_count(DIM // HEADS)
-    writer.add_layer_norm_rms_eps(1e-5)
+    head = ARCH_HEAD.get(arch, DIM // HEADS)
+    writer.add_rope_dimension_count(head)
+    writer.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
+    if head != DIM // HEADS:
+        writer.add_key_length(head)
+        writer.add_value_length(head)
+    if arch.startswith("gemma"):
+        writer.add_sliding_window(WINDOW)
+        writer.add_sliding_window_pattern(2)  # layer 0 local, layer 1 global
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(5.0)  # low enough to cap the tiny model's scores and logits
+        writer.add_final_logit_softcapping(3.0)
+    if arch == "gemma3":
+        writer.add_rope_freq_base(1e6)  # the global layers'; the local ones keep 10000
     writer.add_tokenizer_model("llama")
     writer.add_token_list(TOKENS)
     writer.add_token_scores([0.0, 0.0, 0.0] + [0.0] * 256 + [-float(i) for i in range(len(PIECES))])
@@ -64,7 +92,7 @@ def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None) 
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_chat_template(TEMPLATE)
-    items = tensors(seed)
+    items = tensors(seed, arch)
     if rope_freqs is not None:
         items["rope_freqs.weight"] = (np.asarray(rope_freqs, np.float32), gguf.GGMLQuantizationType.F32)
     for name, (values, qtype) in items.items():

@@ -1,0 +1,82 @@
+"""llama.cpp's CPU arithmetic for the operations of the `Transformer`, in PyTorch: a GGUF model run with
+`TransformerConfig.attention == "llamacpp_fp16"` computes each of them as llama.cpp's CPU backend does, so that
+its logits are the same bits as there, also where layers.c does not run the model (other architectures than
+Llama, or no C compiler). Each function says what it follows; `fma` is a fused multiply-add (one rounding),
+computed in double. The exp is that of llama.cpp's AVX-512 code; on other CPUs its last bits differ there.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fma(a: torch.Tensor, b, c) -> torch.Tensor:
+    """a * b + c rounded once to fp32 (the product of two floats is exact in double)."""
+    return (a.double() * torch.as_tensor(b, dtype=torch.float64) + torch.as_tensor(c, dtype=torch.float64)).float()
+
+
+def _f32(text: str) -> float:
+    return float(np.float32(float.fromhex(text)))
+
+
+SHIFT, LOG2E, LN2_HI, LN2_LO = _f32("0x1.8p23"), _f32("0x1.715476p+0"), _f32("0x1.62e4p-1"), _f32("0x1.7f7d1cp-20")
+POLY = [_f32(c) for c in ("0x1.0e4020p-7", "0x1.573e2ep-5", "0x1.555e66p-3", "0x1.fffdb6p-2", "0x1.ffffecp-1")]
+
+
+def exp_like_llamacpp(x: torch.Tensor) -> torch.Tensor:
+    """e^x for fp32 x <= 0 as ggml's vectorised exp (AVX-512): x = n ln2 + b, a degree-5 polynomial of b times
+    2^n; 0 below -192 ln2 (as layers.c's exp_like_llamacpp)."""
+    n = fma(x, LOG2E, SHIFT) - SHIFT  # x / ln2 rounded to an integer
+    b = fma(-n, LN2_LO, fma(-n, LN2_HI, x))
+    u = b * b
+    c5, c4, c3, c2, c1 = POLY
+    j = fma(fma(fma(b, c5, c4), u, fma(b, c3, c2)), u, fma(b, c1, 1.0))
+    return torch.where(n < -192, torch.zeros_like(x), torch.ldexp(j, n))
+
+
+def softmax_like_llamacpp(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension as ggml's soft_max: exp(s - max), summed in double, times the fp32
+    reciprocal of the sum; -inf scores (masked positions) give 0."""
+    e = exp_like_llamacpp(scores - scores.amax(-1, keepdim=True))
+    e = torch.where(torch.isneginf(scores), torch.zeros_like(e), e)
+    return e * (1.0 / e.double().sum(-1, keepdim=True)).float()
+
+
+def rms_norm_like_llamacpp(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) for fp32 x as ggml's rms_norm: the float squares summed in double, the mean rounded to fp32,
+    the scale 1 / sqrt(mean + eps) in fp32."""
+    mean = ((x * x).double().sum(-1, keepdim=True) / x.shape[-1]).float()
+    return x * (1.0 / torch.sqrt(mean + torch.tensor(eps, dtype=torch.float32)))
+
+
+def softcap_like_llamacpp(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap) as llama.cpp's graph for Gemma 2 computes it: times the fp32 reciprocal of the cap,
+    tanh (the C library's tanhf, correctly rounded here in double), times the cap."""
+    scaled = x * float(np.float32(1) / np.float32(cap))
+    return torch.tanh(scaled.double()).float() * cap
+
+
+def gelu_like_llamacpp(x: torch.Tensor) -> torch.Tensor:
+    """GELU (tanh form) as ggml's CPU backend computes it: read from a table of fp16 inputs and outputs,
+    0 below -10 and the identity above 10."""
+    table = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
+
+
+def rope_tables_like_llamacpp(head_dim: int, length: int, theta: float, freq_factors: list[float] | None = None,
+                              scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rope_tables` as llama.cpp's CPU backend computes its angles, so that GGUF models' logits stay its own: in
+    fp32, each frequency's angle the previous one times base^(-2 / head_dim), divided by its factor, times
+    1 / `scaling_factor`; cos and sin correctly rounded to fp32 (as glibc's cosf and sinf)."""
+    f32 = np.float32
+    ratio = f32(np.float64(f32(theta)) ** np.float64(f32(-2.0) / f32(head_dim)))
+    factors = [f32(f) for f in freq_factors] if freq_factors is not None else None
+    scale = f32(1.0) / f32(scaling_factor)
+    angle = np.arange(length, dtype=np.float32)
+    angles = np.empty((length, head_dim // 2), dtype=np.float32)
+    for i in range(head_dim // 2):
+        column = angle / factors[i] if factors is not None else angle
+        angles[:, i] = column * scale if scaling_factor != 1.0 else column
+        angle = angle * ratio
+    angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (T, hd)
+    return torch.from_numpy(np.cos(angles).astype(np.float32)), torch.from_numpy(np.sin(angles).astype(np.float32))
