@@ -1,5 +1,7 @@
 """The GGUF block types firstepoch multiplies as they are stored: one table (`BLOCK_TYPES`) of each type's
-sizes, its C kernel and its dequantization, which the kernels, the decoder and `QuantizedLinear` all read."""
+sizes, its C kernel and its dequantization, which the kernels, the decoder and `QuantizedLinear` all read.
+Each dequantization computes what the gguf package's does, in the same fp32 operations (tests/llm/test_quant.py
+checks them bit for bit)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,16 +33,70 @@ def _dequantize_q8_0(b: torch.Tensor) -> torch.Tensor:  # scale, 32 signed bytes
     return b[..., 2:].contiguous().view(torch.int8).float() * _half(b, 0)
 
 
+def _bits(b: torch.Tensor, n: int) -> torch.Tensor:
+    """The n bits of each block's bytes b (..., n / 8), least significant first, as 0/1 (..., n)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=b.device)
+    return ((b.unsqueeze(-1) >> shifts) & 1).reshape(*b.shape[:-1], n)
+
+
+def _dequantize_q5_0(b: torch.Tensor) -> torch.Tensor:  # scale, 32 fifth bits, 16 bytes of nibbles; offset 16
+    q = _nibbles(b) + 16 * _bits(b[..., 2:6], 32).float()
+    return _half(b, 0) * (q - 16)
+
+
+def _scales_and_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K's and Q5_K's 8 six-bit scales and minimums from their 12 bytes (..., 12) -> two (..., 8) fp32."""
+    d, m, both = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    scales = torch.cat([d & 0x3F, (both & 0x0F) | ((d >> 2) & 0x30)], dim=-1)
+    mins = torch.cat([m & 0x3F, (both >> 4) | ((m >> 2) & 0x30)], dim=-1)
+    return scales.float(), mins.float()
+
+
+def _k_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """128 bytes -> 256 values: each 32 bytes give 32 low nibbles, then their 32 high nibbles."""
+    chunks = qs.reshape(*qs.shape[:-1], 4, 1, 32)
+    shifts = torch.tensor([0, 4], dtype=torch.uint8, device=qs.device).reshape(2, 1)
+    return ((chunks >> shifts) & 0x0F).reshape(*qs.shape[:-1], 8, 32)
+
+
+def _dequantize_k(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Q4_K and Q5_K: d * scale * q - dmin * min for 8 sub-blocks of 32, q (..., 8, 32) fp32."""
+    scales, mins = _scales_and_mins(b[..., 4:16])
+    d, dm = (_half(b, 0) * scales).unsqueeze(-1), (_half(b, 2) * mins).unsqueeze(-1)
+    return (d * q - dm).reshape(*b.shape[:-1], 256)
+
+
+def _dequantize_q4_k(b: torch.Tensor) -> torch.Tensor:  # d, dmin, 12 bytes of scales and mins, 128 of nibbles
+    return _dequantize_k(b, _k_nibbles(b[..., 16:144]).float())
+
+
+def _dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:  # ... 32 bytes of fifth bits before the nibbles
+    high = _bits(b[..., 16:48], 256).reshape(*b.shape[:-1], 32, 8).transpose(-1, -2)  # sub-block j: bit j
+    return _dequantize_k(b, (_k_nibbles(b[..., 48:176]) | (high << 4)).float())
+
+
+def _dequantize_q6_k(b: torch.Tensor) -> torch.Tensor:  # 128 bytes of low nibbles, 64 of 2-bit pairs, 16 scales, d
+    ql = b[..., 0:128].reshape(*b.shape[:-1], 2, 1, 64)
+    low = (ql >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).reshape(2, 1)) & 0x0F
+    qh = b[..., 128:192].reshape(*b.shape[:-1], 2, 1, 32)
+    high = (qh >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).reshape(4, 1)) & 0x03
+    q = (low.reshape(*b.shape[:-1], 8, 32) | (high.reshape(*b.shape[:-1], 8, 32) << 4)).to(torch.int8) - 32
+    scales = b[..., 192:208].contiguous().view(torch.int8).float()
+    d = (_half(b, 208) * scales).unsqueeze(-1)  # (..., 16, 1)
+    return (d * q.reshape(*b.shape[:-1], 16, 16).float()).reshape(*b.shape[:-1], 256)
+
+
 @dataclass(frozen=True)
 class BlockType:
-    """A GGUF block type that firstepoch's C kernels multiply as it is stored, 32 weights a block. A new type is
-    one entry of `BLOCK_TYPES` (and its kernel in kernels/ggml_matmul.c at `code` in layers.c's MATMULS)."""
+    """A GGUF block type that firstepoch's C kernels multiply as it is stored. A new type is one entry of
+    `BLOCK_TYPES` (and its kernel in kernels/ggml_matmul.c at `code` in layers.c's MATMULS)."""
 
     name: str  # as gguf.GGMLQuantizationType names it
-    block_bytes: int  # bytes of one block of 32 weights
-    activation_bytes: int  # bytes of one block of the 8-bit activations its kernel quantizes into
+    weights: int  # weights a block: 32, or 256 for the K-quants' super-blocks
+    block_bytes: int  # bytes of one block
+    activation_bytes: int  # bytes of the 8-bit activations its kernel quantizes one block's worth of inputs into
     code: int  # its index in layers.c's MATMULS table
-    dequantize: Callable[[torch.Tensor], torch.Tensor]  # blocks (..., n, block_bytes) uint8 -> (..., n, 32) fp32
+    dequantize: Callable[[torch.Tensor], torch.Tensor]  # blocks (..., n, block_bytes) uint8 -> (..., n, weights)
 
     @property
     def kernel(self) -> str:
@@ -48,18 +104,28 @@ class BlockType:
         return f"matmul_{self.name.lower()}"
 
     def row_bytes(self, in_features: int) -> int:
-        return in_features // 32 * self.block_bytes
+        return in_features // self.weights * self.block_bytes
+
+    def activation_row_bytes(self, in_features: int) -> int:
+        return in_features // self.weights * self.activation_bytes
 
 
 # the one table of block types: the kernels' names (`kernel`) and layers.c's MATMULS array (by `code`, in this
 # order) follow it; a type added here needs its function in both C files
-BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 18, 34, 0, _dequantize_q4_0),
-                                   BlockType("Q4_1", 20, 36, 1, _dequantize_q4_1),
-                                   BlockType("Q8_0", 34, 34, 2, _dequantize_q8_0))}
+Q8_K_BYTES = 292  # the K-quants' activations: 256 int8 values, a float scale and 16 int16 sums
+BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, 34, 0, _dequantize_q4_0),
+                                   BlockType("Q4_1", 32, 20, 36, 1, _dequantize_q4_1),
+                                   BlockType("Q8_0", 32, 34, 34, 2, _dequantize_q8_0),
+                                   BlockType("Q5_0", 32, 22, 34, 3, _dequantize_q5_0),
+                                   BlockType("Q4_K", 256, 144, Q8_K_BYTES, 4, _dequantize_q4_k),
+                                   BlockType("Q5_K", 256, 176, Q8_K_BYTES, 5, _dequantize_q5_k),
+                                   BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k))}
+# the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
+ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 
 
 def dequantize_blocks(blocks: torch.Tensor, qtype: str, in_features: int) -> torch.Tensor:
     """Rows of GGUF blocks (..., bytes per row) as fp32 (..., in_features), with torch ops (any device)."""
     kind = BLOCK_TYPES[qtype]
-    b = blocks.reshape(*blocks.shape[:-1], in_features // 32, kind.block_bytes)
+    b = blocks.reshape(*blocks.shape[:-1], in_features // kind.weights, kind.block_bytes)
     return kind.dequantize(b).reshape(*blocks.shape[:-1], in_features)

@@ -1,7 +1,7 @@
 """The Transformer for LLM inference, its layers run in C for prefill and decode alike.
 
 `InferenceTransformer` is the one `Transformer`. On the CPU, for one sequence, with every matrix of every
-layer in blocks the kernels multiply (Q4_0, Q4_1, Q8_0) and llama.cpp's attention arithmetic in its config,
+layer in blocks the kernels multiply (`blocktypes.BLOCK_TYPES`) and llama.cpp's attention arithmetic in its config,
 `forward` runs all layers in one C call (`kernels/layers.c`, through its `CLayers`), whose arithmetic is
 llama.cpp's operation by operation, so that a GGUF model's logits are the same bits as there. Other devices,
 batches and weight types run the PyTorch code; the two are tested against each other
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.transformer import Block, KVCache, Transformer, TransformerConfig
+from firstepoch.models.transformer import Block, KVCache, Transformer, TransformerConfig, explicit_attention
 
 if TYPE_CHECKING:
     from firstepoch.llm.kernels import Kernels, LayerShape
@@ -26,8 +26,9 @@ PREFILL_CHUNK = 512
 
 
 def _fuse(*linears) -> torch.Tensor | None:
-    """Stack the blocks of linears of one type into one tensor and make each linear a view of its rows."""
-    if any(lin.blocks is None for lin in linears) or len({lin.qtype for lin in linears}) != 1:
+    """Stack the blocks of linears of one type into one tensor and make each linear a view of its rows; None
+    (nothing changed) when their types differ, as in llama.cpp's mixtures (Q4_K_M: q and k in Q5_0, v in Q8_0)."""
+    if len({lin.qtype for lin in linears}) != 1:
         return None
     fused = torch.cat([lin.blocks for lin in linears])
     row = 0
@@ -38,19 +39,17 @@ def _fuse(*linears) -> torch.Tensor | None:
     return fused
 
 
-def _check_layer(c: TransformerConfig, block: Block, qkv: torch.Tensor, gate_up: torch.Tensor) -> None:
+def _check_layer(c: TransformerConfig, block: Block) -> None:
     """Every array layers.c reads for one layer has the size the config says: it trusts them blindly."""
     from firstepoch.llm.blocktypes import BLOCK_TYPES
 
-    def row_bytes(lin, n_in: int) -> int:
-        return BLOCK_TYPES[lin.qtype].row_bytes(n_in)
-
     a, m = block.attn, block.mlp
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    expected = [(qkv, (q + 2 * kv, row_bytes(a.q_proj, c.dim))), (a.o_proj.blocks, (c.dim, row_bytes(a.o_proj, q))),
-                (gate_up, (2 * c.hidden_dim, row_bytes(m.gate_proj, c.dim))),
-                (m.down_proj.blocks, (c.dim, row_bytes(m.down_proj, c.hidden_dim))),
-                (block.attn_norm.weight, (c.dim,)), (block.mlp_norm.weight, (c.dim,))]
+    hidden = c.hidden_dim
+    matrices = [(a.q_proj, q, c.dim), (a.k_proj, kv, c.dim), (a.v_proj, kv, c.dim), (a.o_proj, c.dim, q),
+                (m.gate_proj, hidden, c.dim), (m.up_proj, hidden, c.dim), (m.down_proj, c.dim, hidden)]
+    expected = [(lin.blocks, (rows, BLOCK_TYPES[lin.qtype].row_bytes(n_in))) for lin, rows, n_in in matrices]
+    expected += [(block.attn_norm.weight, (c.dim,)), (block.mlp_norm.weight, (c.dim,))]
     for tensor, shape in expected:
         if tuple(tensor.shape) != shape or not tensor.is_contiguous():
             raise ValueError(f"a layer's weights have shape {tuple(tensor.shape)}, not {shape}")
@@ -60,12 +59,17 @@ def _check_layer(c: TransformerConfig, block: Block, qkv: torch.Tensor, gate_up:
 
 @dataclass
 class CLayer:
-    """One block's arrays as layers.c reads them: its norms and o/down matrices stay the block's own."""
+    """One block's arrays as layers.c reads them: its matrices' own blocks, q/k/v and gate/up stacked in one
+    array each where they are of one type (one product instead of three)."""
 
     block: Block
-    qkv: torch.Tensor  # q, k and v rows stacked, in blocks (q + 2 kv rows, row bytes)
-    gate_up: torch.Tensor  # gate and up rows stacked, in blocks (2 hidden rows, row bytes)
-    types: tuple[int, int, int, int]  # BlockType.code of qkv, o, gate_up, down
+    qkv: torch.Tensor | None  # q, k and v rows stacked (q + 2 kv rows, row bytes), or None
+    gate_up: torch.Tensor | None  # gate and up rows stacked (2 hidden rows, row bytes), or None
+
+    @property
+    def matrices(self) -> list:
+        a, m = self.block.attn, self.block.mlp
+        return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
 
 
 @dataclass
@@ -97,14 +101,11 @@ class CLayers:
         layers = []
         for block in model.layers:
             a, m = block.attn, block.mlp
-            if any(getattr(lin, "blocks", None) is None for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj)):
+            linears = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+            if any(getattr(lin, "blocks", None) is None or lin.qtype not in BLOCK_TYPES for lin in linears):
                 return None
-            qkv, gate_up = _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)
-            if qkv is None or gate_up is None:
-                return None
-            _check_layer(c, block, qkv, gate_up)
-            codes = tuple(BLOCK_TYPES[lin.qtype].code for lin in (a.q_proj, a.o_proj, m.gate_proj, m.down_proj))
-            layers.append(CLayer(block, qkv, gate_up, codes))
+            layers.append(CLayer(block, _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)))
+            _check_layer(c, block)
         cos, sin = kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors)
         return cls(kernels, c, layers, cos, sin)
 
@@ -124,13 +125,17 @@ class CLayers:
                 raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
                                  f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
         pointers = (LayerWeights * len(self.layers))()
+        from firstepoch.llm.blocktypes import BLOCK_TYPES
+
         for entry, layer, cache in zip(pointers, self.layers, caches):
             block = layer.block
             entry.attn_norm, entry.mlp_norm = block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr()
-            entry.w_qkv, entry.w_o = layer.qkv.data_ptr(), block.attn.o_proj.blocks.data_ptr()
-            entry.w_gate_up, entry.w_down = layer.gate_up.data_ptr(), block.mlp.down_proj.blocks.data_ptr()
+            matrices = layer.matrices
+            (entry.w_q, entry.w_k, entry.w_v, entry.w_o, entry.w_gate, entry.w_up,
+             entry.w_down) = (lin.blocks.data_ptr() for lin in matrices)
+            entry.qkv_stacked, entry.gate_up_stacked = layer.qkv is not None, layer.gate_up is not None
             entry.k_cache, entry.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
-            entry.types[:] = layer.types
+            entry.types[:] = [BLOCK_TYPES[lin.qtype].code for lin in matrices]
         self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
         self.caches, self.pointers = list(caches), pointers
 
@@ -148,6 +153,21 @@ class CLayers:
                                         self.rope_cos, self.rope_sin)
 
 
+def _attention_for(config: TransformerConfig):
+    """The PyTorch path's written-out attention: for llama.cpp's arithmetic on one sequence on the CPU, layers.c's
+    (its orders of summation too, which PyTorch's matmul does not keep); else `explicit_attention`."""
+    from firstepoch.llm.kernels import compiled_kernels
+
+    kernels = compiled_kernels() if config.attention == "llamacpp_fp16" and config.head_dim % 16 == 0 else None
+
+    def attend(q, k, v, scale, softcap=None, window=None, like_llamacpp=False):
+        if kernels is not None and like_llamacpp and q.shape[0] == 1 and q.device.type == "cpu":
+            return kernels.attention(q.float(), k.float(), v.float(), scale, softcap, window)
+        return explicit_attention(q, k, v, scale, softcap, window, like_llamacpp)
+
+    return attend
+
+
 class InferenceTransformer(Transformer):
     """A `Transformer` whose layers run in C when its weights allow (see the module's doc).
 
@@ -156,8 +176,24 @@ class InferenceTransformer(Transformer):
     """
 
     def __init__(self, config: TransformerConfig, linear=None, embedding=None):
-        super().__init__(config, linear, embedding)
+        super().__init__(config, linear, embedding, attend=_attention_for(config))
         self.c_layers: CLayers | None = None
+        self._rope_tables_from_c()
+
+    def _rope_tables_from_c(self) -> None:
+        """For llama.cpp's arithmetic, the PyTorch path's RoPE tables from layers.c's, whose powf, cosf and sinf
+        are the C library's as llama.cpp's are (numpy's differ in the last bit of some)."""
+        from firstepoch.llm.kernels import compiled_kernels
+
+        c, kernels = self.config, compiled_kernels()
+        if kernels is None or c.attention != "llamacpp_fp16" or c.rope_scaling_factor != 1.0:
+            return
+        for suffix, theta, factors in (("", c.rope_theta, c.rope_freq_factors),
+                                       ("_local", c.rope_theta_local, None)):
+            if theta is not None:
+                cos, sin = kernels.rope_tables(theta, c.head_dim, c.context, factors)
+                setattr(self, f"rope_cos{suffix}", torch.cat([cos, cos], dim=-1))
+                setattr(self, f"rope_sin{suffix}", torch.cat([sin, sin], dim=-1))
 
     def prepare_c_layers(self) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible."""

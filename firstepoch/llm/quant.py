@@ -1,6 +1,6 @@
 """Linear layers for inference whose weights stay compact in memory, and GGUF quantization.
 
-`QuantizedLinear` keeps a GGUF weight in its blocks (Q4_0, Q4_1, Q8_0) for firstepoch's own CPU kernel
+`QuantizedLinear` keeps a GGUF weight in its blocks (`blocktypes.BLOCK_TYPES`) for firstepoch's own CPU kernel
 (`kernels/ggml_matmul.c`), or as bf16 for the other types (see BENCHMARKS.md, "LLM decode kernels").
 Activations stay fp32 outside the matmul.
 
@@ -24,7 +24,7 @@ from firstepoch.llm.blocktypes import BLOCK_TYPES, dequantize_blocks
 class QuantizedLinear(nn.Module):
     """y = x W^T for a frozen weight (out_features, in_features) kept compact in memory; no bias.
 
-    Either GGUF blocks (Q4_0, Q4_1, Q8_0) multiplied by firstepoch's own CPU kernel, which quantizes the
+    Either GGUF blocks (`BLOCK_TYPES`) multiplied by firstepoch's own CPU kernel, which quantizes the
     activations to 8 bits as llama.cpp does, or a bf16 matrix for PyTorch's matmul (other types, other
     devices, or no C compiler). Shapes: x (..., in_features) fp32 -> (..., out_features) fp32.
     """
@@ -35,7 +35,8 @@ class QuantizedLinear(nn.Module):
         self.qtype = qtype if blocks is not None else "BF16"
         self.source = None  # the GGUF tensor the blocks are a view of, if any
         if blocks is not None:
-            if qtype not in BLOCK_TYPES or in_features is None or in_features % 32 or blocks.dim() != 2 or \
+            if qtype not in BLOCK_TYPES or in_features is None or in_features % BLOCK_TYPES[qtype].weights or \
+                    blocks.dim() != 2 or \
                     blocks.dtype != torch.uint8 or blocks.shape[1] != BLOCK_TYPES[qtype].row_bytes(in_features):
                 raise ValueError(f"{qtype} blocks of shape {tuple(blocks.shape)} do not hold rows of "
                                  f"{in_features} weights")  # the kernel would read past them
@@ -54,7 +55,7 @@ class QuantizedLinear(nn.Module):
         from firstepoch.llm.kernels import compiled_kernels
 
         qtype, in_features = tensor.tensor_type.name, int(tensor.shape[0])
-        if qtype in BLOCK_TYPES and in_features % 32 == 0 and compiled_kernels() is not None:
+        if qtype in BLOCK_TYPES and in_features % BLOCK_TYPES[qtype].weights == 0 and compiled_kernels() is not None:
             # the file's own pages (memory-mapped, like llama.cpp's mmap): loading copies nothing
             raw = torch.from_numpy(tensor.data).view(torch.uint8).reshape(int(tensor.shape[1]), -1)
             if rows is None:

@@ -6,6 +6,8 @@ computed in double. The exp is that of llama.cpp's AVX-512 code; on other CPUs i
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -42,6 +44,14 @@ def softmax_like_llamacpp(scores: torch.Tensor) -> torch.Tensor:
     return e * (1.0 / e.double().sum(-1, keepdim=True)).float()
 
 
+def rope_like_llamacpp(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`transformer.apply_rope` (rotate-half pairs i, i + hs/2) as ggml's rope computes it, its compiler fusing
+    each output's first product into the sum: fma(x0, cos, -(x1 sin)) and fma(x0, sin, x1 cos)."""
+    half = x.shape[-1] // 2
+    x0, x1, c, s = x[..., :half], x[..., half:], cos[..., :half], sin[..., :half]
+    return torch.cat([fma(x0, c, -(x1 * s)), fma(x0, s, x1 * c)], dim=-1).type_as(x)
+
+
 def rms_norm_like_llamacpp(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x / rms(x) for fp32 x as ggml's rms_norm: the float squares summed in double, the mean rounded to fp32,
     the scale 1 / sqrt(mean + eps) in fp32."""
@@ -56,10 +66,25 @@ def softcap_like_llamacpp(x: torch.Tensor, cap: float) -> torch.Tensor:
     return torch.tanh(scaled.double()).float() * cap
 
 
+@functools.cache
+def _gelu_table() -> torch.Tensor:
+    """ggml's table of GELU over every fp16 input, (65536,) fp32 of fp16 values indexed by the input's bits:
+    0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x x))) in fp32 with the inner 1 + (a x) x fused (as its
+    compiler fuses it) and tanh correctly rounded, then rounded to fp16 (this equals its table on every input)."""
+    f32 = np.float32
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inner = ((f32(0.044715) * x).astype(np.float64) * x.astype(np.float64) + 1.0).astype(np.float32)
+        t = np.tanh(((f32(0.79788456080286535587989211986876) * x) * inner).astype(np.float64)).astype(np.float32)
+        y = ((f32(0.5) * x) * (f32(1.0) + t)).astype(np.float16).astype(np.float32)
+    return torch.from_numpy(y)
+
+
 def gelu_like_llamacpp(x: torch.Tensor) -> torch.Tensor:
-    """GELU (tanh form) as ggml's CPU backend computes it: read from a table of fp16 inputs and outputs,
-    0 below -10 and the identity above 10."""
-    table = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+    """GELU (tanh form) as ggml's CPU backend computes it: the table's value at the fp16 rounding of x, 0 below
+    -10 and the identity above 10."""
+    bits = x.half().view(torch.int16).long() & 0xFFFF
+    table = _gelu_table().to(x.device)[bits]
     return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
 
 

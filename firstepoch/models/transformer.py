@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from firstepoch.errors import FirstEpochError
-from firstepoch.models.like_llamacpp import (gelu_like_llamacpp, rms_norm_like_llamacpp, rope_tables_like_llamacpp,
-                                             softcap_like_llamacpp, softmax_like_llamacpp)
+from firstepoch.models.like_llamacpp import (gelu_like_llamacpp, rms_norm_like_llamacpp, rope_like_llamacpp,
+                                             rope_tables_like_llamacpp, softcap_like_llamacpp, softmax_like_llamacpp)
 
 
 @dataclass
@@ -230,6 +230,8 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
 
 # (in_features, out_features, name) -> a layer computing x W^T; names are the state dict's ("layers.0.attn.q_proj")
 LinearFactory = Callable[[int, int, str], nn.Module]
+# explicit_attention's signature: (q, k, v, scale, softcap, window, like_llamacpp) -> (B, nh, T, hs)
+AttentionFunction = Callable[..., torch.Tensor]
 # (vocab_size, dim) -> a layer looking up token ids (B, T) as vectors (B, T, dim)
 EmbeddingFactory = Callable[[int, int], nn.Module]
 
@@ -241,7 +243,7 @@ def new_linear(in_features: int, out_features: int, name: str) -> nn.Module:
 
 class Attention(nn.Module):
     def __init__(self, config: TransformerConfig, linear: LinearFactory = new_linear, name: str = "attn",
-                 local: bool = False):
+                 local: bool = False, attend: AttentionFunction = explicit_attention):
         super().__init__()
         c = config
         self.n_heads, self.n_kv_heads, self.head_dim = c.n_heads, c.n_kv_heads, c.head_dim
@@ -259,6 +261,7 @@ class Attention(nn.Module):
         self.query_scale, self.scale = c.query_scale, 1.0 if c.query_scale else 1 / math.sqrt(c.head_dim)
         self.softcap, self.window = c.attn_softcap, c.sliding_window if local else None
         self.like_llamacpp = c.attention == "llamacpp_fp16"  # see explicit_attention
+        self.attend = attend  # written-out attention: for llama.cpp's arithmetic, softcaps and windows
         self.dropout = c.dropout
         self.cache: KVCache | None = None
 
@@ -272,7 +275,8 @@ class Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rotate = rope_like_llamacpp if self.like_llamacpp else apply_rope
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         if self.query_scale:
             q = q * self.query_scale
         if self.like_llamacpp:  # its KV cache holds fp16 values
@@ -280,7 +284,7 @@ class Attention(nn.Module):
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)  # (B, nkv, start + T, hs)
         if self.like_llamacpp or self.softcap or self.window:
-            y = explicit_attention(q, k, v, self.scale, self.softcap, self.window, self.like_llamacpp)
+            y = self.attend(q, k, v, self.scale, self.softcap, self.window, self.like_llamacpp)
         else:
             if start == 0:
                 mask, causal = None, True
@@ -311,11 +315,11 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, config: TransformerConfig, linear: LinearFactory = new_linear, name: str = "block",
-                 local: bool = False):
+                 local: bool = False, attend: AttentionFunction = explicit_attention):
         super().__init__()
         self.local = local  # attends to a sliding window, with the local RoPE tables
         self.attn_norm = norm(config)
-        self.attn = Attention(config, linear, f"{name}.attn", local)
+        self.attn = Attention(config, linear, f"{name}.attn", local, attend)
         self.mlp_norm = norm(config)
         self.mlp = MLP(config, linear, f"{name}.mlp")
         if config.post_norms:
@@ -341,19 +345,20 @@ class Transformer(nn.Module):
         config: the sizes and the attention arithmetic.
         linear: builds each linear layer, `linear(in_features, out_features, name)` (default: `new_linear`).
         embedding: builds the token embedding, `embedding(vocab_size, dim)` (default: `nn.Embedding`).
+        attend: the written-out attention (default: `explicit_attention`), e.g. llama.cpp's in C.
             A model built by the factories holds their layers as they are: no random initial weights, and an
             output layer tied to the embeddings is theirs to share. Its own layers are initialised as GPT-2's.
     """
 
     def __init__(self, config: TransformerConfig, linear: LinearFactory | None = None,
-                 embedding: EmbeddingFactory | None = None):
+                 embedding: EmbeddingFactory | None = None, attend: AttentionFunction = explicit_attention):
         super().__init__()
         own = linear is None and embedding is None  # random initial weights, else loaded ones
         linear, embedding = linear or new_linear, embedding or nn.Embedding
         self.config = config
         self.spec = {"arch": "transformer", **config.to_dict()}
         self.embed_tokens = embedding(config.vocab_size, config.dim)
-        self.layers = nn.ModuleList(Block(config, linear, f"layers.{i}", config.is_local(i))
+        self.layers = nn.ModuleList(Block(config, linear, f"layers.{i}", config.is_local(i), attend)
                                     for i in range(config.n_layers))
         self.norm = norm(config)
         self.lm_head = linear(config.dim, config.vocab_size, "lm_head")

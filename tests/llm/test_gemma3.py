@@ -10,9 +10,12 @@ import pytest
 import torch
 
 import firstepoch.llm
+from firstepoch.llm.generate import sample_tokens
 from firstepoch.llm.gguf import read_gguf
 from firstepoch.llm.models import bundled_path
+from firstepoch.llm.quant import QuantizedLinear
 from tests.llm.oracle import llama_cpp_model
+from tests.llm.test_models import AVX512, llama_greedy
 from tests.serve.conftest import Server, server_env
 
 pytestmark = pytest.mark.slow
@@ -39,10 +42,15 @@ def test_the_file_is_a_k_quant_mixture_of_gemma3(gemma):
     assert g.architecture == "gemma3" and {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= {
         t.tensor_type.name for t in g.tensors.values()}
     assert gemma.model.config.sliding_window == 512 and gemma.model.config.head_dim == 256
+    held = {m.qtype for m in gemma.model.modules() if isinstance(m, QuantizedLinear)}
+    assert held == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}  # in their blocks: nothing expanded to bf16
     assert "gemma" in gemma.chat_template.origin  # the file has no template: Gemma's turns are used
 
 
-def test_token_ids_and_next_token_choices_are_llama_cpps(gemma, llama):
+def test_token_ids_logits_and_greedy_tokens_are_llama_cpps(gemma, llama):
+    """Its Q5_0, Q4_K, Q6_K and Q8_0 matrices multiplied in their blocks, its layers in llama.cpp's arithmetic
+    (models/like_llamacpp.py, layers.c's attention): the prefill's logits at every position and a decode's
+    greedy tokens are llama.cpp's, bit for bit where it runs its AVX-512 code."""
     ids = gemma.encode(TEXT)
     assert ids == llama.tokenize(TEXT.encode(), add_bos=True, special=False)
     llama.reset()
@@ -50,9 +58,12 @@ def test_token_ids_and_next_token_choices_are_llama_cpps(gemma, llama):
     theirs = np.array(llama.scores[:len(ids)])
     with torch.no_grad():
         ours = gemma.model(torch.tensor([ids]))[0].numpy()
-    # K-quant matrices are multiplied as bf16 here, llama.cpp's in their blocks with 8-bit activations
+    if AVX512:
+        np.testing.assert_array_equal(ours, theirs)
     agree = float((ours.argmax(-1) == theirs.argmax(-1)).mean())
     assert agree >= 0.9 and np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99, agree
+    reference, _ = llama_greedy(llama, ids[:20], 24)
+    assert list(sample_tokens(gemma.model, ids[:20], 24, temperature=0)) == reference
 
 
 def test_the_chat_answer_is_llama_cpps(gemma, llama):

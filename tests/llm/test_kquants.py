@@ -1,7 +1,8 @@
 """A file as llama.cpp's own quantizer writes a Q4_K_M mixture of the bundled model (Q4_K and Q6_K where rows are a
-multiple of 256 long, Q5_0 and Q8_0 elsewhere: what a downloaded Q4_K_M file of a small model holds) loads and
-predicts the next tokens llama.cpp predicts on it. Its non-block types are held as bf16, so the logits are close,
-not equal."""
+multiple of 256 long, Q5_0 and Q8_0 elsewhere: what a downloaded Q4_K_M file of a small model holds, q/k/v of
+different types in one layer) runs in its blocks through the C layers and gives llama.cpp's logits and greedy
+tokens: the K-quant kernels follow its vec_dot arithmetic (its tiled prefill kernel is off in the oracle, see
+tests/llm/oracle.py)."""
 import ctypes
 from collections import Counter
 
@@ -10,8 +11,11 @@ import pytest
 import torch
 
 import firstepoch.llm
+from firstepoch.llm.generate import sample_tokens
 from firstepoch.llm.gguf import read_gguf
+from firstepoch.llm.quant import QuantizedLinear
 from tests.llm.oracle import llama_cpp_model
+from tests.llm.test_models import AVX512, llama_greedy
 
 pytestmark = pytest.mark.slow
 TEXT = ("The Bell Rock Lighthouse, off the coast of Angus, Scotland, is the world's oldest surviving sea-washed "
@@ -28,22 +32,29 @@ def q4_k_m(smollm_path, tmp_path_factory):
     return out
 
 
-def test_a_q4_k_m_file_holds_the_mixture_and_loads(q4_k_m):
+@pytest.fixture(scope="module")
+def q4_k_m_model(q4_k_m):
+    return firstepoch.llm.load(q4_k_m, context=128)
+
+
+def test_a_q4_k_m_file_holds_the_mixture_and_runs_in_its_blocks(q4_k_m, q4_k_m_model):
     types = Counter(t.tensor_type.name for t in read_gguf(q4_k_m).tensors.values())
-    assert {"Q4_K", "Q6_K", "Q5_0"} <= set(types), types
-    lm = firstepoch.llm.load(q4_k_m, context=128)
-    assert lm.config["quantization"] and lm.generate("The capital of France is", max_new_tokens=4, temperature=0,
-                                                     stream=False)
+    assert {"Q4_K", "Q6_K", "Q5_0", "Q8_0"} <= set(types), types
+    lm = q4_k_m_model
+    assert lm.config["quantization"] == "Q4_K_M" and lm.model.c_layers is not None
+    held = Counter(m.qtype for m in lm.model.modules() if isinstance(m, QuantizedLinear))
+    assert set(held) == {"Q4_K", "Q6_K", "Q5_0", "Q8_0"}, held  # nothing expanded to bf16
 
 
-def test_its_next_token_choices_are_llama_cpps(q4_k_m):
-    lm = firstepoch.llm.load(q4_k_m, context=128)
+def test_its_logits_and_greedy_tokens_are_llama_cpps(q4_k_m, q4_k_m_model):
+    lm = q4_k_m_model
     ids = lm.encode(TEXT)
-    llama = llama_cpp_model(q4_k_m, n_ctx=128, n_threads=2, logits_all=True)
+    llama = llama_cpp_model(q4_k_m, n_ctx=128, n_threads=1, logits_all=True)
     llama.eval(ids)
     theirs = np.array(llama.scores[:len(ids)])
     with torch.no_grad():
         ours = lm.model(torch.tensor([ids]))[0].numpy()
-    agree = float((ours.argmax(-1) == theirs.argmax(-1)).mean())
-    assert agree >= 0.9, agree  # every position of a real sentence, teacher-forced
-    assert np.abs(ours - theirs).max() < 2.5 and np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4 if AVX512 else 1e-2)
+    prompt = ids[:12]
+    reference, _ = llama_greedy(llama, prompt, 32)
+    assert list(sample_tokens(lm.model, prompt, 32, temperature=0)) == reference

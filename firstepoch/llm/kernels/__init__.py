@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -30,14 +31,15 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "
 ASAN_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer", "-g")
 # tried in turn: a compiler without OpenMP (Apple's clang) still builds the kernels, single-threaded
 FLAG_SETS = [FLAGS, [flag for flag in FLAGS if flag != "-fopenmp"]]
-ACTIVATION_BLOCK_BYTES = 36  # the largest 8-bit activation block (Q8_1's: 32 values, a scale and a sum)
 
 
 class LayerWeights(ctypes.Structure):
-    """layers.c's layer_weights: one layer's arrays (norm weights, fused matrices, its KV cache) and the
-    `blocktypes.BlockType.code` of each matrix (qkv, o, gate_up, down)."""
-    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_qkv", "w_o", "w_gate_up", "w_down",
-                                                      "k_cache", "v_cache")] + [("types", ctypes.c_int * 4)]
+    """layers.c's layer_weights: one layer's arrays (norm weights, matrices, its KV cache), the
+    `blocktypes.BlockType.code` of each matrix (q, k, v, o, gate, up, down), and whether q/k/v and gate/up are
+    stacked in one array of one type."""
+    _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_q", "w_k", "w_v", "w_o", "w_gate",
+                                                      "w_up", "w_down", "k_cache", "v_cache")] + [
+        ("types", ctypes.c_int * 7), ("qkv_stacked", ctypes.c_int), ("gate_up_stacked", ctypes.c_int)]
 
 
 class LayerShape(ctypes.Structure):
@@ -62,10 +64,28 @@ class Kernels:
         (tokens, out_features) fp32."""
         tokens, out_features = x.shape[0], blocks.shape[0]
         y = torch.empty(tokens, out_features)
-        scratch = torch.empty(tokens * in_features // 32 * kind.activation_bytes, dtype=torch.uint8)
+        scratch = torch.empty(tokens * kind.activation_row_bytes(in_features), dtype=torch.uint8)
         getattr(self.library, kind.kernel)(blocks.data_ptr(), out_features, in_features, x.data_ptr(), tokens,
                                            y.data_ptr(), scratch.data_ptr(), torch.get_num_threads())
         return y
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float | None = None,
+                  window: int | None = None, like_llamacpp: bool = True) -> torch.Tensor:
+        """`models.transformer.explicit_attention` for one sequence (q (1, nh, T, hs), k/v (1, nkv, S, hs) fp32
+        holding fp16 values) in llama.cpp's arithmetic, its orders of summation included (layers.c's attend)."""
+        _, n_heads, T, head_dim = q.shape
+        n_kv, n_pos = k.shape[1], k.shape[2]
+        if not (like_llamacpp and q.shape[0] == 1 and k.shape == v.shape and k.shape[-1] == head_dim and n_pos >= T
+                and head_dim % 16 == 0 and n_heads % n_kv == 0 and q.dtype == k.dtype == v.dtype == torch.float32):
+            raise ValueError(f"attention of q {tuple(q.shape)} over k {tuple(k.shape)} is not one sequence's")
+        q, k, v = q.contiguous(), k[0].contiguous(), v[0].contiguous()
+        out = torch.empty_like(q)
+        threads = torch.get_num_threads()
+        work = torch.empty(threads * (n_pos + 4 * 16 * head_dim))
+        self.library.attention_rows(q.data_ptr(), k.data_ptr(), v.data_ptr(), n_heads, n_kv, head_dim, n_pos * head_dim,
+                                    n_pos, T, scale, softcap or 0.0, window or 0, out.data_ptr(), work.data_ptr(),
+                                    threads)
+        return out
 
     def rms_norm_rows(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """llama.cpp's RMSNorm of each row of x (rows, n) fp32 contiguous, times `weight` (n,) fp32."""
@@ -92,8 +112,10 @@ class Kernels:
         positions, cos and sin come from `rope_tables`."""
         T, threads = x.shape[0], torch.get_num_threads()
         work = torch.empty(self.library.layers_work_size(ctypes.byref(shape), T, threads))
+        from firstepoch.llm.blocktypes import ACTIVATION_BYTES_PER_VALUE
+
         widest = max(shape.dim, shape.hidden, shape.n_heads * shape.head_dim)
-        scratch = torch.empty(T * widest // 32 * ACTIVATION_BLOCK_BYTES, dtype=torch.uint8)
+        scratch = torch.empty(math.ceil(T * widest * ACTIVATION_BYTES_PER_VALUE), dtype=torch.uint8)
         self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, T, cos.data_ptr(),
                                     sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
 
@@ -129,6 +151,10 @@ def compiled_kernels() -> Kernels | None:
         "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
         "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
+        "quantize_q8_k": (None, [pointer, pointer, size]),
+        "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
+                                  ctypes.c_float, size, pointer, pointer, ctypes.c_int]),
+        **{f"vec_dot_{name}": (ctypes.c_float, [pointer, pointer, size]) for name in ("q4_k", "q5_k", "q6_k", "q5_0")},
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, pointer, pointer,
                                   ctypes.c_int]),
     })

@@ -1,9 +1,12 @@
 /* Matrix products with GGUF block-quantized weights, for CPU inference.
  *
- * Weights stay in their GGUF blocks (Q4_0, Q4_1, Q8_0: 32 weights a block, an fp16 scale, Q4_1 also an
- * fp16 minimum). Activations are quantized to 8-bit blocks first (Q8_0, or Q8_1, which also carries
- * d * sum(q)), so each block's dot product is an integer dot product of 32 pairs, scaled once: the same
- * arithmetic as llama.cpp's CPU backend, so results agree with it to float rounding.
+ * Weights stay in their GGUF blocks: Q4_0, Q4_1, Q5_0, Q8_0 (32 weights a block, an fp16 scale, Q4_1 also an
+ * fp16 minimum, Q5_0 a fifth bit per weight) and the K-quants Q4_K, Q5_K, Q6_K (256 weights a super-block of
+ * 8 or 16 sub-blocks with their own 6- or 8-bit scales). Activations are quantized to 8-bit blocks first
+ * (Q8_0; Q8_1, which also carries d * sum(q); Q8_K for the K-quants: 256 values, a float scale and the sums
+ * of each 16), so each block's dot product is an integer dot product, scaled once: the arithmetic of
+ * llama.cpp's CPU backend. The integer sums go to the same vector lanes as in its AVX2 code and the lanes are
+ * scaled and added in its order, so on AVX2 and AVX-512 machines the results are its own bit for bit.
  *
  * y (T, N) = x (T, K) . W^T, W given as N rows of K/32 blocks. Rows are split across OpenMP threads; each
  * thread walks its rows once and reuses each row for all T activation rows (prefill).
@@ -22,6 +25,13 @@ typedef struct { half d; uint8_t qs[QK / 2]; } block_q4_0;
 typedef struct { half d; half m; uint8_t qs[QK / 2]; } block_q4_1;
 typedef struct { half d; int8_t qs[QK]; } block_q8_0;
 typedef struct { half d; half s; int8_t qs[QK]; } block_q8_1;
+typedef struct { half d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
+
+#define QK_K 256
+typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
+typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; half d; } block_q6_K;
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
 static inline float to_float(half h) {
 #if defined(__F16C__)
@@ -80,7 +90,41 @@ static void quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t k) {
     }
 }
 
+/* x rounded to the nearest integer, half to even, by the float trick llama.cpp's K-quant code uses */
+static inline int nearest_int(float x) {
+    const float shifted = x + 12582912.0f;
+    int32_t bits; memcpy(&bits, &shifted, 4);
+    return (bits & 0x007fffff) - 0x00400000;
+}
+
+/* 256 values a block: the scale maps the value of largest magnitude to -127 (keeping its sign), and each
+ * 16 values' quantized sum is kept for the K-quants' minimums and offsets */
+static void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k) {
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++)
+            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+        memset(y[i].qs, 0, QK_K);
+        memset(y[i].bsums, 0, sizeof y[i].bsums);
+        y[i].d = 0.0f;
+        if (amax == 0.0f) continue;
+        const float iscale = -127.0f / max;
+        for (int j = 0; j < QK_K; j++) {
+            const int v = nearest_int(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+            y[i].bsums[j / 16] += y[i].qs[j];
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
 /* ------------------------------------------------------------------------------ dot products of rows */
+
+/* 8 float lanes added as a vector unit's horizontal sum does: i + (i + 4), then (0 + 2) + (1 + 3) */
+static inline float lanes8_sum(const float *v) {
+    const float r0 = v[0] + v[4], r1 = v[1] + v[5], r2 = v[2] + v[6], r3 = v[3] + v[7];
+    return (r0 + r2) + (r1 + r3);
+}
 
 #if defined(__AVX2__)
 static inline float hsum(__m256 v) {
@@ -176,6 +220,182 @@ static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb) {
 #endif
 }
 
+/* Q4_K and Q5_K: 8 sub-blocks of 32 with a 6-bit scale and minimum each, packed in 12 bytes */
+static inline void scales_and_mins(const uint8_t *q, int32_t *sc, int32_t *mn) {
+    for (int j = 0; j < 4; j++) { sc[j] = q[j] & 63; mn[j] = q[j + 4] & 63; }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+        mn[j] = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+/* minimums times the activations' sums: four lanes, lane l for sub-blocks 2l and 2l + 1 */
+static inline void min_lanes(const int32_t *mn, const int16_t *bsums, int32_t *lanes) {
+    for (int l = 0; l < 4; l++)
+        lanes[l] = mn[2 * l] * (bsums[4 * l] + bsums[4 * l + 1]) + mn[2 * l + 1] * (bsums[4 * l + 2] + bsums[4 * l + 3]);
+}
+
+/* Integer sums of one K-quant super-block in 8 lanes as llama.cpp's AVX2 code forms them: lane p holds the
+ * products of elements 4p..4p+3 of every 32 of the block, each times its sub-block's scale. `value(t)` gives
+ * weight t (0..255) as an unsigned integer, `scale(t)` its sub-block's scale. */
+#define K_LANES(VALUE, SCALE, q8, lanes)                                                                  \
+    do {                                                                                                 \
+        for (int p = 0; p < 8; p++) lanes[p] = 0;                                                         \
+        for (int t = 0; t < QK_K; t++) lanes[(t % 32) / 4] += (SCALE) * (VALUE) * (q8)[t];                \
+    } while (0)
+
+#if defined(__AVX2__)
+static inline __m256i scale_pair(int32_t low, int32_t high) {  /* lanes 0-3 times low, 4-7 times high */
+    return _mm256_set_m128i(_mm_set1_epi16((int16_t)high), _mm_set1_epi16((int16_t)low));
+}
+
+static inline __m256i bits_to_bytes(const uint8_t *qh) {  /* bit j of 4 bytes -> byte j: 0xff or 0 */
+    uint32_t bits; memcpy(&bits, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
+                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                  0x0303030303030303));
+    const __m256i select = _mm256_set1_epi64x((int64_t)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
+}
+#endif
+
+static float dot_q5_0(const block_q5_0 *x, const block_q8_0 *y, int64_t nb) {
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));
+        const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
+        __m256i qx = _mm256_sub_epi8(_mm256_or_si256(nibbles(x[i].qs), high), _mm256_set1_epi8(16));
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(d, dot_s8_s8(qx, qy), acc);
+    }
+    return hsum(acc);
+#else
+    float sum = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        uint32_t qh; memcpy(&qh, x[i].qh, 4);
+        int s = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            s += (((x[i].qs[j] & 0x0f) | ((qh >> j & 1) << 4)) - 16) * y[i].qs[j];
+            s += (((x[i].qs[j] >> 4) | ((qh >> (j + 16) & 1) << 4)) - 16) * y[i].qs[j + QK / 2];
+        }
+        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
+    }
+    return sum;
+#endif
+}
+
+static float dot_q4_K(const block_q4_K *x, const block_q8_K *y, int64_t nb) {
+    float acc[8] = {0}, acc_m[4] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * to_float(x[i].d), dmin = -y[i].d * to_float(x[i].dmin);
+        int32_t sc[8], mn[8], m[4], lanes[8];
+        scales_and_mins(x[i].scales, sc, mn);
+        min_lanes(mn, y[i].bsums, m);
+        for (int l = 0; l < 4; l++) acc_m[l] = fmaf(dmin, (float)m[l], acc_m[l]);
+#if defined(__AVX2__)
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            const __m256i low = _mm256_and_si256(bits, _mm256_set1_epi8(0x0f));
+            const __m256i high = _mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f));
+            const __m256i ql = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j]),
+                                                            _mm256_maddubs_epi16(low, ql)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j + 1]),
+                                                            _mm256_maddubs_epi16(high, qh)));
+        }
+        _mm256_storeu_si256((__m256i *)lanes, sumi);
+#else
+        const uint8_t *q = x[i].qs;
+        K_LANES((t % 64 < 32 ? q[t / 64 * 32 + t % 32] & 0x0f : q[t / 64 * 32 + t % 32] >> 4), sc[t / 32], y[i].qs, lanes);
+#endif
+        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+    }
+    return lanes8_sum(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+}
+
+static float dot_q5_K(const block_q5_K *x, const block_q8_K *y, int64_t nb) {
+    float acc[8] = {0}, summs = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * to_float(x[i].d), dmin = -y[i].d * to_float(x[i].dmin);
+        int32_t sc[8], mn[8], m[4], lanes[8];
+        scales_and_mins(x[i].scales, sc, mn);
+        min_lanes(mn, y[i].bsums, m);
+        summs = fmaf(dmin, (float)((m[0] + m[1]) + (m[2] + m[3])), summs);  /* llama.cpp's compiler fuses it */
+#if defined(__AVX2__)
+        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].qh);
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            const __m256i one = _mm256_set1_epi8(1);
+            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one);
+            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one);
+            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi8(0x0f)), _mm256_slli_epi16(h0, 4));
+            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f)),
+                                               _mm256_slli_epi16(h1, 4));
+            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
+            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j]),
+                                                            _mm256_maddubs_epi16(v0, q0)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j + 1]),
+                                                            _mm256_maddubs_epi16(v1, q1)));
+        }
+        _mm256_storeu_si256((__m256i *)lanes, sumi);
+#else
+        const uint8_t *q = x[i].qs, *qh = x[i].qh;
+        K_LANES(((t % 64 < 32 ? q[t / 64 * 32 + t % 32] & 0x0f : q[t / 64 * 32 + t % 32] >> 4) |
+                 (((qh[t % 32] >> (t / 32)) & 1) << 4)), sc[t / 32], y[i].qs, lanes);
+#endif
+        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+    }
+    return lanes8_sum(acc) + summs;
+}
+
+static float dot_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        const float d = y[i].d * to_float(x[i].d);
+        const int8_t *sc = x[i].scales;
+        int32_t lanes[8];
+#if defined(__AVX2__)
+        __m256i sumi = _mm256_setzero_si256();
+        for (int j = 0; j < 2; j++) {
+            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * j));
+            const __m256i b2 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * j + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * j));
+            const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+            const __m256i v[4] = {
+                _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4))};
+            for (int k = 0; k < 4; k++) {
+                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * j + 32 * k));
+                const int s = 8 * j + 2 * k;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(sc[s], sc[s + 1]),
+                                                                _mm256_maddubs_epi16(v[k], q8)));
+            }
+        }
+        _mm256_storeu_si256((__m256i *)lanes, sumi);
+#else
+        const uint8_t *ql = x[i].ql, *qh = x[i].qh;
+        /* weight t = 128 j + 32 k + e: low 4 bits from ql[64 j + 32 (k % 2) + e] (high nibble for k >= 2),
+           high 2 bits from qh[32 j + e] at bit 2 k */
+        K_LANES(((((ql[t / 128 * 64 + (t / 32 % 2) * 32 + t % 32] >> (t / 64 % 2 * 4)) & 0x0f) |
+                  (((qh[t / 128 * 32 + t % 32] >> (t / 32 % 4 * 2)) & 3) << 4))), sc[t / 16], y[i].qs, lanes);
+#endif
+        /* the weights' offset of 32: minus 32 times each 16 activations' sum times its scale, lane p for 2p, 2p+1 */
+        for (int p = 0; p < 8; p++)
+            lanes[p] -= 32 * (y[i].bsums[2 * p] * sc[2 * p] + y[i].bsums[2 * p + 1] * sc[2 * p + 1]);
+        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+    }
+    return lanes8_sum(acc);
+}
+
 /* The same dot products for four activation rows at once (y, y + nb, y + 2 nb, y + 3 nb): each weight block
  * is loaded and unpacked once for the four, which is what makes prefill faster than four decode steps.
  * Per row the float operations are those of the single-row functions, in the same order. */
@@ -223,14 +443,24 @@ DOT4_FALLBACK(dot4_q4_0, block_q4_0, block_q8_0, dot_q4_0)
 DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
 #endif
 
+/* the types whose four-row products are four one-row products (llama.cpp too multiplies them row by row) */
+#define DOT4_BY_ROWS(NAME, WBLOCK, XBLOCK, DOT)                                                            \
+    static void NAME(const WBLOCK *x, const XBLOCK *y, int64_t nb, float *out) {                        \
+        for (int u = 0; u < 4; u++) out[u] = DOT(x, y + u * nb, nb);                                     \
+    }
+DOT4_BY_ROWS(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
+DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
+DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
+DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
+
 /* ---------------------------------------------------------------------------------------- the products */
 
 #define ROWS_PER_TASK 16
 
-#define MATMUL(NAME, WBLOCK, XBLOCK, QUANTIZE, DOT, DOT4)                                                 \
+#define MATMUL(NAME, BLOCK, WBLOCK, XBLOCK, QUANTIZE, DOT, DOT4)                                          \
     void NAME(const void *w, int64_t n, int64_t k, const float *x, int64_t t, float *y, void *scratch,    \
               int threads) {                                                                             \
-        const int64_t nb = k / QK;                                                                       \
+        const int64_t nb = k / BLOCK;                                                                    \
         XBLOCK *xq = (XBLOCK *)scratch;                                                                  \
         _Pragma("omp parallel for num_threads(threads) schedule(static) if(t > 1)")                      \
         for (int64_t r = 0; r < t; r++) QUANTIZE(x + r * k, xq + r * nb, k);                             \
@@ -250,6 +480,17 @@ DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
         }                                                                                                \
     }
 
-MATMUL(matmul_q4_0, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot4_q4_0)
-MATMUL(matmul_q4_1, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, dot4_q4_1)
-MATMUL(matmul_q8_0, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot4_q8_0)
+MATMUL(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot4_q4_0)
+MATMUL(matmul_q4_1, QK, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, dot4_q4_1)
+MATMUL(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot4_q8_0)
+MATMUL(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, dot4_q5_0)
+MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
+MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
+MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
+
+/* one 8-bit activation row and one weight row's dot product, for the tests against llama.cpp's own */
+void quantize_q8_k(const float *x, void *y, int64_t k) { quantize_row_q8_K(x, (block_q8_K *)y, k); }
+float vec_dot_q4_k(const void *w, const void *x, int64_t k) { return dot_q4_K(w, x, k / QK_K); }
+float vec_dot_q5_k(const void *w, const void *x, int64_t k) { return dot_q5_K(w, x, k / QK_K); }
+float vec_dot_q6_k(const void *w, const void *x, int64_t k) { return dot_q6_K(w, x, k / QK_K); }
+float vec_dot_q5_0(const void *w, const void *x, int64_t k) { return dot_q5_0(w, x, k / QK); }

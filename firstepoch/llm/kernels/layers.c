@@ -213,14 +213,19 @@ static inline float dot_f16(const float *a, const float *b, int64_t n, int group
 
 /* One head's attention for one query over positions [0, n): scores, softmax, weighted sum of values.
  * groups: 1 for a query of a prefill, GROUPS for a decode step (see dot_f16). s: n floats of scratch;
- * acc: GROUPS * LANES * head_dim floats of scratch. */
+ * acc: GROUPS * LANES * head_dim floats of scratch. interleaved: keys are in GGUF's order (llama), else in the
+ * query's (the other architectures, whose RoPE rotates halves as llama.cpp's NEOX mode does). softcap (0: none)
+ * caps each score before the scale, as llama.cpp's graph does for Gemma 2; window (0: none): only the last
+ * `window` positions are seen, the others count as llama.cpp's masked ones (-inf, so exp gives 0). */
 static void attend(const float *q, const float *keys, const float *values, int64_t n, int64_t head_dim, float scale,
-                   int groups, float *s, float *acc, float *out) {
+                   int groups, float *s, float *acc, float *out, int interleaved, float softcap, int64_t window) {
     float qh[head_dim];
-    for (int64_t d = 0; d < head_dim; d++) qh[gguf_order(d, head_dim)] = fp16(q[d]);
+    for (int64_t d = 0; d < head_dim; d++) qh[interleaved ? gguf_order(d, head_dim) : d] = fp16(q[d]);
     float top = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
-        s[j] = dot_f16(qh, keys + j * head_dim, head_dim, groups) * scale;
+        float score = dot_f16(qh, keys + j * head_dim, head_dim, groups);
+        if (softcap != 0.0f) score = tanhf(score * (1.0f / softcap)) * softcap;
+        s[j] = window > 0 && n - 1 - j >= window ? -INFINITY : score * scale;
         top = s[j] > top ? s[j] : top;
     }
     double total = 0.0;  /* blocks of LANES exp values, each summed across lanes, added in double */
@@ -253,18 +258,21 @@ static void attend(const float *q, const float *keys, const float *values, int64
 
 /* ---------------------------------------------------------------------------------------------- layers */
 
-void matmul_q4_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
-void matmul_q4_1(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
-void matmul_q8_0(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+#define MATMUL_OF(name) void name(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
+MATMUL_OF(matmul_q4_0) MATMUL_OF(matmul_q4_1) MATMUL_OF(matmul_q8_0) MATMUL_OF(matmul_q5_0)
+MATMUL_OF(matmul_q4_k) MATMUL_OF(matmul_q5_k) MATMUL_OF(matmul_q6_k)
 
 typedef void (*matmul_fn)(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
-static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0};  /* by BlockType.code (blocktypes.py) */
+/* by BlockType.code (blocktypes.py) */
+static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0, matmul_q5_0, matmul_q4_k, matmul_q5_k,
+                                    matmul_q6_k};
 
 typedef struct {
     const float *attn_norm, *mlp_norm;
-    const void *w_qkv, *w_o, *w_gate_up, *w_down;  /* q, k, v rows stacked; gate, up rows stacked */
-    float *k_cache, *v_cache;                       /* (n_kv, max_len, head_dim) each */
-    int types[4];                                   /* block types of qkv, o, gate_up, down */
+    const void *w_q, *w_k, *w_v, *w_o, *w_gate, *w_up, *w_down;
+    float *k_cache, *v_cache;  /* (n_kv, max_len, head_dim) each */
+    int types[7];              /* block types of q, k, v, o, gate, up, down */
+    int qkv_stacked, gate_up_stacked;  /* k's rows follow q's and v's k's in one array of one type (up's gate's) */
 } layer_weights;
 
 typedef struct {
@@ -274,8 +282,25 @@ typedef struct {
 
 /* Floats of `work` that forward_layers needs for T tokens. */
 int64_t layers_work_size(const layer_shape *c, int64_t T, int threads) {
-    const int64_t qkv = (c->n_heads + 2 * c->n_kv) * c->head_dim;
-    return T * (c->dim + qkv + c->n_heads * c->head_dim + 3 * c->hidden) + (int64_t)threads * (c->max_len + GROUPS * LANES * c->head_dim);
+    const int64_t qkv = (c->n_heads + 2 * c->n_kv) * c->head_dim, widest = qkv > 2 * c->hidden ? qkv : 2 * c->hidden;
+    return T * (c->dim + qkv + c->n_heads * c->head_dim + 3 * c->hidden + widest) +
+           (int64_t)threads * (c->max_len + GROUPS * LANES * c->head_dim);
+}
+
+/* y (T, rows[0] + ... ) = x (T, k) times matrices stacked by rows: one product when they are one array of one
+ * type (`stacked`), else one each, its rows placed in y's columns through `tmp` (T * the widest part floats). */
+static void stacked_matmul(const void *const *w, const int *types, const int64_t *rows, int parts, int stacked,
+                           int64_t k, const float *x, int64_t T, float *y, float *tmp, void *scratch, int threads) {
+    int64_t total = 0;
+    for (int p = 0; p < parts; p++) total += rows[p];
+    if (stacked) {
+        MATMULS[types[0]](w[0], total, k, x, T, y, scratch, threads);
+        return;
+    }
+    for (int64_t p = 0, offset = 0; p < parts; offset += rows[p], p++) {
+        MATMULS[types[p]](w[p], rows[p], k, x, T, tmp, scratch, threads);
+        for (int64_t t = 0; t < T; t++) memcpy(y + t * total + offset, tmp + t * rows[p], sizeof(float) * rows[p]);
+    }
 }
 
 static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_t start, int64_t T, const float *cos,
@@ -284,10 +309,13 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
     const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
     const int64_t group = n_heads / n_kv, half = head_dim / 2, max_len = c->max_len;
     float *h = work, *qkv = h + T * dim, *attn = qkv + T * qkv_rows, *gate_up = attn + T * q_rows;
-    float *act = gate_up + T * 2 * hidden, *per_thread = act + T * hidden;
+    float *act = gate_up + T * 2 * hidden, *tmp = act + T * hidden;
+    float *per_thread = tmp + T * (qkv_rows > 2 * hidden ? qkv_rows : 2 * hidden);
+    const void *qkv_w[3] = {w->w_q, w->w_k, w->w_v}, *gate_up_w[2] = {w->w_gate, w->w_up};
+    const int64_t qkv_parts[3] = {q_rows, kv_rows, kv_rows}, gate_up_parts[2] = {hidden, hidden};
 
     rms_norm_rows(x, w->attn_norm, c->eps, dim, T, h);
-    MATMULS[w->types[0]](w->w_qkv, qkv_rows, dim, h, T, qkv, scratch, threads);
+    stacked_matmul(qkv_w, w->types, qkv_parts, 3, w->qkv_stacked, dim, h, T, qkv, tmp, scratch, threads);
     for (int64_t t = 0; t < T; t++) {
         float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
         const int64_t pos = start + t;
@@ -310,15 +338,16 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
 #endif
             const int64_t kv = (head / group) * max_len * head_dim;
             attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, start + t + 1, head_dim,
-                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim);
+                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim, 1, 0.0f, 0);
         }
-    MATMULS[w->types[1]](w->w_o, dim, q_rows, attn, T, h, scratch, threads);
+    MATMULS[w->types[3]](w->w_o, dim, q_rows, attn, T, h, scratch, threads);
     for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
 
     rms_norm_rows(x, w->mlp_norm, c->eps, dim, T, h);
-    MATMULS[w->types[2]](w->w_gate_up, 2 * hidden, dim, h, T, gate_up, scratch, threads);
+    stacked_matmul(gate_up_w, w->types + 4, gate_up_parts, 2, w->gate_up_stacked, dim, h, T, gate_up, tmp, scratch,
+                   threads);
     swiglu_rows(gate_up, hidden, T, act);
-    MATMULS[w->types[3]](w->w_down, dim, hidden, act, T, h, scratch, threads);
+    MATMULS[w->types[6]](w->w_down, dim, hidden, act, T, h, scratch, threads);
     for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
 }
 
@@ -328,4 +357,26 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
 void forward_layers(float *x, const layer_weights *layers, int64_t n_layers, const layer_shape *shape, int64_t start,
                     int64_t T, const float *cos, const float *sin, float *work, void *scratch, int threads) {
     for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, start, T, cos, sin, work, scratch, threads);
+}
+
+/* Attention as the Transformer's PyTorch path calls it for the architectures layers.c does not run: T queries
+ * q (n_heads, T, head_dim) at the last T of n_pos positions, keys and values of n_kv heads (head h's rows
+ * kv_stride floats after head h - 1's, fp16 values, in the query's order) -> out (n_heads, T, head_dim).
+ * work: threads * (n_pos + GROUPS * LANES * head_dim) floats. */
+void attention_rows(const float *q, const float *k, const float *v, int64_t n_heads, int64_t n_kv, int64_t head_dim,
+                    int64_t kv_stride, int64_t n_pos, int64_t T, float scale, float softcap, int64_t window,
+                    float *out, float *work, int threads) {
+    const int64_t group = n_heads / n_kv, per_thread = n_pos + GROUPS * LANES * head_dim;
+    #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+    for (int64_t head = 0; head < n_heads; head++)
+        for (int64_t t = 0; t < T; t++) {
+#if defined(_OPENMP)
+            float *mine = work + (int64_t)omp_get_thread_num() * per_thread;
+#else
+            float *mine = work;
+#endif
+            const int64_t kv = (head / group) * kv_stride;
+            attend(q + (head * T + t) * head_dim, k + kv, v + kv, n_pos - T + t + 1, head_dim, scale,
+                   T == 1 ? GROUPS : 1, mine, mine + n_pos, out + (head * T + t) * head_dim, 0, softcap, window);
+        }
 }
