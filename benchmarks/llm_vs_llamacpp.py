@@ -1,12 +1,17 @@
 """A GGUF LLM run by firstepoch and by llama.cpp (llama-cpp-python): same file, threads and prompts, one run.
 
-    python benchmarks/llm_vs_llamacpp.py [MODEL] [--threads 2] [--prompt-tokens 128] [--new-tokens 128]
+    python benchmarks/llm_vs_llamacpp.py [--model FILE_OR_NAME] [--threads 2] [--prompt-tokens 128]
+                                         [--new-tokens 128] [--llamacpp-repack]
 
-MODEL defaults to the bundled SmolLM2-135M-Instruct (Q4_1). Each side runs in its own process, so peak
-RSS (VmHWM) is that side's alone. Prefill: one prompt of `--prompt-tokens` tokens, in one pass.
-Decode: `--new-tokens` greedy tokens after it, from the KV cache. The sides take turns for `--rounds`
-rounds of `--repeats` runs each; the best of all is reported.
-Prints tokens/s for both, the ratios (firstepoch / llama.cpp; above 1 is faster) and peak RSS.
+The model defaults to the bundled SmolLM2-135M-Instruct (Q4_1); any GGUF file or bundled name (gemma3-270m)
+works. Each side runs in its own process, so peak RSS (VmHWM) is that side's alone. Prefill: one prompt of
+`--prompt-tokens` tokens, in one pass. Decode: `--new-tokens` greedy tokens after it, from the KV cache. The
+sides take turns for `--rounds` rounds of `--repeats` runs each; the best of all is reported.
+Prints tokens/s for both, the ratios (firstepoch / llama.cpp; above 1 is faster), peak RSS, and decode's
+effective memory bandwidth (the bytes of weights one token reads, times tokens/s) beside the machine's plain
+read bandwidth (a sum over a 1 GiB array, best of 5).
+llama.cpp runs without its repacked weight layouts unless `--llamacpp-repack`: on Intel Xeons with AMX,
+llama-cpp-python 0.3.36's AMX repacking segfaults on the first decode.
 """
 from __future__ import annotations
 
@@ -23,9 +28,19 @@ TEXT = ("The history of the printing press begins in the fifteenth century, when
         "by hand, and a single book could take months. ") * 20
 
 
-def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int) -> dict:
+def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int,
+                 repack: bool = False) -> dict:
+    import llama_cpp
     from llama_cpp import Llama
 
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params():
+        p = defaults()
+        p.use_extra_bufts = repack
+        return p
+
+    llama_cpp.llama_cpp.llama_model_default_params = params  # Llama() has no argument for it
     llm = Llama(path, n_ctx=prompt_tokens + new_tokens + 8, n_threads=threads, n_threads_batch=threads,
                 n_batch=512, verbose=False)
     ids = llm.tokenize(TEXT.encode(), add_bos=False)[:prompt_tokens]
@@ -77,16 +92,42 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
+def read_bandwidth_gb_s() -> float:
+    """The machine's plain read bandwidth: numpy summing a 1 GiB array (far past the caches), best of 5."""
+    import numpy as np
+
+    data = np.ones(1 << 28, dtype=np.float32)
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        best = max(best, data.nbytes / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def weight_bytes_per_token(path: str) -> int:
+    """Bytes of weights one decode step reads: every tensor of the file but the embedding table, which it reads
+    one row of (unless the output layer is tied to it, then all of it)."""
+    from firstepoch.llm.gguf import read_gguf
+
+    g = read_gguf(path)
+    tied = "output.weight" not in g.tensors
+    return sum(int(t.n_bytes) for name, t in g.tensors.items() if name != "token_embd.weight" or tied)
+
+
 def side(args) -> None:
     fn = {"llama.cpp": run_llamacpp, "firstepoch": run_firstepoch}[args.side]
-    result = fn(args.model, args.threads, args.prompt_tokens, args.new_tokens, args.repeats)
+    extra = {"repack": args.llamacpp_repack} if args.side == "llama.cpp" else {}
+    result = fn(args.model, args.threads, args.prompt_tokens, args.new_tokens, args.repeats, **extra)
     result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=None)
+    parser.add_argument("model", nargs="?", default=None, help="the same as --model")
+    parser.add_argument("--model", dest="model_option", default=None, help="a GGUF file or a bundled model's name")
+    parser.add_argument("--llamacpp-repack", action="store_true", help="let llama.cpp repack weights (AMX, ...)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -101,7 +142,7 @@ def main() -> None:
         return side(args)
     from firstepoch.llm.models import resolve
 
-    args.model = str(resolve(args.model))
+    args.model = str(resolve(args.model_option or args.model))
     size_mb = Path(args.model).stat().st_size / 2**20
     results = {}
     for _ in range(args.rounds):  # the two sides take turns, so a slow spell of the machine hits both
@@ -109,7 +150,7 @@ def main() -> None:
             python = args.python if name == "firstepoch" else sys.executable
             command = [python, __file__, args.model, "--side", name, "--threads", str(args.threads),
                        "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-                       "--repeats", str(args.repeats)]
+                       "--repeats", str(args.repeats)] + (["--llamacpp-repack"] if args.llamacpp_repack else [])
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             new = json.loads(out.strip().splitlines()[-1])
             old = results.setdefault(name, new)
@@ -123,6 +164,10 @@ def main() -> None:
     print(f"{'ratio':12} {b['prefill'] / a['prefill']:13.2f}x {b['decode'] / a['decode']:12.2f}x "
           f"{b['peak_rss_mb'] / a['peak_rss_mb']:11.2f}x   (firstepoch / llama.cpp)")
     print(f"firstepoch peak RSS - GGUF size: {b['peak_rss_mb'] - size_mb:.0f} MB (target: at most 300)")
+    per_token = weight_bytes_per_token(args.model)
+    print(f"decode reads {per_token / 1e6:.0f} MB of weights a token: {a['decode'] * per_token / 1e9:.1f} GB/s "
+          f"(llama.cpp), {b['decode'] * per_token / 1e9:.1f} GB/s (firstepoch); plain read bandwidth of this "
+          f"machine {read_bandwidth_gb_s():.1f} GB/s")
 
 
 if __name__ == "__main__":
