@@ -1,6 +1,7 @@
 """The Transformer for LLM inference, its layers run in C for prefill and decode alike.
 
-`InferenceTransformer` is the one `Transformer`. On the CPU, for one sequence, with every matrix of every
+`InferenceTransformer` is the one `Transformer`, of any architecture in llm/architectures.py. On the CPU, for one
+sequence, with every matrix of every
 layer in blocks the kernels multiply (`blocktypes.BLOCK_TYPES`) and llama.cpp's attention arithmetic in its config,
 `forward` runs all layers in one C call (`kernels/layers.c`, through its `CLayers`), whose arithmetic is
 llama.cpp's operation by operation, so that a GGUF model's logits are the same bits as there. Other devices,
@@ -49,12 +50,18 @@ def _check_layer(c: TransformerConfig, block: Block) -> None:
     matrices = [(a.q_proj, q, c.dim), (a.k_proj, kv, c.dim), (a.v_proj, kv, c.dim), (a.o_proj, c.dim, q),
                 (m.gate_proj, hidden, c.dim), (m.up_proj, hidden, c.dim), (m.down_proj, c.dim, hidden)]
     expected = [(lin.blocks, (rows, BLOCK_TYPES[lin.qtype].row_bytes(n_in))) for lin, rows, n_in in matrices]
-    expected += [(block.attn_norm.weight, (c.dim,)), (block.mlp_norm.weight, (c.dim,))]
-    for tensor, shape in expected:
+    vectors = [(block.attn_norm.weight, (c.dim,)), (block.mlp_norm.weight, (c.dim,))]
+    if c.qkv_bias:
+        vectors += [(a.q_bias, (q,)), (a.k_bias, (kv,)), (a.v_bias, (kv,))]
+    if c.qk_norm:
+        vectors += [(a.q_norm.weight, (c.head_dim,)), (a.k_norm.weight, (c.head_dim,))]
+    if c.post_norms:
+        vectors += [(block.attn_post_norm.weight, (c.dim,)), (block.mlp_post_norm.weight, (c.dim,))]
+    for tensor, shape in expected + vectors:
         if tuple(tensor.shape) != shape or not tensor.is_contiguous():
             raise ValueError(f"a layer's weights have shape {tuple(tensor.shape)}, not {shape}")
-    if block.attn_norm.weight.dtype != torch.float32 or block.mlp_norm.weight.dtype != torch.float32:
-        raise ValueError("the C layers take fp32 norm weights")
+    if any(tensor.dtype != torch.float32 for tensor, _ in vectors):
+        raise ValueError("the C layers take fp32 norm weights and biases")
 
 
 @dataclass
@@ -71,6 +78,15 @@ class CLayer:
         a, m = self.block.attn, self.block.mlp
         return [a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj]
 
+    def vectors(self, config: TransformerConfig) -> list[torch.Tensor | None]:
+        """Its biases of q, k, v and RMSNorm weights of q and k heads and of the attention and MLP outputs, in
+        layer_weights' order, None where the architecture has none."""
+        a, b = self.block.attn, self.block
+        biases = [a.q_bias, a.k_bias, a.v_bias] if config.qkv_bias else [None] * 3
+        head_norms = [a.q_norm.weight, a.k_norm.weight] if config.qk_norm else [None] * 2
+        post = [b.attn_post_norm.weight, b.mlp_post_norm.weight] if config.post_norms else [None] * 2
+        return biases + head_norms + post
+
 
 @dataclass
 class CLayers:
@@ -80,23 +96,24 @@ class CLayers:
     kernels: Kernels
     config: TransformerConfig
     layers: list[CLayer]
-    rope_cos: torch.Tensor  # (context, head_dim / 2), as llama.cpp builds its angles
-    rope_sin: torch.Tensor
+    interleaved: bool  # keys cached in GGUF's order (llama), else as they are (layers.c's layer_shape)
+    rope: dict  # local (a bool) -> (cos, sin), each (context, head_dim / 2), as llama.cpp builds its angles
     caches: list[KVCache] | None = field(default=None, repr=False)  # what `pointers` point into
     pointers: ctypes.Array | None = field(default=None, repr=False)  # a LayerWeights per layer
     shape: LayerShape | None = field(default=None, repr=False)  # the sizes of the bound caches
 
     @classmethod
-    def prepare(cls, model: Transformer) -> "CLayers | None":
+    def prepare(cls, model: Transformer, interleaved: bool = True) -> "CLayers | None":
         """Fuse q/k/v and gate/up blocks (no copy kept) for the C layers; None where they cannot run the model:
-        no kernels, a model other than a Llama (`TransformerConfig.is_llama`), attention other than llama.cpp's,
-        a head size that is not a multiple of 16, or a matrix not in one block type the kernels multiply."""
+        no kernels, attention other than llama.cpp's, a head size that is not a multiple of 16, or a matrix not
+        in one block type the kernels multiply. `interleaved`: the model's GGUF stores q/k for llama.cpp's
+        adjacent-pairs RoPE (llama), whose order of summation the cached keys then keep."""
         from firstepoch.llm.kernels import compiled_kernels
         from firstepoch.llm.blocktypes import BLOCK_TYPES
 
         kernels, c = compiled_kernels(), model.config
         # layers.c's attention is llama.cpp's, and works 16 lanes at a time
-        if kernels is None or not c.is_llama or c.attention != "llamacpp_fp16" or c.head_dim % 16:
+        if kernels is None or c.attention != "llamacpp_fp16" or c.head_dim % 16:
             return None
         layers = []
         for block in model.layers:
@@ -106,8 +123,11 @@ class CLayers:
                 return None
             layers.append(CLayer(block, _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)))
             _check_layer(c, block)
-        cos, sin = kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors)
-        return cls(kernels, c, layers, cos, sin)
+        rope = {False: kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors,
+                                           c.rope_scaling_factor)}
+        local = c.rope_theta_local  # the local layers' own base, unscaled (Gemma 3), else the global tables
+        rope[True] = kernels.rope_tables(local, c.head_dim, c.context) if local is not None else rope[False]
+        return cls(kernels, c, layers, interleaved, rope)
 
     def bind(self, caches: list[KVCache]) -> None:
         """Point the layers at these KV caches (one a layer), after checking their shapes: layers.c writes into
@@ -136,7 +156,14 @@ class CLayers:
             entry.qkv_stacked, entry.gate_up_stacked = layer.qkv is not None, layer.gate_up is not None
             entry.k_cache, entry.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
             entry.types[:] = [BLOCK_TYPES[lin.qtype].code for lin in matrices]
-        self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps)
+            (entry.q_bias, entry.k_bias, entry.v_bias, entry.q_norm, entry.k_norm, entry.attn_post_norm,
+             entry.mlp_post_norm) = (v.data_ptr() if v is not None else None for v in layer.vectors(c))
+            cos, sin = self.rope[block.local]
+            entry.cos, entry.sin = cos.data_ptr(), sin.data_ptr()
+            entry.window = c.sliding_window if block.local else 0
+        self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps,
+                                c.query_scale or 0.0, c.attn_softcap or 0.0, c.activation == "gelu_tanh",
+                                self.interleaved)
         self.caches, self.pointers = list(caches), pointers
 
     def unbind(self) -> None:
@@ -149,8 +176,7 @@ class CLayers:
         if start < 0 or start + T > self.shape.max_len:  # the caller says why (InferenceTransformer.forward)
             raise ValueError(f"positions [{start}, {start + T}) are outside the bound KV cache")
         for first in range(0, T, PREFILL_CHUNK):
-            self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first,
-                                        self.rope_cos, self.rope_sin)
+            self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first)
 
 
 def _attention_for(config: TransformerConfig):
@@ -195,9 +221,10 @@ class InferenceTransformer(Transformer):
                 setattr(self, f"rope_cos{suffix}", torch.cat([cos, cos], dim=-1))
                 setattr(self, f"rope_sin{suffix}", torch.cat([sin, sin], dim=-1))
 
-    def prepare_c_layers(self) -> bool:
-        """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible."""
-        self.c_layers = CLayers.prepare(self)
+    def prepare_c_layers(self, interleaved: bool = True) -> bool:
+        """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible.
+        `interleaved`: see `CLayers.prepare`."""
+        self.c_layers = CLayers.prepare(self, interleaved)
         return self.c_layers is not None
 
     def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
@@ -217,12 +244,12 @@ class InferenceTransformer(Transformer):
             if start < 0 or ids.min() < 0 or ids.max() >= c.vocab_size:
                 raise FirstEpochError(f"token ids must be in [0, {c.vocab_size}) at positions >= 0")
             self.c_layers.bind([layer.attn.cache for layer in self.layers])
-            x = self.embed_tokens(ids)[0].float().contiguous()  # (T, dim), updated in place layer by layer
+            x = self.embed(ids)[0].float().contiguous()  # (T, dim), updated in place layer by layer
             self.c_layers.forward(x, start)
             if last_only:
                 x = x[-1:]
             normed = self.c_layers.kernels.rms_norm_rows(x, self.norm.weight, c.norm_eps)
-            return self.lm_head(normed).unsqueeze(0)  # (1, T or 1, vocab)
+            return self.capped(self.lm_head(normed)).unsqueeze(0)  # (1, T or 1, vocab)
         finally:
             if temporary:
                 self.clear_cache()

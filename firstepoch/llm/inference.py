@@ -219,17 +219,18 @@ def load_gguf(path: Path, context: int | None = None):
     def vector(ours: str) -> torch.Tensor:
         return torch.from_numpy(tensor_array(tensor(ours)).copy())
 
-    model = build_inference_model(config, matrix, vector)
+    model = build_inference_model(config, matrix, vector, interleaved=interleaved)
     name, template = g.metadata.get("general.name"), g.metadata.get("tokenizer.chat_template")
     info = {"architecture": g.architecture, "name": name if isinstance(name, str) else path.stem,
             "quantization": g.quantization, "file_bytes": path.stat().st_size}
     return model, tokenizer, template if isinstance(template, str) else None, info
 
 
-def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Module:
+def build_inference_model(config: TransformerConfig, matrix, vector, interleaved: bool = True) -> nn.Module:
     """A `Transformer` for inference, built from loaded layers: `matrix(name)` gives each linear layer as a
     `QuantizedLinear` (compact), `vector(name)` each norm's weight; the embedding table is shared with the
-    output layer when tied. No layer gets random initial weights first."""
+    output layer when tied. No layer gets random initial weights first. `interleaved`: the file stores q/k for
+    llama.cpp's adjacent-pairs RoPE (see `CLayers.prepare`)."""
     from firstepoch.llm.decoder import InferenceTransformer
 
     table = matrix("embed_tokens")
@@ -248,7 +249,7 @@ def build_inference_model(config: TransformerConfig, matrix, vector) -> nn.Modul
             if name.endswith("_bias"):  # attention biases (Qwen 2)
                 bias.copy_(vector(name))
     model.requires_grad_(False)
-    model.prepare_c_layers()
+    model.prepare_c_layers(interleaved)
     return model.eval()
 
 

@@ -28,7 +28,7 @@ def tiny(request, tmp_path_factory):
 def test_the_architecture_is_read_from_the_file(tiny):
     arch, lm, _ = tiny
     c = lm.model.config
-    assert lm.config["architecture"] == arch and not c.is_llama and lm.model.c_layers is None
+    assert lm.config["architecture"] == arch and not c.is_llama and lm.model.c_layers is not None
     assert c.qkv_bias == (arch == "qwen2") and c.qk_norm == (arch in ("qwen3", "gemma3"))
     if arch.startswith("gemma"):
         assert c.post_norms and c.activation == "gelu_tanh" and c.embed_scale == pytest.approx(8.0)
@@ -39,14 +39,22 @@ def test_the_architecture_is_read_from_the_file(tiny):
         assert (c.rope_theta, c.rope_theta_local) == (1e6, 10000.0)
 
 
-def test_logits_equal_llama_cpps(tiny):
+def test_logits_equal_llama_cpps_in_c_and_in_pytorch(tiny):
+    """The C layers (layers.c) and the PyTorch path (models/like_llamacpp.py, used for batches) alike."""
     arch, lm, llama = tiny
     llama.reset()
     llama.eval(PROMPT)
     theirs = np.array(llama.scores[:len(PROMPT)])
+    model, c_layers = lm.model, lm.model.c_layers
     with torch.no_grad():
-        ours = lm.model(torch.tensor([PROMPT]))[0].numpy()
+        ours = model(torch.tensor([PROMPT]))[0].numpy()
+        model.c_layers = None
+        try:
+            pytorch = model(torch.tensor([PROMPT]))[0].numpy()
+        finally:
+            model.c_layers = c_layers
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOLERANCE, err_msg=arch)
+    np.testing.assert_allclose(pytorch, theirs, rtol=0, atol=TOLERANCE, err_msg=arch)
 
 
 def test_greedy_tokens_and_each_steps_logits_equal_llama_cpps(tiny):
@@ -65,20 +73,25 @@ def test_greedy_tokens_and_each_steps_logits_equal_llama_cpps(tiny):
 
 
 def test_each_variation_changes_the_logits(tiny):
-    """The comparison above sees each thing an architecture adds: turned off, the logits move."""
+    """The comparison above sees each thing an architecture adds: turned off (in the PyTorch path), the logits
+    move."""
     arch, lm, _ = tiny
-    model, ids = lm.model, torch.tensor([PROMPT])
-    with torch.no_grad():
-        reference = model(ids)
-        for layer in model.layers:
-            layer.attn.window = None
-        assert (model(ids) - reference).abs().max() > 1e-2 or not arch.startswith("gemma"), "the window"
-        for layer in model.layers:
-            layer.attn.window = WINDOW if layer.local else None
-        if arch == "qwen2":
-            bias = model.layers[0].attn.k_bias
-            saved = bias.clone()
-            bias.zero_()
-            assert (model(ids) - reference).abs().max() > 1e-2, "the biases"
-            bias.copy_(saved)
-        assert torch.equal(model(ids), reference)
+    model, ids, c_layers = lm.model, torch.tensor([PROMPT]), lm.model.c_layers
+    model.c_layers = None
+    try:
+        with torch.no_grad():
+            reference = model(ids)
+            for layer in model.layers:
+                layer.attn.window = None
+            assert (model(ids) - reference).abs().max() > 1e-2 or not arch.startswith("gemma"), "the window"
+            for layer in model.layers:
+                layer.attn.window = WINDOW if layer.local else None
+            if arch == "qwen2":
+                bias = model.layers[0].attn.k_bias
+                saved = bias.clone()
+                bias.zero_()
+                assert (model(ids) - reference).abs().max() > 1e-2, "the biases"
+                bias.copy_(saved)
+            assert torch.equal(model(ids), reference)
+    finally:
+        model.c_layers = c_layers

@@ -39,13 +39,16 @@ class LayerWeights(ctypes.Structure):
     stacked in one array of one type."""
     _fields_ = [(name, ctypes.c_void_p) for name in ("attn_norm", "mlp_norm", "w_q", "w_k", "w_v", "w_o", "w_gate",
                                                       "w_up", "w_down", "k_cache", "v_cache")] + [
-        ("types", ctypes.c_int * 7), ("qkv_stacked", ctypes.c_int), ("gate_up_stacked", ctypes.c_int)]
+        ("types", ctypes.c_int * 7), ("qkv_stacked", ctypes.c_int), ("gate_up_stacked", ctypes.c_int)] + [
+        (name, ctypes.c_void_p) for name in ("q_bias", "k_bias", "v_bias", "q_norm", "k_norm", "attn_post_norm",
+                                             "mlp_post_norm", "cos", "sin")] + [("window", ctypes.c_int64)]
 
 
 class LayerShape(ctypes.Structure):
     """layers.c's layer_shape: the sizes every layer shares, and the KV cache's length."""
     _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_heads", "n_kv", "head_dim", "hidden", "max_len")] + [
-        ("eps", ctypes.c_float)]
+        ("eps", ctypes.c_float), ("query_scale", ctypes.c_float), ("attn_softcap", ctypes.c_float),
+        ("gelu", ctypes.c_int), ("interleaved", ctypes.c_int)]
 
 
 class Kernels:
@@ -93,31 +96,30 @@ class Kernels:
         self.library.rms_norm_rows(x.data_ptr(), weight.data_ptr(), eps, x.shape[1], x.shape[0], out.data_ptr())
         return out
 
-    def rope_tables(self, theta: float, head_dim: int, length: int,
-                    freq_factors: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rope_tables(self, theta: float, head_dim: int, length: int, freq_factors: list[float] | None = None,
+                    scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin, each (length, head_dim / 2), built as llama.cpp builds its angles (each divided by its
-        frequency factor when `freq_factors` are given)."""
+        frequency factor when `freq_factors` are given, and times 1 / `scaling_factor`)."""
         cos, sin = torch.empty(length, head_dim // 2), torch.empty(length, head_dim // 2)
         factors = torch.tensor(freq_factors, dtype=torch.float32) if freq_factors is not None else None
         if factors is not None and factors.numel() != head_dim // 2:
             raise ValueError(f"{factors.numel()} frequency factors for a head of {head_dim}")
         self.library.rope_tables_like_llamacpp(theta, head_dim, length, factors.data_ptr() if factors is not None
-                                               else None, cos.data_ptr(), sin.data_ptr())
+                                               else None, 1.0 / scaling_factor, cos.data_ptr(), sin.data_ptr())
         return cos, sin
 
-    def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int, cos: torch.Tensor,
-                       sin: torch.Tensor) -> None:
+    def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int) -> None:
         """Every layer, in one call, for the rows of x (T, dim) fp32 contiguous at positions [start, start + T),
         x updated in place; `layers` is a ctypes array of `LayerWeights` whose KV caches hold `shape.max_len`
-        positions, cos and sin come from `rope_tables`."""
+        positions and whose RoPE tables come from `rope_tables`."""
         T, threads = x.shape[0], torch.get_num_threads()
         work = torch.empty(self.library.layers_work_size(ctypes.byref(shape), T, threads))
         from firstepoch.llm.blocktypes import ACTIVATION_BYTES_PER_VALUE
 
         widest = max(shape.dim, shape.hidden, shape.n_heads * shape.head_dim)
         scratch = torch.empty(math.ceil(T * widest * ACTIVATION_BYTES_PER_VALUE), dtype=torch.uint8)
-        self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, T, cos.data_ptr(),
-                                    sin.data_ptr(), work.data_ptr(), scratch.data_ptr(), threads)
+        self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, T, work.data_ptr(),
+                                    scratch.data_ptr(), threads)
 
 
 @cache
@@ -149,14 +151,13 @@ def compiled_kernels() -> Kernels | None:
                   for kind in BLOCK_TYPES.values()}
     signatures.update({
         "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
-        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, pointer, pointer]),
+        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, ctypes.c_float, pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
         "quantize_q8_k": (None, [pointer, pointer, size]),
         "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
                                   ctypes.c_float, size, pointer, pointer, ctypes.c_int]),
         **{f"vec_dot_{name}": (ctypes.c_float, [pointer, pointer, size]) for name in ("q4_k", "q5_k", "q6_k", "q5_0")},
-        "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, pointer, pointer,
-                                  ctypes.c_int]),
+        "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, ctypes.c_int]),
     })
     for name, (restype, argtypes) in signatures.items():
         getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes

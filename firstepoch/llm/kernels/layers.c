@@ -2,7 +2,9 @@
  * once) and decode (one), with every matrix in GGUF blocks multiplied by ggml_matmul.c.
  *
  * The same layer as `firstepoch.models.transformer.Block` with a KV cache (RMSNorm, RoPE, grouped-query
- * attention over the cached positions, SwiGLU). Its arithmetic follows llama.cpp's CPU backend operation by
+ * attention over the cached positions, SwiGLU or GeGLU) and the variations of the other architectures
+ * (llm/architectures.py: q/k/v biases, per-head QK-norm, post-norms, query scaling, attention softcaps,
+ * sliding windows with their own RoPE tables). Its arithmetic follows llama.cpp's CPU backend operation by
  * operation, so that a GGUF model gives the same bits here as there:
  *   - RMSNorm sums the float squares in double, in order;
  *   - RoPE angles are built as its tables are (each pair's angle times a constant ratio), and a pair is
@@ -146,17 +148,53 @@ static void swiglu_rows(const float *gate_up, int64_t n, int64_t rows, float *ou
     }
 }
 
+/* ggml's GELU (tanh form) of every fp16 input, computed once as its init computes it (its compiler fuses
+ * 1 + (a x) x into one multiply-add), kept as fp16 values */
+static float gelu_table[1 << 16];
+static int gelu_ready;
+
+static void make_gelu_table(void) {
+    #pragma omp critical(gelu_table)
+    if (!gelu_ready) {
+        for (int i = 0; i < 1 << 16; i++) {
+            const uint16_t bits = (uint16_t)i;
+            _Float16 h; memcpy(&h, &bits, 2);
+            const float x = (float)h;
+            const float inner = fmaf(0.044715f * x, x, 1.0f);
+            gelu_table[i] = fp16((0.5f * x) * (1.0f + tanhf((0.79788456080286535587989211986876f * x) * inner)));
+        }
+        gelu_ready = 1;
+    }
+}
+
+/* gate_up rows hold [gate (n), up (n)]; out = gelu(gate) * up, as ggml's geglu: the table at the gate's fp16
+ * value, 0 at -10 and below, the gate itself at 10 and above */
+static void geglu_rows(const float *gate_up, int64_t n, int64_t rows, float *out) {
+    make_gelu_table();
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate_up + r * 2 * n, *u = g + n;
+        float *o = out + r * n;
+        for (int64_t i = 0; i < n; i++) {
+            if (g[i] <= -10.0f) { o[i] = 0.0f; continue; }
+            if (g[i] >= 10.0f) { o[i] = g[i] * u[i]; continue; }
+            const _Float16 h = (_Float16)g[i];
+            uint16_t bits; memcpy(&bits, &h, 2);
+            o[i] = gelu_table[bits] * u[i];
+        }
+    }
+}
+
 /* The cos and sin of every position's angles, (n_positions, head_dim / 2) each: pair i of position p turns
  * by p * base^(-2i / head_dim), the powers built by repeated multiplication. */
 void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions, const float *freq_factors,
-                               float *cos_out, float *sin_out) {
+                               float freq_scale, float *cos_out, float *sin_out) {
     /* freq_factors: NULL, or head_dim / 2 divisors of the angles (Llama 3.1's rope_freqs), as ggml applies them */
     const int64_t half = head_dim / 2;
     const float ratio = powf(base, -2.0f / (float)head_dim);
     for (int64_t p = 0; p < n_positions; p++) {
         float theta = (float)p;
         for (int64_t i = 0; i < half; i++) {
-            const float angle = freq_factors ? theta / freq_factors[i] : theta;
+            const float angle = freq_scale * (freq_factors ? theta / freq_factors[i] : theta);
             cos_out[p * half + i] = cosf(angle);
             sin_out[p * half + i] = sinf(angle);
             theta *= ratio;
@@ -273,11 +311,20 @@ typedef struct {
     float *k_cache, *v_cache;  /* (n_kv, max_len, head_dim) each */
     int types[7];              /* block types of q, k, v, o, gate, up, down */
     int qkv_stacked, gate_up_stacked;  /* k's rows follow q's and v's k's in one array of one type (up's gate's) */
+    /* the other architectures' (NULL where the model has none): biases of q, k, v; RMSNorm weights of each
+       query and key head and of the attention and MLP outputs */
+    const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *attn_post_norm, *mlp_post_norm;
+    const float *cos, *sin;  /* this layer's RoPE tables (rope_tables_like_llamacpp) */
+    int64_t window;          /* a local layer's sliding window; 0: every position */
 } layer_weights;
 
 typedef struct {
     int64_t dim, n_heads, n_kv, head_dim, hidden, max_len;
     float eps;
+    float query_scale;   /* 0: scores scaled by 1/sqrt(head_dim); else queries by this, scores not */
+    float attn_softcap;  /* 0: none */
+    int gelu;            /* the MLP's gate: 0 SiLU, 1 GELU */
+    int interleaved;     /* keys cached in GGUF's order (llama) or as they are (the others) */
 } layer_shape;
 
 /* Floats of `work` that forward_layers needs for T tokens. */
@@ -303,8 +350,13 @@ static void stacked_matmul(const void *const *w, const int *types, const int64_t
     }
 }
 
-static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_t start, int64_t T, const float *cos,
-                  const float *sin, float *work, void *scratch, int threads) {
+static inline void add_rows(float *x, const float *bias, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] += bias[i];
+}
+
+static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_t start, int64_t T, float *work,
+                  void *scratch, int threads) {
+    const float *cos = w->cos, *sin = w->sin;
     const int64_t dim = c->dim, head_dim = c->head_dim, hidden = c->hidden, n_heads = c->n_heads, n_kv = c->n_kv;
     const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
     const int64_t group = n_heads / n_kv, half = head_dim / 2, max_len = c->max_len;
@@ -319,15 +371,23 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
     for (int64_t t = 0; t < T; t++) {
         float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
         const int64_t pos = start + t;
+        if (w->q_bias) { add_rows(q, w->q_bias, q_rows); add_rows(k, w->k_bias, kv_rows); add_rows(v, w->v_bias, kv_rows); }
+        if (w->q_norm) {  /* each head on its own, in place */
+            rms_norm_rows(q, w->q_norm, c->eps, head_dim, n_heads, q);
+            rms_norm_rows(k, w->k_norm, c->eps, head_dim, n_kv, k);
+        }
         rope(q, n_heads, head_dim, cos + pos * half, sin + pos * half);
         rope(k, n_kv, head_dim, cos + pos * half, sin + pos * half);
+        if (c->query_scale != 0.0f)
+            for (int64_t i = 0; i < q_rows; i++) q[i] *= c->query_scale;
         for (int64_t g = 0; g < n_kv; g++)
             for (int64_t d = 0; d < head_dim; d++) {
-                w->k_cache[(g * max_len + pos) * head_dim + gguf_order(d, head_dim)] = fp16(k[g * head_dim + d]);
+                const int64_t at = c->interleaved ? gguf_order(d, head_dim) : d;
+                w->k_cache[(g * max_len + pos) * head_dim + at] = fp16(k[g * head_dim + d]);
                 w->v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
             }
     }
-    const float scale = 1.0f / sqrtf((float)head_dim);
+    const float scale = c->query_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)head_dim);
     #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
     for (int64_t head = 0; head < n_heads; head++)
         for (int64_t t = 0; t < T; t++) {
@@ -338,25 +398,29 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
 #endif
             const int64_t kv = (head / group) * max_len * head_dim;
             attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, start + t + 1, head_dim,
-                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim, 1, 0.0f, 0);
+                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim,
+                   c->interleaved, c->attn_softcap, w->window);
         }
     MATMULS[w->types[3]](w->w_o, dim, q_rows, attn, T, h, scratch, threads);
+    if (w->attn_post_norm) rms_norm_rows(h, w->attn_post_norm, c->eps, dim, T, h);
     for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
 
     rms_norm_rows(x, w->mlp_norm, c->eps, dim, T, h);
     stacked_matmul(gate_up_w, w->types + 4, gate_up_parts, 2, w->gate_up_stacked, dim, h, T, gate_up, tmp, scratch,
                    threads);
-    swiglu_rows(gate_up, hidden, T, act);
+    if (c->gelu) geglu_rows(gate_up, hidden, T, act);
+    else swiglu_rows(gate_up, hidden, T, act);
     MATMULS[w->types[6]](w->w_down, dim, hidden, act, T, h, scratch, threads);
+    if (w->mlp_post_norm) rms_norm_rows(h, w->mlp_post_norm, c->eps, dim, T, h);
     for (int64_t i = 0; i < T * dim; i++) x[i] += h[i];
 }
 
 /* x (T, dim): the new tokens' embeddings, updated in place through every layer; their keys and values are
- * written to each layer's cache at positions [start, start + T) (keys in GGUF's order, see gguf_order). cos/sin: rope_tables_like_llamacpp's tables.
+ * written to each layer's cache at positions [start, start + T) (keys in GGUF's order for llama, see gguf_order).
  * work: layers_work_size floats; scratch: bytes for the 8-bit activations of T rows of the widest input. */
 void forward_layers(float *x, const layer_weights *layers, int64_t n_layers, const layer_shape *shape, int64_t start,
-                    int64_t T, const float *cos, const float *sin, float *work, void *scratch, int threads) {
-    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, start, T, cos, sin, work, scratch, threads);
+                    int64_t T, float *work, void *scratch, int threads) {
+    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, start, T, work, scratch, threads);
 }
 
 /* Attention as the Transformer's PyTorch path calls it for the architectures layers.c does not run: T queries
