@@ -44,6 +44,11 @@ def _dequantize_q5_0(b: torch.Tensor) -> torch.Tensor:  # scale, 32 fifth bits, 
     return _half(b, 0) * (q - 16)
 
 
+def _dequantize_q5_1(b: torch.Tensor) -> torch.Tensor:  # scale, minimum, 32 fifth bits, 16 bytes of nibbles
+    q = _nibbles(b) + 16 * _bits(b[..., 4:8], 32).float()
+    return _half(b, 0) * q + _half(b, 2)
+
+
 def _scales_and_mins(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Q4_K's and Q5_K's 8 six-bit scales and minimums from their 12 bytes (..., 12) -> two (..., 8) fp32."""
     d, m, both = s[..., 0:4], s[..., 4:8], s[..., 8:12]
@@ -119,7 +124,8 @@ BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, 34, 0, _dequantize_
                                    BlockType("Q5_0", 32, 22, 34, 3, _dequantize_q5_0),
                                    BlockType("Q4_K", 256, 144, Q8_K_BYTES, 4, _dequantize_q4_k),
                                    BlockType("Q5_K", 256, 176, Q8_K_BYTES, 5, _dequantize_q5_k),
-                                   BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k))}
+                                   BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k),
+                                   BlockType("Q5_1", 32, 24, 36, 7, _dequantize_q5_1))}
 # the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
 ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 

@@ -1,7 +1,7 @@
 /* Matrix products with GGUF block-quantized weights, for CPU inference.
  *
- * Weights stay in their GGUF blocks: Q4_0, Q4_1, Q5_0, Q8_0 (32 weights a block, an fp16 scale, Q4_1 also an
- * fp16 minimum, Q5_0 a fifth bit per weight) and the K-quants Q4_K, Q5_K, Q6_K (256 weights a super-block of
+ * Weights stay in their GGUF blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32 weights a block, an fp16 scale, Q4_1
+ * and Q5_1 also an fp16 minimum, Q5_0 and Q5_1 a fifth bit per weight) and the K-quants Q4_K, Q5_K, Q6_K (256 weights a super-block of
  * 8 or 16 sub-blocks with their own 6- or 8-bit scales). Activations are quantized to 8-bit blocks first
  * (Q8_0; Q8_1, which also carries d * sum(q); Q8_K for the K-quants: 256 values, a float scale and the sums
  * of each 16), so each block's dot product is an integer dot product, scaled once: the arithmetic of
@@ -26,6 +26,7 @@ typedef struct { half d; half m; uint8_t qs[QK / 2]; } block_q4_1;
 typedef struct { half d; int8_t qs[QK]; } block_q8_0;
 typedef struct { half d; half s; int8_t qs[QK]; } block_q8_1;
 typedef struct { half d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
+typedef struct { half d; half m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
 
 #define QK_K 256
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
@@ -285,6 +286,34 @@ static float dot_q5_0(const block_q5_0 *x, const block_q8_0 *y, int64_t nb) {
 #endif
 }
 
+static float dot_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb) {
+    float sum_m = 0.0f;
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        sum_m += to_float(x[i].m) * to_float(y[i].s);
+        const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
+        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d)),
+                              dot_u8_s8(_mm256_or_si256(nibbles(x[i].qs), high), qy), acc);
+    }
+    return hsum(acc) + sum_m;
+#else
+    float sum = 0.0f;
+    for (int64_t i = 0; i < nb; i++) {
+        uint32_t qh; memcpy(&qh, x[i].qh, 4);
+        int s = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            s += ((x[i].qs[j] & 0x0f) | ((qh >> j & 1) << 4)) * y[i].qs[j];
+            s += ((x[i].qs[j] >> 4) | ((qh >> (j + 16) & 1) << 4)) * y[i].qs[j + QK / 2];
+        }
+        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
+        sum_m += to_float(x[i].m) * to_float(y[i].s);
+    }
+    return sum + sum_m;
+#endif
+}
+
 static float dot_q4_K(const block_q4_K *x, const block_q8_K *y, int64_t nb) {
     float acc[8] = {0}, acc_m[4] = {0};
     for (int64_t i = 0; i < nb; i++) {
@@ -449,6 +478,7 @@ DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
         for (int u = 0; u < 4; u++) out[u] = DOT(x, y + u * nb, nb);                                     \
     }
 DOT4_BY_ROWS(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
+DOT4_BY_ROWS(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
 DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
 DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
@@ -484,6 +514,7 @@ MATMUL(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot
 MATMUL(matmul_q4_1, QK, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, dot4_q4_1)
 MATMUL(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot4_q8_0)
 MATMUL(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, dot4_q5_0)
+MATMUL(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, dot4_q5_1)
 MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
