@@ -314,116 +314,215 @@ static float dot_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb) {
 #endif
 }
 
+#if defined(__AVX2__)
+/* A Q4_K or Q5_K super-block unpacked once for any number of activation rows: its 8 sub-blocks' values as bytes
+ * (v[2j]: weights 64j..64j+31, v[2j+1]: 64j+32..64j+63), scales, minimums and fp16 scales as floats */
+typedef struct { __m256i v[8]; int32_t sc[8], mn[8]; float d, dmin; } k_unpacked;
+
+static inline void unpack_q4_K(const block_q4_K *x, k_unpacked *u) {
+    scales_and_mins(x->scales, u->sc, u->mn);
+    u->d = to_float(x->d), u->dmin = to_float(x->dmin);
+    for (int j = 0; j < 4; j++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
+        u->v[2 * j] = _mm256_and_si256(bits, _mm256_set1_epi8(0x0f));
+        u->v[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f));
+    }
+}
+
+static inline void unpack_q5_K(const block_q5_K *x, k_unpacked *u) {
+    scales_and_mins(x->scales, u->sc, u->mn);
+    u->d = to_float(x->d), u->dmin = to_float(x->dmin);
+    const __m256i hbits = _mm256_loadu_si256((const __m256i *)x->qh), one = _mm256_set1_epi8(1);
+    for (int j = 0; j < 4; j++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
+        const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one);
+        const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one);
+        u->v[2 * j] = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi8(0x0f)), _mm256_slli_epi16(h0, 4));
+        u->v[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f)),
+                                          _mm256_slli_epi16(h1, 4));
+    }
+}
+
+/* the 8 integer lanes of an unpacked super-block with one activation block (see K_LANES) */
+static inline void k_lanes(const k_unpacked *u, const int8_t *q8, int32_t *lanes) {
+    __m256i sumi = _mm256_setzero_si256();
+    for (int j = 0; j < 8; j++)
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)u->sc[j]), _mm256_maddubs_epi16(
+            u->v[j], _mm256_loadu_si256((const __m256i *)(q8 + 32 * j)))));
+    _mm256_storeu_si256((__m256i *)lanes, sumi);
+}
+#endif
+
+/* one Q4_K super-block's terms into acc (8 lanes) and acc_m (4 lanes), as llama.cpp's AVX2 loop adds them */
+static inline void q4_K_terms(float d, float dmin, const int32_t *mn, const int32_t *lanes, const int16_t *bsums,
+                              float *acc, float *acc_m) {
+    int32_t m[4];
+    min_lanes(mn, bsums, m);
+    for (int l = 0; l < 4; l++) acc_m[l] = fmaf(dmin, (float)m[l], acc_m[l]);
+    for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+}
+
+static inline float q4_K_sum(const float *acc, const float *acc_m) {
+    return lanes8_sum(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+}
+
 static float dot_q4_K(const block_q4_K *x, const block_q8_K *y, int64_t nb) {
     float acc[8] = {0}, acc_m[4] = {0};
     for (int64_t i = 0; i < nb; i++) {
-        const float d = y[i].d * to_float(x[i].d), dmin = -y[i].d * to_float(x[i].dmin);
-        int32_t sc[8], mn[8], m[4], lanes[8];
-        scales_and_mins(x[i].scales, sc, mn);
-        min_lanes(mn, y[i].bsums, m);
-        for (int l = 0; l < 4; l++) acc_m[l] = fmaf(dmin, (float)m[l], acc_m[l]);
+        int32_t lanes[8];
 #if defined(__AVX2__)
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
-            const __m256i low = _mm256_and_si256(bits, _mm256_set1_epi8(0x0f));
-            const __m256i high = _mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f));
-            const __m256i ql = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j]),
-                                                            _mm256_maddubs_epi16(low, ql)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j + 1]),
-                                                            _mm256_maddubs_epi16(high, qh)));
-        }
-        _mm256_storeu_si256((__m256i *)lanes, sumi);
+        k_unpacked u;
+        unpack_q4_K(x + i, &u);
+        k_lanes(&u, y[i].qs, lanes);
+        q4_K_terms(y[i].d * u.d, -y[i].d * u.dmin, u.mn, lanes, y[i].bsums, acc, acc_m);
 #else
+        int32_t sc[8], mn[8];
+        scales_and_mins(x[i].scales, sc, mn);
         const uint8_t *q = x[i].qs;
         K_LANES((t % 64 < 32 ? q[t / 64 * 32 + t % 32] & 0x0f : q[t / 64 * 32 + t % 32] >> 4), sc[t / 32], y[i].qs, lanes);
+        q4_K_terms(y[i].d * to_float(x[i].d), -y[i].d * to_float(x[i].dmin), mn, lanes, y[i].bsums, acc, acc_m);
 #endif
-        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
     }
-    return lanes8_sum(acc) + ((acc_m[0] + acc_m[2]) + (acc_m[1] + acc_m[3]));
+    return q4_K_sum(acc, acc_m);
+}
+
+/* one Q5_K super-block's terms: its minimums into the scalar summs (fused, as llama.cpp's compiler does) */
+static inline void q5_K_terms(float d, float dmin, const int32_t *mn, const int32_t *lanes, const int16_t *bsums,
+                              float *acc, float *summs) {
+    int32_t m[4];
+    min_lanes(mn, bsums, m);
+    *summs = fmaf(dmin, (float)((m[0] + m[1]) + (m[2] + m[3])), *summs);
+    for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
 }
 
 static float dot_q5_K(const block_q5_K *x, const block_q8_K *y, int64_t nb) {
     float acc[8] = {0}, summs = 0.0f;
     for (int64_t i = 0; i < nb; i++) {
-        const float d = y[i].d * to_float(x[i].d), dmin = -y[i].d * to_float(x[i].dmin);
-        int32_t sc[8], mn[8], m[4], lanes[8];
-        scales_and_mins(x[i].scales, sc, mn);
-        min_lanes(mn, y[i].bsums, m);
-        summs = fmaf(dmin, (float)((m[0] + m[1]) + (m[2] + m[3])), summs);  /* llama.cpp's compiler fuses it */
+        int32_t lanes[8];
 #if defined(__AVX2__)
-        const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].qh);
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < 4; j++) {
-            const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
-            const __m256i one = _mm256_set1_epi8(1);
-            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j), one);
-            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hbits, 2 * j + 1), one);
-            const __m256i v0 = _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi8(0x0f)), _mm256_slli_epi16(h0, 4));
-            const __m256i v1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f)),
-                                               _mm256_slli_epi16(h1, 4));
-            const __m256i q0 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j));
-            const __m256i q1 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * j + 32));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j]),
-                                                            _mm256_maddubs_epi16(v0, q0)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_set1_epi16((int16_t)sc[2 * j + 1]),
-                                                            _mm256_maddubs_epi16(v1, q1)));
-        }
-        _mm256_storeu_si256((__m256i *)lanes, sumi);
+        k_unpacked u;
+        unpack_q5_K(x + i, &u);
+        k_lanes(&u, y[i].qs, lanes);
+        q5_K_terms(y[i].d * u.d, -y[i].d * u.dmin, u.mn, lanes, y[i].bsums, acc, &summs);
 #else
+        int32_t sc[8], mn[8];
+        scales_and_mins(x[i].scales, sc, mn);
         const uint8_t *q = x[i].qs, *qh = x[i].qh;
         K_LANES(((t % 64 < 32 ? q[t / 64 * 32 + t % 32] & 0x0f : q[t / 64 * 32 + t % 32] >> 4) |
                  (((qh[t % 32] >> (t / 32)) & 1) << 4)), sc[t / 32], y[i].qs, lanes);
+        q5_K_terms(y[i].d * to_float(x[i].d), -y[i].d * to_float(x[i].dmin), mn, lanes, y[i].bsums, acc, &summs);
 #endif
-        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
     }
     return lanes8_sum(acc) + summs;
+}
+
+#if defined(__AVX2__)
+/* four activation rows at once: each super-block unpacked once */
+static void dot4_q4_K(const block_q4_K *x, const block_q8_K *y, int64_t nb, float *out) {
+    float acc[4][8] = {{0}}, acc_m[4][4] = {{0}};
+    for (int64_t i = 0; i < nb; i++) {
+        k_unpacked u;
+        unpack_q4_K(x + i, &u);
+        for (int r = 0; r < 4; r++) {
+            const block_q8_K *b = y + r * nb + i;
+            int32_t lanes[8];
+            k_lanes(&u, b->qs, lanes);
+            q4_K_terms(b->d * u.d, -b->d * u.dmin, u.mn, lanes, b->bsums, acc[r], acc_m[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = q4_K_sum(acc[r], acc_m[r]);
+}
+
+static void dot4_q5_K(const block_q5_K *x, const block_q8_K *y, int64_t nb, float *out) {
+    float acc[4][8] = {{0}}, summs[4] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        k_unpacked u;
+        unpack_q5_K(x + i, &u);
+        for (int r = 0; r < 4; r++) {
+            const block_q8_K *b = y + r * nb + i;
+            int32_t lanes[8];
+            k_lanes(&u, b->qs, lanes);
+            q5_K_terms(b->d * u.d, -b->d * u.dmin, u.mn, lanes, b->bsums, acc[r], &summs[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = lanes8_sum(acc[r]) + summs[r];
+}
+#endif
+
+#if defined(__AVX2__)
+/* a Q6_K super-block unpacked once: v[4j + k] holds weights 128j + 32k .. + 31 as 6-bit unsigned values */
+typedef struct { __m256i v[8]; float d; } q6_unpacked;
+
+static inline void unpack_q6_K(const block_q6_K *x, q6_unpacked *u) {
+    u->d = to_float(x->d);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
+    for (int j = 0; j < 2; j++) {
+        const __m256i b1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * j));
+        const __m256i b2 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * j + 32));
+        const __m256i h = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * j));
+        u->v[4 * j] = _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4));
+        u->v[4 * j + 1] = _mm256_or_si256(_mm256_and_si256(b2, m4),
+                                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4));
+        u->v[4 * j + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
+                                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4));
+        u->v[4 * j + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
+                                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4));
+    }
+}
+
+static inline void q6_lanes(const q6_unpacked *u, const int8_t *sc, const int8_t *q8, int32_t *lanes) {
+    __m256i sumi = _mm256_setzero_si256();
+    for (int g = 0; g < 8; g++)
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(sc[2 * g], sc[2 * g + 1]), _mm256_maddubs_epi16(
+            u->v[g], _mm256_loadu_si256((const __m256i *)(q8 + 32 * g)))));
+    _mm256_storeu_si256((__m256i *)lanes, sumi);
+}
+#endif
+
+/* one Q6_K super-block's terms: the weights' offset of 32 is minus 32 times each 16 activations' sum times its
+ * scale (lane p for sub-blocks 2p, 2p + 1), then the lanes scaled into acc */
+static inline void q6_K_terms(float d, const int8_t *sc, int32_t *lanes, const int16_t *bsums, float *acc) {
+    for (int p = 0; p < 8; p++) lanes[p] -= 32 * (bsums[2 * p] * sc[2 * p] + bsums[2 * p + 1] * sc[2 * p + 1]);
+    for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
 }
 
 static float dot_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb) {
     float acc[8] = {0};
     for (int64_t i = 0; i < nb; i++) {
-        const float d = y[i].d * to_float(x[i].d);
-        const int8_t *sc = x[i].scales;
         int32_t lanes[8];
 #if defined(__AVX2__)
-        __m256i sumi = _mm256_setzero_si256();
-        for (int j = 0; j < 2; j++) {
-            const __m256i b1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * j));
-            const __m256i b2 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * j + 32));
-            const __m256i h = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * j));
-            const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(3);
-            const __m256i v[4] = {
-                _mm256_or_si256(_mm256_and_si256(b1, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(b2, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m4),
-                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4))};
-            for (int k = 0; k < 4; k++) {
-                const __m256i q8 = _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * j + 32 * k));
-                const int s = 8 * j + 2 * k;
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(sc[s], sc[s + 1]),
-                                                                _mm256_maddubs_epi16(v[k], q8)));
-            }
-        }
-        _mm256_storeu_si256((__m256i *)lanes, sumi);
+        q6_unpacked u;
+        unpack_q6_K(x + i, &u);
+        q6_lanes(&u, x[i].scales, y[i].qs, lanes);
+        q6_K_terms(y[i].d * u.d, x[i].scales, lanes, y[i].bsums, acc);
 #else
         const uint8_t *ql = x[i].ql, *qh = x[i].qh;
         /* weight t = 128 j + 32 k + e: low 4 bits from ql[64 j + 32 (k % 2) + e] (high nibble for k >= 2),
            high 2 bits from qh[32 j + e] at bit 2 k */
         K_LANES(((((ql[t / 128 * 64 + (t / 32 % 2) * 32 + t % 32] >> (t / 64 % 2 * 4)) & 0x0f) |
-                  (((qh[t / 128 * 32 + t % 32] >> (t / 32 % 4 * 2)) & 3) << 4))), sc[t / 16], y[i].qs, lanes);
+                  (((qh[t / 128 * 32 + t % 32] >> (t / 32 % 4 * 2)) & 3) << 4))), x[i].scales[t / 16], y[i].qs, lanes);
+        q6_K_terms(y[i].d * to_float(x[i].d), x[i].scales, lanes, y[i].bsums, acc);
 #endif
-        /* the weights' offset of 32: minus 32 times each 16 activations' sum times its scale, lane p for 2p, 2p+1 */
-        for (int p = 0; p < 8; p++)
-            lanes[p] -= 32 * (y[i].bsums[2 * p] * sc[2 * p] + y[i].bsums[2 * p + 1] * sc[2 * p + 1]);
-        for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
     }
     return lanes8_sum(acc);
 }
+
+#if defined(__AVX2__)
+static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, float *out) {
+    float acc[4][8] = {{0}};
+    for (int64_t i = 0; i < nb; i++) {
+        q6_unpacked u;
+        unpack_q6_K(x + i, &u);
+        for (int r = 0; r < 4; r++) {
+            const block_q8_K *b = y + r * nb + i;
+            int32_t lanes[8];
+            q6_lanes(&u, x[i].scales, b->qs, lanes);
+            q6_K_terms(b->d * u.d, x[i].scales, lanes, b->bsums, acc[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) out[r] = lanes8_sum(acc[r]);
+}
+#endif
 
 /* The same dot products for four activation rows at once (y, y + nb, y + 2 nb, y + 3 nb): each weight block
  * is loaded and unpacked once for the four, which is what makes prefill faster than four decode steps.
@@ -456,6 +555,25 @@ static void dot4_q4_0(const block_q4_0 *x, const block_q8_0 *y, int64_t nb, floa
                                        dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
 }
 
+static void dot4_q5_0(const block_q5_0 *x, const block_q8_0 *y, int64_t nb, float *out) {
+    DOT4_BODY(block_q8_0,
+              const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
+              const __m256i qx = _mm256_sub_epi8(_mm256_or_si256(nibbles(x[i].qs), high), _mm256_set1_epi8(16));
+              const float dx = to_float(x[i].d),
+              acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
+                                       dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
+}
+
+static void dot4_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb, float *out) {
+    DOT4_BODY(block_q8_1,
+              const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
+              const __m256i qx = _mm256_or_si256(nibbles(x[i].qs), high); const float dx = to_float(x[i].d);
+              const float mx = to_float(x[i].m),
+              extra[u] += mx * to_float(b->s);
+              acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
+                                       dot_u8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
+}
+
 static void dot4_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_0,
               const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs); const float dx = to_float(x[i].d),
@@ -470,6 +588,8 @@ static void dot4_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb, floa
 DOT4_FALLBACK(dot4_q4_1, block_q4_1, block_q8_1, dot_q4_1)
 DOT4_FALLBACK(dot4_q4_0, block_q4_0, block_q8_0, dot_q4_0)
 DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
+DOT4_FALLBACK(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
+DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 #endif
 
 /* the types whose four-row products are four one-row products (llama.cpp too multiplies them row by row) */
@@ -477,11 +597,11 @@ DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
     static void NAME(const WBLOCK *x, const XBLOCK *y, int64_t nb, float *out) {                        \
         for (int u = 0; u < 4; u++) out[u] = DOT(x, y + u * nb, nb);                                     \
     }
-DOT4_BY_ROWS(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
-DOT4_BY_ROWS(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
+#if !defined(__AVX2__)
 DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
 DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
 DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
+#endif
 
 /* ---------------------------------------------------------------------------------------- the products */
 
