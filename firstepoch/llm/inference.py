@@ -73,9 +73,14 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         raise FirstEpochError(f"{g.path}: {n_heads} heads, {n_kv_heads} key/value heads and a head size of "
                               f"{head_dim} do not fit together (heads must split into kv groups, heads be of "
                               f"even size)")
-    if g.arch("rope.dimension_count", head_dim) != head_dim or g.arch("attention.value_length", head_dim) != head_dim:
-        raise FirstEpochError(f"{g.path}: partial rotary embeddings or values of another size than keys are "
-                              f"not supported yet")
+    if g.arch("rope.dimension_count", head_dim) != head_dim:
+        raise FirstEpochError(f"{g.path}: partial rotary embeddings ({g.architecture}.rope.dimension_count "
+                              f"{_shown(g.arch('rope.dimension_count'))} of a head of {head_dim}) are not "
+                              f"supported yet")
+    if g.arch("attention.value_length", head_dim) != head_dim:
+        raise FirstEpochError(f"{g.path}: {g.architecture}.attention.value_length is "
+                              f"{_shown(g.arch('attention.value_length'))}, not the key length {head_dim}; values "
+                              f"of another size than keys are not supported yet")
     trained = _size(g, "context_length", 2048)
     if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
         raise FirstEpochError(f"context {context!r}: give a positive number of tokens")

@@ -207,3 +207,23 @@ def test_vocabulary_of_the_right_length_but_wrong_types(tmp_path, parts):
     tokens = [t if i != 7 else "" for i, t in enumerate(TOKENS)]
     raw = RawGGUF(list(parts.metadata), list(parts.tensors)).set("tokenizer.ggml.tokens", ARRAY, (STRING, tokens))
     assert "non-empty strings" in load_or_refuse(raw.write(tmp_path / "empty-token.gguf"))
+
+
+# the keys the other architectures read (llm/architectures.py), each given values a lying file may hold
+ARCH_KEYS = ["gemma3.attention.sliding_window", "gemma3.attention.sliding_window_pattern",
+             "gemma3.attention.key_length", "gemma3.attention.value_length", "gemma3.rope.freq_base",
+             "gemma3.rope.freq_base_swa", "gemma3.final_logit_softcapping", "gemma3.rope.scaling.factor"]
+ARCH_LIES = [(4, 0), (4, 2**32 - 1), (5, -1), (10, 2**63), (6, float("nan")), (6, float("inf")), (6, -1.0), (6, 0.0),
+        (STRING, "eight"), (ARRAY, (4, [8, 8]))]
+
+
+def test_lies_in_the_other_architectures_keys_load_or_are_refused(tmp_path):
+    """Each key a gemma3 file adds, set to each lie: it loads and generates, or is refused in one line naming the
+    file; a sliding window of 0 means none, as in llama.cpp."""
+    parts = RawGGUF.from_file(tiny_model(tmp_path / "gemma3.gguf", arch="gemma3"))
+    refused = 0
+    for key in ARCH_KEYS:
+        for kind, value in ARCH_LIES:
+            raw = RawGGUF(list(parts.metadata), list(parts.tensors)).set(key, kind, value)
+            refused += isinstance(load_or_refuse(raw.write(tmp_path / "lie.gguf")), str)
+    assert refused >= len(ARCH_KEYS) * len(ARCH_LIES) // 2  # most lies are refused, not silently taken
