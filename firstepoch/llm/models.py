@@ -50,8 +50,9 @@ def models_dir() -> Path:
     return Path(os.environ.get("FIRSTEPOCH_MODELS") or home() / "models")
 
 
-def bundled_path(name: str) -> Path | None:
-    """The GGUF file of a bundled model (its parts joined on first use), or None when a package is missing."""
+def bundled_path(name: str, join: bool = True) -> Path | None:
+    """The GGUF file of a bundled model, its parts joined on first use (unless `join` is False: then None until
+    they are); None when a package is missing."""
     from firstepoch.paths import home, package_file
 
     model = BUNDLED[name]
@@ -62,8 +63,18 @@ def bundled_path(name: str) -> Path | None:
         return parts[0]
     joined = home() / "bundled" / model.file
     if not (joined.is_file() and joined.stat().st_size == sum(part.stat().st_size for part in parts)):
+        if not join:
+            return None
         _join(parts, joined, model.sha256)
     return joined
+
+
+def bundled_parts(name: str) -> list[Path] | None:
+    """The installed files a bundled model is shipped in, or None when a package is missing."""
+    from firstepoch.paths import package_file
+
+    parts = [package_file(*part) for part in BUNDLED[name].parts]
+    return None if any(part is None for part in parts) else parts
 
 
 def _join(parts: list[Path], target: Path, sha256: str | None) -> None:
@@ -173,9 +184,12 @@ def _given_template(chat_template: str | Path | None, path: Path) -> tuple[str, 
 def find_models() -> list[dict]:
     """What `firstepoch models` shows: bundled models, GGUF files in `models_dir()`, GPT bundles in runs."""
     found = []
-    for name in BUNDLED:
-        if path := bundled_path(name):
+    for name in BUNDLED:  # listing joins no parts: a model shipped in parts is described once it is joined
+        if path := bundled_path(name, join=False):
             found.append(_describe(name, path, "bundled"))
+        elif parts := bundled_parts(name):
+            found.append({"name": name, "path": str(parts[0].parent), "where": "bundled, joined on first use",
+                          "size": sum(part.stat().st_size for part in parts)})
     folder = models_dir()
     if folder.is_dir():
         for path in sorted(folder.glob("*.gguf")):
