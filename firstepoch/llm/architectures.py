@@ -4,7 +4,7 @@
 graph for that architecture uses them.
 
 Mistral's and Ministral's GGUF files declare `llama` (their converter writes them as Llama models), so they
-run as `llama`. Not yet: `phi3` (fused q/k/v and gate/up tensors, LongRoPE), mixtures of experts.
+run as `llama`. Not yet: Phi-3's LongRoPE (its 128k-context files), mixtures of experts.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ class Architecture:
     sliding_window_pattern: int | None = None
     sliding_window: int | None = None
     local_rope_base: float | None = None  # the local layers' RoPE base unless the file gives rope.freq_base_swa
+    # matrices stored as one tensor, ours as its consecutive rows: (their tensor in a layer, our modules in order)
+    fused: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 GEMMA = {"post_norms": True, "activation": "gelu_tanh", "embed_scale": True, "query_scale": True}
@@ -47,6 +49,10 @@ ARCHITECTURES = {
     "gemma2": Architecture(**GEMMA, softcaps=True, attn_softcap=50.0, final_softcap=30.0, sliding_window_pattern=2,
                            sliding_window=4096),
     "gemma3": Architecture(**GEMMA, softcaps=True, qk_norm=True, sliding_window_pattern=6, local_rope_base=10000.0),
+    # Phi-3 and 3.5: q/k/v in one tensor (or three), gate and up in ffn_up; queries scaled by 1/sqrt(head size)
+    # before attention, as llama.cpp's graph does. Its LongRoPE factors (128k models) are not read yet.
+    "phi3": Architecture(query_scale=True, fused=(("attn_qkv", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
+                                                  ("ffn_up", ("mlp.gate_proj", "mlp.up_proj")))),
 }
 
 # Gemma models whose queries are scaled by their model width per head rather than their key length (27B)

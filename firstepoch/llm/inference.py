@@ -4,10 +4,11 @@ and the model built from its layers as they are stored (`QuantizedLinear`), with
 Hugging Face folders (`hf.py`) share the limits, the memory check and the builder."""
 from __future__ import annotations
 
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,6 +67,7 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
                               f"{', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[g.architecture]
+    _no_long_rope(g)
     dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
     n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
     head_dim = _size(g, "attention.key_length", dim // n_heads if dim % n_heads == 0 else None)
@@ -90,11 +92,12 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
     variations = {}
     if head_dim * n_heads != dim:
         variations["head_size"] = head_dim
+    f32 = np.float32  # llama.cpp computes both in float: sqrtf(n_embd), 1.0f / sqrtf(head size)
     if arch.embed_scale:
-        variations["embed_scale"] = math.sqrt(dim)
+        variations["embed_scale"] = float(np.sqrt(f32(dim)))
     if arch.query_scale:
         wide = g.architecture.startswith("gemma") and n_layers in GEMMA_WIDE_QUERY_LAYERS
-        variations["query_scale"] = 1 / math.sqrt(dim / n_heads if wide else head_dim)
+        variations["query_scale"] = float(f32(1) / np.sqrt(f32(dim // n_heads if wide else head_dim)))
     for field, key, default in (("attn_softcap", "attn_logit_softcapping", arch.attn_softcap),
                                 ("final_softcap", "final_logit_softcapping", arch.final_softcap)):
         if arch.softcaps and g.arch(key, default):  # 0 or absent without a default: no cap
@@ -113,6 +116,12 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         rope_freq_factors=_rope_freq_factors(g, head_dim), rope_scaling_factor=_rope_scaling(g),
         qkv_bias=arch.qkv_bias, qk_norm=arch.qk_norm, post_norms=arch.post_norms, activation=arch.activation,
         **variations)
+
+
+def _no_long_rope(g) -> None:
+    if "rope_factors_long.weight" in g.tensors or "rope_factors_short.weight" in g.tensors:
+        raise FirstEpochError(f"{g.path}: LongRoPE (rope_factors_long/short, Phi-3's 128k-context files) is not "
+                              f"supported yet; its 4k-context files run")
 
 
 def _rope_scaling(g) -> float:
@@ -146,13 +155,18 @@ def check_tensors(g, config: TransformerConfig) -> None:
     """Refuse a file whose tensors disagree with its metadata, before any kernel sees a pointer into it: every
     expected tensor present with exactly the shape `config` implies, and the vocabulary the size of the
     embedding table."""
-    from firstepoch.llm.names import GGUF, weight_shapes
+    from firstepoch.llm.names import weight_shapes
 
-    for ours, shape in weight_shapes(config).items():
-        name, shape = GGUF.theirs(ours), shape[::-1]  # GGUF lists the fastest-varying dimension first
+    shapes = weight_shapes(config)
+    for ours, shape in shapes.items():
+        name, rows = stored_as(g, shapes, ours)
+        if rows is not None:  # one of several matrices in a fused tensor: that tensor holds all their rows
+            shape = (rows.total, shape[1])
+        shape = shape[::-1]  # GGUF lists the fastest-varying dimension first
         t = g.tensors.get(name)
         if t is None:
-            raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a llama model")
+            raise FirstEpochError(f"{g.path}: tensor {name} is missing; the file is incomplete or not a "
+                                  f"{g.architecture} model")
         if tuple(int(n) for n in t.shape) != shape:
             raise FirstEpochError(f"{g.path}: tensor {name} has shape {list(map(int, t.shape))} but the metadata "
                                   f"implies {list(shape)}; the file is corrupt or its metadata is wrong")
@@ -160,6 +174,31 @@ def check_tensors(g, config: TransformerConfig) -> None:
     if isinstance(tokens, list) and len(tokens) != config.vocab_size:
         raise FirstEpochError(f"{g.path}: the tokenizer has {len(tokens):,} tokens but the embedding table "
                               f"{config.vocab_size:,} rows; the file is corrupt or its metadata is wrong")
+
+
+@dataclass(frozen=True)
+class FusedRows:
+    """Rows [start, stop) of a fused tensor of `total` rows."""
+
+    start: int
+    stop: int
+    total: int
+
+
+def stored_as(g, shapes: dict, ours: str) -> tuple[str, FusedRows | None]:
+    """The file's tensor that holds our weight `ours` (a name of `weight_shapes`), and the rows of it that are
+    ours where the architecture fuses several matrices into one tensor (None: all of it)."""
+    from firstepoch.llm.names import GGUF
+
+    if ours.startswith("layers."):
+        _, index, rest = ours.split(".", 2)
+        for theirs, parts in ARCHITECTURES[g.architecture].fused:
+            name = f"blk.{index}.{theirs}.weight"
+            if rest in parts and (name in g.tensors or GGUF.theirs(ours) not in g.tensors):
+                sizes = [shapes[f"layers.{index}.{part}"][0] for part in parts]
+                start = sum(sizes[:parts.index(rest)])
+                return name, FusedRows(start, start + sizes[parts.index(rest)], sum(sizes))
+    return GGUF.theirs(ours), None
 
 
 def memory_needed(g, config: TransformerConfig) -> int:
@@ -201,7 +240,7 @@ def available_memory() -> int | None:
 def load_gguf(path: Path, context: int | None = None):
     """A GGUF file -> (Transformer, LLMTokenizer, chat template or None, info)."""
     from firstepoch.llm.gguf import from_interleaved, read_gguf, tensor_array
-    from firstepoch.llm.names import GGUF
+    from firstepoch.llm.names import GGUF, weight_shapes
     from firstepoch.llm.quant import QuantizedLinear
     from firstepoch.llm.tokenizer import LLMTokenizer
 
@@ -214,9 +253,12 @@ def load_gguf(path: Path, context: int | None = None):
     def tensor(ours: str):
         return g.tensors[GGUF.theirs(ours)]  # present, with its shape checked
 
-    interleaved = ARCHITECTURES[g.architecture].interleaved_rope
+    interleaved, shapes = ARCHITECTURES[g.architecture].interleaved_rope, weight_shapes(config)
 
     def matrix(ours: str) -> QuantizedLinear:
+        name, fused = stored_as(g, shapes, ours)
+        if fused is not None:  # its rows of the fused tensor (shape checked), as a copy
+            return QuantizedLinear.from_gguf(g.tensors[name], rows=lambda w: w[fused.start:fused.stop])
         heads = {"attn.q_proj": config.n_heads, "attn.k_proj": config.n_kv_heads}.get(ours.split(".", 2)[-1])
         heads = heads if interleaved else None
         return QuantizedLinear.from_gguf(tensor(ours), rows=(lambda w: from_interleaved(w, heads)) if heads else None)

@@ -55,6 +55,11 @@ def tensors(seed: int = 0, arch: str = "llama") -> dict[str, tuple[np.ndarray, o
             out.update({f"blk.{i}.attn_q_norm.weight": norm(head), f"blk.{i}.attn_k_norm.weight": norm(head)})
         if arch.startswith("gemma"):
             out.update({f"blk.{i}.post_attention_norm.weight": norm(DIM), f"blk.{i}.post_ffw_norm.weight": norm(DIM)})
+        if arch == "phi3":  # q, k, v in one tensor; gate and up in ffn_up
+            out[f"blk.{i}.attn_qkv.weight"] = (np.concatenate([out.pop(f"blk.{i}.attn_{n}.weight")[0]
+                                                               for n in "qkv"]), q8)
+            out[f"blk.{i}.ffn_up.weight"] = (np.concatenate([out.pop(f"blk.{i}.ffn_gate.weight")[0],
+                                                             out[f"blk.{i}.ffn_up.weight"][0]]), q4)
     return out
 
 

@@ -1,7 +1,8 @@
 """Each architecture of llm/architectures.py as a tiny random-weight GGUF in its tensor names and metadata
 (tests/llm/gguf_files.tiny_model: random norms and biases, the Gemmas' layer 0 local with a window of 8
 positions, gemma3's heads wider than dim / heads), which llama.cpp loads: the same token ids in, the same
-logits out at 90 positions, and the same 32 greedy tokens after them."""
+logits out at 90 positions, and the same 32 greedy tokens after them. phi3's q/k/v and gate/up are fused
+tensors, as its converter writes them."""
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,7 @@ PROMPT = [1] + list(range(3, 3 + 89))  # BOS and byte tokens: 90 positions, far 
 TOLERANCE = 1e-6 if AVX512 else 1e-3
 
 
-@pytest.fixture(scope="module", params=["qwen2", "qwen3", "gemma2", "gemma3"])
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "gemma2", "gemma3", "phi3"])
 def tiny(request, tmp_path_factory):
     arch = request.param
     path = tiny_model(tmp_path_factory.mktemp(arch) / f"tiny-{arch}.gguf", seed=5, arch=arch)
@@ -37,6 +38,9 @@ def test_the_architecture_is_read_from_the_file(tiny):
     if arch == "gemma3":
         assert c.head_dim == 32 and c.query_scale == pytest.approx(32 ** -0.5)
         assert (c.rope_theta, c.rope_theta_local) == (1e6, 10000.0)
+    if arch == "phi3":  # its fused q/k/v and gate/up tensors split into the Transformer's matrices
+        assert c.query_scale == pytest.approx(16 ** -0.5)
+        assert lm.model.layers[0].attn.v_proj.out_features == 32 and lm.model.layers[0].mlp.up_proj.out_features == 128
 
 
 def test_logits_equal_llama_cpps_in_c_and_in_pytorch(tiny):
