@@ -4,7 +4,7 @@
 graph for that architecture uses them.
 
 Mistral's and Ministral's GGUF files declare `llama` (their converter writes them as Llama models), so they
-run as `llama`. Not yet: Phi-3's LongRoPE (its 128k-context files), mixtures of experts.
+run as `llama`. Not yet: mixtures of experts.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ ARCHITECTURES = {
                            sliding_window=4096),
     "gemma3": Architecture(**GEMMA, softcaps=True, qk_norm=True, sliding_window_pattern=6, local_rope_base=10000.0),
     # Phi-3 and 3.5: q/k/v in one tensor (or three), gate and up in ffn_up; queries scaled by 1/sqrt(head size)
-    # before attention, as llama.cpp's graph does. Its LongRoPE factors (128k models) are not read yet.
+    # before attention, as llama.cpp's graph does; its 128k files' LongRoPE factors are read by config_from_gguf
     "phi3": Architecture(query_scale=True, fused=(("attn_qkv", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
                                                   ("ffn_up", ("mlp.gate_proj", "mlp.up_proj")))),
 }

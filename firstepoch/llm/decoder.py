@@ -123,11 +123,7 @@ class CLayers:
                 return None
             layers.append(CLayer(block, _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)))
             _check_layer(c, block)
-        rope = {False: kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors,
-                                           c.rope_scaling_factor)}
-        local = c.rope_theta_local  # the local layers' own base, unscaled (Gemma 3), else the global tables
-        rope[True] = kernels.rope_tables(local, c.head_dim, c.context) if local is not None else rope[False]
-        return cls(kernels, c, layers, interleaved, rope)
+        return cls(kernels, c, layers, interleaved, _rope_tables_in_c(kernels, c))
 
     def bind(self, caches: list[KVCache]) -> None:
         """Point the layers at these KV caches (one a layer), after checking their shapes: layers.c writes into
@@ -179,6 +175,17 @@ class CLayers:
             self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first)
 
 
+def _rope_tables_in_c(kernels: Kernels, c: TransformerConfig) -> dict:
+    """local (a bool) -> (cos, sin), each (context, head_dim / 2), built by layers.c as llama.cpp builds them: the
+    global layers' (frequency factors, linear scaling, attention factor), and the local layers' own base
+    unscaled (Gemma 3) or the global ones."""
+    tables = {False: kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors,
+                                         c.rope_scaling_factor, c.rope_attn_factor)}
+    local = c.rope_theta_local
+    tables[True] = kernels.rope_tables(local, c.head_dim, c.context) if local is not None else tables[False]
+    return tables
+
+
 def _attention_for(config: TransformerConfig):
     """The PyTorch path's written-out attention: for llama.cpp's arithmetic on one sequence on the CPU, layers.c's
     (its orders of summation too, which PyTorch's matmul does not keep); else `explicit_attention`."""
@@ -212,14 +219,12 @@ class InferenceTransformer(Transformer):
         from firstepoch.llm.kernels import compiled_kernels
 
         c, kernels = self.config, compiled_kernels()
-        if kernels is None or c.attention != "llamacpp_fp16" or c.rope_scaling_factor != 1.0:
+        if kernels is None or c.attention != "llamacpp_fp16":
             return
-        for suffix, theta, factors in (("", c.rope_theta, c.rope_freq_factors),
-                                       ("_local", c.rope_theta_local, None)):
-            if theta is not None:
-                cos, sin = kernels.rope_tables(theta, c.head_dim, c.context, factors)
-                setattr(self, f"rope_cos{suffix}", torch.cat([cos, cos], dim=-1))
-                setattr(self, f"rope_sin{suffix}", torch.cat([sin, sin], dim=-1))
+        for local, (cos, sin) in _rope_tables_in_c(kernels, c).items():
+            suffix = "_local" if local else ""
+            setattr(self, f"rope_cos{suffix}", torch.cat([cos, cos], dim=-1))  # the rotate-half layout
+            setattr(self, f"rope_sin{suffix}", torch.cat([sin, sin], dim=-1))
 
     def prepare_c_layers(self, interleaved: bool = True) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible.

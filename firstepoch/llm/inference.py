@@ -23,7 +23,8 @@ KV_BYTES = 4  # the KV cache is fp32
 # refused before it sizes an allocation or a loop (llama.cpp allows at most 512 layers)
 LIMITS = {"embedding_length": 1 << 17, "block_count": 512, "attention.head_count": 1 << 10,
           "attention.head_count_kv": 1 << 10, "feed_forward_length": 1 << 20, "context_length": 1 << 24,
-          "vocab_size": 1 << 22, "attention.key_length": 1 << 12, "attention.sliding_window": 1 << 24}
+          "vocab_size": 1 << 22, "attention.key_length": 1 << 12, "attention.sliding_window": 1 << 24,
+          "rope.scaling.original_context_length": 1 << 24}
 
 
 def _size(g, key: str, default: int | None = None) -> int:
@@ -67,7 +68,6 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         raise FirstEpochError(f"{g.path}: architecture {_shown(g.architecture)} is not supported yet; supported: "
                               f"{', '.join(ARCHITECTURES)}")
     arch = ARCHITECTURES[g.architecture]
-    _no_long_rope(g)
     dim, n_heads = _size(g, "embedding_length"), _size(g, "attention.head_count")
     n_kv_heads = _size(g, "attention.head_count_kv", n_heads)
     head_dim = _size(g, "attention.key_length", dim // n_heads if dim % n_heads == 0 else None)
@@ -108,20 +108,15 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
                                                       arch.sliding_window_pattern)
         if arch.local_rope_base is not None or g.arch("rope.freq_base_swa") is not None:
             variations["rope_theta_local"] = _positive_float(g, "rope.freq_base_swa", arch.local_rope_base)
+    factors, attn_factor = _rope_factors(g, head_dim, min(context or trained, trained))
     return TransformerConfig(  # llama.cpp's attention arithmetic, so that logits are the same bits as there
         attention="llamacpp_fp16", vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
         n_kv_heads=n_kv_heads, hidden_dim=_size(g, "feed_forward_length"), context=min(context or trained, trained),
         norm_eps=_positive_float(g, "attention.layer_norm_rms_epsilon", 1e-5),
         rope_theta=_positive_float(g, "rope.freq_base", 10000.0), tie_embeddings="output.weight" not in g.tensors,
-        rope_freq_factors=_rope_freq_factors(g, head_dim), rope_scaling_factor=_rope_scaling(g),
+        rope_freq_factors=factors, rope_attn_factor=attn_factor, rope_scaling_factor=_rope_scaling(g),
         qkv_bias=arch.qkv_bias, qk_norm=arch.qk_norm, post_norms=arch.post_norms, activation=arch.activation,
         **variations)
-
-
-def _no_long_rope(g) -> None:
-    if "rope_factors_long.weight" in g.tensors or "rope_factors_short.weight" in g.tensors:
-        raise FirstEpochError(f"{g.path}: LongRoPE (rope_factors_long/short, Phi-3's 128k-context files) is not "
-                              f"supported yet; its 4k-context files run")
 
 
 def _rope_scaling(g) -> float:
@@ -135,20 +130,26 @@ def _rope_scaling(g) -> float:
     return _positive_float(g, "rope.scaling.factor", 1.0)
 
 
-def _rope_freq_factors(g, head_dim: int) -> list[float] | None:
-    """Llama 3.1's `rope_freqs` tensor (one divisor per rotary frequency), checked, or None when there is none."""
-    t = g.tensors.get("rope_freqs.weight")
+def _rope_factors(g, head_dim: int, context: int) -> tuple[list[float] | None, float]:
+    """(one divisor per rotary frequency or None, the factor on cos and sin): Llama 3.1's `rope_freqs` tensor, or
+    LongRoPE's (Phi-3's 128k files) `rope_factors_long` for a context past rope.scaling.original_context_length
+    and `rope_factors_short` within it, with rope.scaling.attn_factor; each checked."""
+    name = "rope_freqs.weight"
+    if name not in g.tensors and {"rope_factors_long.weight", "rope_factors_short.weight"} <= set(g.tensors):
+        original = _size(g, "rope.scaling.original_context_length", _size(g, "context_length", 2048))
+        name = "rope_factors_long.weight" if context > original else "rope_factors_short.weight"
+    t = g.tensors.get(name)
     if t is None:
-        return None
+        return None, 1.0
     from firstepoch.llm.gguf import tensor_array
 
     if tuple(int(n) for n in t.shape) != (head_dim // 2,):
-        raise FirstEpochError(f"{g.path}: tensor rope_freqs.weight has shape {list(map(int, t.shape))}, not "
+        raise FirstEpochError(f"{g.path}: tensor {name} has shape {list(map(int, t.shape))}, not "
                               f"[{head_dim // 2}] (one factor per rotary frequency)")
     factors = tensor_array(t).reshape(-1).astype(float).tolist()
     if not all(0 < f < float("inf") for f in factors):
-        raise FirstEpochError(f"{g.path}: rope_freqs.weight holds a factor that is not a positive number")
-    return factors
+        raise FirstEpochError(f"{g.path}: {name} holds a factor that is not a positive number")
+    return factors, _positive_float(g, "rope.scaling.attn_factor", 1.0)
 
 
 def check_tensors(g, config: TransformerConfig) -> None:

@@ -89,10 +89,12 @@ def gelu_like_llamacpp(x: torch.Tensor) -> torch.Tensor:
 
 
 def rope_tables_like_llamacpp(head_dim: int, length: int, theta: float, freq_factors: list[float] | None = None,
-                              scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                              scaling_factor: float = 1.0,
+                              attn_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """`rope_tables` as llama.cpp's CPU backend computes its angles, so that GGUF models' logits stay its own: in
     fp32, each frequency's angle the previous one times base^(-2 / head_dim), divided by its factor, times
-    1 / `scaling_factor`; cos and sin correctly rounded to fp32 (as glibc's cosf and sinf)."""
+    1 / `scaling_factor`; cos and sin rounded to fp32, then times `attn_factor`. (The C library's powf, cosf and
+    sinf can differ in a last bit: the decoder takes layers.c's tables where it is compiled.)"""
     f32 = np.float32
     ratio = f32(np.float64(f32(theta)) ** np.float64(f32(-2.0) / f32(head_dim)))
     factors = [f32(f) for f in freq_factors] if freq_factors is not None else None
@@ -104,4 +106,6 @@ def rope_tables_like_llamacpp(head_dim: int, length: int, theta: float, freq_fac
         angles[:, i] = column * scale if scaling_factor != 1.0 else column
         angle = angle * ratio
     angles = np.concatenate([angles, angles], axis=-1).astype(np.float64)  # (T, hd)
-    return torch.from_numpy(np.cos(angles).astype(np.float32)), torch.from_numpy(np.sin(angles).astype(np.float32))
+    mscale = f32(attn_factor)
+    return (torch.from_numpy(np.cos(angles).astype(np.float32) * mscale),
+            torch.from_numpy(np.sin(angles).astype(np.float32) * mscale))

@@ -48,6 +48,8 @@ class TransformerConfig:
     rope_freq_factors: list[float] | None = None
     # linear RoPE scaling: positions divided by this in the layers that attend to the whole context (Gemma 3 4B+)
     rope_scaling_factor: float = 1.0
+    # cos and sin multiplied by this (LongRoPE's attention factor, Phi-3's 128k models)
+    rope_attn_factor: float = 1.0
     # how other model families differ from Llama (see llm/architectures.py); the defaults are Llama's
     head_size: int | None = None  # a head size other than dim / n_heads (Gemma 3)
     qkv_bias: bool = False  # biases on queries, keys and values (Qwen 2)
@@ -125,8 +127,9 @@ ATTENTION_KINDS = {
 }
 
 # the fields in which other families differ from Llama, each off at its default
-VARIATIONS = ("rope_scaling_factor", "head_size", "qkv_bias", "qk_norm", "post_norms", "activation", "embed_scale",
-              "query_scale", "attn_softcap", "final_softcap", "sliding_window", "rope_theta_local")
+VARIATIONS = ("rope_scaling_factor", "rope_attn_factor", "head_size", "qkv_bias", "qk_norm", "post_norms",
+              "activation", "embed_scale", "query_scale", "attn_softcap", "final_softcap", "sliding_window",
+              "rope_theta_local")
 
 # TransformerConfig.activation -> the MLP's gate
 ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
@@ -165,16 +168,17 @@ def norm(config: TransformerConfig, dim: int | None = None) -> RMSNorm:
 
 
 def rope_tables(head_dim: int, length: int, theta: float, device=None, freq_factors: list[float] | None = None,
-                scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                scaling_factor: float = 1.0, attn_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, each (length, head_dim), for the rotate-half layout; `freq_factors` (head_dim / 2) divide the
-    frequencies (Llama 3.1's long-context scaling), `scaling_factor` the positions (linear scaling)."""
+    frequencies (Llama 3.1's long-context scaling, LongRoPE), `scaling_factor` the positions (linear scaling);
+    both tables times `attn_factor`."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
     if freq_factors is not None:
         inv_freq = inv_freq / torch.tensor(freq_factors, device=device, dtype=torch.float32)
     positions = torch.arange(length, device=device, dtype=torch.float32) / scaling_factor
     angles = torch.outer(positions, inv_freq)  # (T, hd/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hd)
-    return angles.cos(), angles.sin()
+    return angles.cos() * attn_factor, angles.sin() * attn_factor
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -366,7 +370,7 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         tables = rope_tables_like_llamacpp if config.attention == "llamacpp_fp16" else rope_tables
         cos, sin = tables(config.head_dim, config.context, config.rope_theta, freq_factors=config.rope_freq_factors,
-                          scaling_factor=config.rope_scaling_factor)
+                          scaling_factor=config.rope_scaling_factor, attn_factor=config.rope_attn_factor)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         if config.rope_theta_local is not None:  # local layers' own base, unscaled (Gemma 3)

@@ -63,10 +63,12 @@ def tensors(seed: int = 0, arch: str = "llama") -> dict[str, tuple[np.ndarray, o
     return out
 
 
-def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None, arch: str = "llama") -> Path:
+def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None, arch: str = "llama",
+               long_rope: tuple | None = None) -> Path:
     """A valid 2-layer GGUF of architecture `arch` (dim 64, 4 heads, 2 kv heads, 265 tokens) written by the gguf
-    package; with `rope_freqs` (head_dim / 2 factors), Llama 3.1's rope_freqs tensor too. The Gemmas' layer 0 is
-    local (a window of `WINDOW` positions), layer 1 global."""
+    package; with `rope_freqs` (head_dim / 2 factors), Llama 3.1's rope_freqs tensor too; with `long_rope`
+    ((short factors, long factors, original context, attention factor)), LongRoPE's tensors and keys as Phi-3's
+    128k files hold them. The Gemmas' layer 0 is local (a window of `WINDOW` positions), layer 1 global."""
     writer = gguf.GGUFWriter(str(path), arch=arch)
     writer.add_name("tiny")
     writer.add_context_length(128)
@@ -100,6 +102,12 @@ def tiny_model(path: Path, seed: int = 0, rope_freqs: np.ndarray | None = None, 
     items = tensors(seed, arch)
     if rope_freqs is not None:
         items["rope_freqs.weight"] = (np.asarray(rope_freqs, np.float32), gguf.GGMLQuantizationType.F32)
+    if long_rope is not None:
+        short, long, original, attn_factor = long_rope
+        items["rope_factors_short.weight"] = (np.asarray(short, np.float32), gguf.GGMLQuantizationType.F32)
+        items["rope_factors_long.weight"] = (np.asarray(long, np.float32), gguf.GGMLQuantizationType.F32)
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_rope_scaling_attn_factors(attn_factor)
     for name, (values, qtype) in items.items():
         data = gguf.quants.quantize(values, qtype) if qtype != gguf.GGMLQuantizationType.F32 else values
         writer.add_tensor(name, data, raw_dtype=qtype)

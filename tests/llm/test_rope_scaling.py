@@ -44,3 +44,31 @@ def test_factors_of_the_wrong_shape_are_refused(tmp_path):
     path = tiny_model(tmp_path / "bad.gguf", rope_freqs=np.ones(HALF + 1, np.float32))
     with pytest.raises(FirstEpochError, match=r"rope_freqs.weight has shape \[9\], not \[8\]"):
         firstepoch.llm.load(path)
+
+
+# LongRoPE as Phi-3's 128k files hold it: factors for contexts within the original one, others past it, and a
+# factor on cos and sin; the tiny phi3 model's original context is 64 of its 128 (head size 16: 8 frequencies)
+SHORT = np.linspace(1.0, 2.0, 8).astype(np.float32)
+LONG = np.linspace(1.0, 12.0, 8).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def long_rope(tmp_path_factory):
+    return tiny_model(tmp_path_factory.mktemp("longrope") / "phi3-long.gguf", seed=4, arch="phi3",
+                      long_rope=(SHORT, LONG, 64, 1.19))
+
+
+def test_long_rope_takes_the_short_factors_within_the_original_context(long_rope):
+    config = firstepoch.llm.load(long_rope, context=64).model.config
+    assert config.rope_freq_factors == pytest.approx(SHORT.tolist()) and config.rope_attn_factor == pytest.approx(1.19)
+
+
+def test_long_rope_past_the_original_context_gives_llama_cpps_logits(long_rope):
+    """Past it, the long factors and the attention factor, as llama.cpp applies them (it takes the short ones
+    only for a context within the original, which its minimum of 256 positions is not here)."""
+    lm = firstepoch.llm.load(long_rope, context=128)
+    assert lm.model.config.rope_freq_factors == pytest.approx(LONG.tolist())
+    ids = PROMPT[:120]
+    llama = llama_cpp_model(long_rope, n_ctx=128, n_threads=1, logits_all=True)
+    llama.eval(ids)
+    np.testing.assert_allclose(logits_of(lm, ids), np.array(llama.scores[:len(ids)]), rtol=0, atol=1e-4)

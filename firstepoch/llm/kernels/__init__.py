@@ -97,15 +97,16 @@ class Kernels:
         return out
 
     def rope_tables(self, theta: float, head_dim: int, length: int, freq_factors: list[float] | None = None,
-                    scaling_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    scaling_factor: float = 1.0, attn_factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin, each (length, head_dim / 2), built as llama.cpp builds its angles (each divided by its
-        frequency factor when `freq_factors` are given, and times 1 / `scaling_factor`)."""
+        frequency factor when `freq_factors` are given, and times 1 / `scaling_factor`), times `attn_factor`."""
         cos, sin = torch.empty(length, head_dim // 2), torch.empty(length, head_dim // 2)
         factors = torch.tensor(freq_factors, dtype=torch.float32) if freq_factors is not None else None
         if factors is not None and factors.numel() != head_dim // 2:
             raise ValueError(f"{factors.numel()} frequency factors for a head of {head_dim}")
         self.library.rope_tables_like_llamacpp(theta, head_dim, length, factors.data_ptr() if factors is not None
-                                               else None, 1.0 / scaling_factor, cos.data_ptr(), sin.data_ptr())
+                                               else None, 1.0 / scaling_factor, attn_factor, cos.data_ptr(),
+                                               sin.data_ptr())
         return cos, sin
 
     def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int) -> None:
@@ -151,7 +152,8 @@ def compiled_kernels() -> Kernels | None:
                   for kind in BLOCK_TYPES.values()}
     signatures.update({
         "rms_norm_rows": (None, [pointer, pointer, ctypes.c_float, size, size, pointer]),
-        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, ctypes.c_float, pointer, pointer]),
+        "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, ctypes.c_float, ctypes.c_float,
+                                             pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
         "quantize_q8_k": (None, [pointer, pointer, size]),
         "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,

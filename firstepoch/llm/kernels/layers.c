@@ -187,7 +187,7 @@ static void geglu_rows(const float *gate_up, int64_t n, int64_t rows, float *out
 /* The cos and sin of every position's angles, (n_positions, head_dim / 2) each: pair i of position p turns
  * by p * base^(-2i / head_dim), the powers built by repeated multiplication. */
 void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions, const float *freq_factors,
-                               float freq_scale, float *cos_out, float *sin_out) {
+                               float freq_scale, float mscale, float *cos_out, float *sin_out) {
     /* freq_factors: NULL, or head_dim / 2 divisors of the angles (Llama 3.1's rope_freqs), as ggml applies them */
     const int64_t half = head_dim / 2;
     const float ratio = powf(base, -2.0f / (float)head_dim);
@@ -195,8 +195,8 @@ void rope_tables_like_llamacpp(float base, int64_t head_dim, int64_t n_positions
         float theta = (float)p;
         for (int64_t i = 0; i < half; i++) {
             const float angle = freq_scale * (freq_factors ? theta / freq_factors[i] : theta);
-            cos_out[p * half + i] = cosf(angle);
-            sin_out[p * half + i] = sinf(angle);
+            cos_out[p * half + i] = cosf(angle) * mscale;  /* mscale: LongRoPE's attention factor, else 1 */
+            sin_out[p * half + i] = sinf(angle) * mscale;
             theta *= ratio;
         }
     }
