@@ -1,12 +1,13 @@
 """The Transformer for LLM inference, its layers run in C for prefill and decode alike.
 
 `InferenceTransformer` is the one `Transformer`, of any architecture in llm/architectures.py. On the CPU, for one
-sequence, with every matrix of every
-layer in blocks the kernels multiply (`blocktypes.BLOCK_TYPES`) and llama.cpp's attention arithmetic in its config,
-`forward` runs all layers in one C call (`kernels/layers.c`, through its `CLayers`), whose arithmetic is
-llama.cpp's operation by operation, so that a GGUF model's logits are the same bits as there. Other devices,
-batches and weight types run the PyTorch code; the two are tested against each other
-(tests/llm/test_decoder.py) and the C path against llama.cpp itself (tests/llm/test_models.py).
+sequence, with every matrix of every layer in blocks the kernels multiply (`blocktypes.BLOCK_TYPES`) and
+llama.cpp's attention arithmetic in its config, `forward` runs all layers in one C call (`kernels/layers.c`,
+through its `CLayers`), whose arithmetic is llama.cpp's operation by operation, so that a GGUF model's logits are
+the same bits as there. Other devices, batches and weight types run the PyTorch code (in llama.cpp's arithmetic
+too: models/like_llamacpp.py, with layers.c's attention and RoPE tables where compiled); the two are tested
+against each other (tests/llm/test_decoder.py, test_architectures.py) and against llama.cpp itself
+(tests/llm/test_models.py, test_kquants.py, test_gemma3.py).
 """
 from __future__ import annotations
 

@@ -101,7 +101,7 @@ class TransformerConfig:
 
     @property
     def is_llama(self) -> bool:
-        """True when none of the other families' variations is on: the model is a Llama as layers.c runs it."""
+        """True when none of the other families' variations (`VARIATIONS`) is on: the model is a Llama."""
         defaults = TransformerConfig.__dataclass_fields__
         return all(getattr(self, name) == defaults[name].default for name in VARIATIONS)
 
