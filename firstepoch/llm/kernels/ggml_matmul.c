@@ -154,72 +154,92 @@ static inline __m256 dot_s8_s8(__m256i x, __m256i y) {  /* sign trick: |x| * (y 
 }
 #endif
 
-static float dot_q4_1(const block_q4_1 *x, const block_q8_1 *y, int64_t nb) {
-    float sum_m = 0.0f;
+/* The 32-weight types, one block at a time: their weights as bytes (AVX2) or one by one (the fallback), then
+ * one dot product for each kind: signed weights times Q8_0 activations (Q4_0, Q5_0, Q8_0), or unsigned ones times
+ * Q8_1 activations plus the block's minimum times the activations' scaled sum (Q4_1, Q5_1). Weight j of a
+ * nibble type is byte j's low nibble for j < 16, byte j - 16's high one after; the fifth bit is bit j of qh. */
+static inline int nibble(const uint8_t *qs, int j) { return j < QK / 2 ? qs[j] & 0x0f : qs[j - QK / 2] >> 4; }
+static inline int fifth_bit(const uint8_t *qh, int j) { return (qh[j / 8] >> (j % 8)) & 1; }
+
+static inline int weight_q4_0(const block_q4_0 *b, int j) { return nibble(b->qs, j) - 8; }
+static inline int weight_q8_0(const block_q8_0 *b, int j) { return b->qs[j]; }
+static inline int weight_q5_0(const block_q5_0 *b, int j) { return (nibble(b->qs, j) | fifth_bit(b->qh, j) << 4) - 16; }
+static inline int weight_q4_1(const block_q4_1 *b, int j) { return nibble(b->qs, j); }
+static inline int weight_q5_1(const block_q5_1 *b, int j) { return nibble(b->qs, j) | fifth_bit(b->qh, j) << 4; }
+
 #if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        sum_m += to_float(x[i].m) * to_float(y[i].s);
-        __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(d, dot_u8_s8(nibbles(x[i].qs), qy), acc);
-    }
-    return hsum(acc) + sum_m;
-#else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK / 2; j++)
-            s += (x[i].qs[j] & 0x0f) * y[i].qs[j] + (x[i].qs[j] >> 4) * y[i].qs[j + QK / 2];
-        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
-        sum_m += to_float(x[i].m) * to_float(y[i].s);
-    }
-    return sum + sum_m;
-#endif
+static inline __m256i bits_to_bytes(const uint8_t *qh) {  /* bit j of 4 bytes -> byte j: 0xff or 0 */
+    uint32_t bits; memcpy(&bits, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
+                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                  0x0303030303030303));
+    const __m256i select = _mm256_set1_epi64x((int64_t)0x8040201008040201ULL);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
 }
 
-static float dot_q4_0(const block_q4_0 *x, const block_q8_0 *y, int64_t nb) {
-#if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));
-        __m256i qx = _mm256_sub_epi8(nibbles(x[i].qs), _mm256_set1_epi8(8));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(d, dot_s8_s8(qx, qy), acc);
-    }
-    return hsum(acc);
-#else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK / 2; j++)
-            s += ((x[i].qs[j] & 0x0f) - 8) * y[i].qs[j] + ((x[i].qs[j] >> 4) - 8) * y[i].qs[j + QK / 2];
-        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
-    }
-    return sum;
-#endif
+static inline __m256i fifth_bits(const uint8_t *qh) {  /* 16 where weight j's fifth bit is set */
+    return _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
 }
 
-static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb) {
-#if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));
-        __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(d, dot_s8_s8(qx, qy), acc);
-    }
-    return hsum(acc);
-#else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < QK; j++) s += x[i].qs[j] * y[i].qs[j];
-        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
-    }
-    return sum;
-#endif
+static inline __m256i weights_q4_0(const block_q4_0 *b) { return _mm256_sub_epi8(nibbles(b->qs), _mm256_set1_epi8(8)); }
+static inline __m256i weights_q8_0(const block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)b->qs); }
+static inline __m256i weights_q5_0(const block_q5_0 *b) {
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles(b->qs), fifth_bits(b->qh)), _mm256_set1_epi8(16));
 }
+static inline __m256i weights_q4_1(const block_q4_1 *b) { return nibbles(b->qs); }
+static inline __m256i weights_q5_1(const block_q5_1 *b) { return _mm256_or_si256(nibbles(b->qs), fifth_bits(b->qh)); }
+#endif
+
+#if defined(__AVX2__)
+#define DOT_SIGNED(NAME, WBLOCK, WEIGHTS, WEIGHT)                                                          \
+    static float NAME(const WBLOCK *x, const block_q8_0 *y, int64_t nb) {                               \
+        __m256 acc = _mm256_setzero_ps();                                                                \
+        for (int64_t i = 0; i < nb; i++) {                                                               \
+            __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));                              \
+            acc = _mm256_fmadd_ps(d, dot_s8_s8(WEIGHTS(x + i), _mm256_loadu_si256((const __m256i *)y[i].qs)), acc); \
+        }                                                                                                \
+        return hsum(acc);                                                                                \
+    }
+#define DOT_WITH_MIN(NAME, WBLOCK, WEIGHTS, WEIGHT)                                                        \
+    static float NAME(const WBLOCK *x, const block_q8_1 *y, int64_t nb) {                               \
+        float sum_m = 0.0f;                                                                              \
+        __m256 acc = _mm256_setzero_ps();                                                                \
+        for (int64_t i = 0; i < nb; i++) {                                                               \
+            sum_m += to_float(x[i].m) * to_float(y[i].s);                                                \
+            __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));                              \
+            acc = _mm256_fmadd_ps(d, dot_u8_s8(WEIGHTS(x + i), _mm256_loadu_si256((const __m256i *)y[i].qs)), acc); \
+        }                                                                                                \
+        return hsum(acc) + sum_m;                                                                        \
+    }
+#else
+#define DOT_SIGNED(NAME, WBLOCK, WEIGHTS, WEIGHT)                                                          \
+    static float NAME(const WBLOCK *x, const block_q8_0 *y, int64_t nb) {                               \
+        float sum = 0.0f;                                                                                \
+        for (int64_t i = 0; i < nb; i++) {                                                               \
+            int s = 0;                                                                                   \
+            for (int j = 0; j < QK; j++) s += WEIGHT(x + i, j) * y[i].qs[j];                              \
+            sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;                                       \
+        }                                                                                                \
+        return sum;                                                                                      \
+    }
+#define DOT_WITH_MIN(NAME, WBLOCK, WEIGHTS, WEIGHT)                                                        \
+    static float NAME(const WBLOCK *x, const block_q8_1 *y, int64_t nb) {                               \
+        float sum = 0.0f, sum_m = 0.0f;                                                                  \
+        for (int64_t i = 0; i < nb; i++) {                                                               \
+            int s = 0;                                                                                   \
+            for (int j = 0; j < QK; j++) s += WEIGHT(x + i, j) * y[i].qs[j];                              \
+            sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;                                       \
+            sum_m += to_float(x[i].m) * to_float(y[i].s);                                                \
+        }                                                                                                \
+        return sum + sum_m;                                                                              \
+    }
+#endif
+
+DOT_SIGNED(dot_q4_0, block_q4_0, weights_q4_0, weight_q4_0)
+DOT_SIGNED(dot_q8_0, block_q8_0, weights_q8_0, weight_q8_0)
+DOT_SIGNED(dot_q5_0, block_q5_0, weights_q5_0, weight_q5_0)
+DOT_WITH_MIN(dot_q4_1, block_q4_1, weights_q4_1, weight_q4_1)
+DOT_WITH_MIN(dot_q5_1, block_q5_1, weights_q5_1, weight_q5_1)
 
 /* Q4_K and Q5_K: 8 sub-blocks of 32 with a 6-bit scale and minimum each, packed in 12 bytes */
 static inline void scales_and_mins(const uint8_t *q, int32_t *sc, int32_t *mn) {
@@ -250,69 +270,7 @@ static inline __m256i scale_pair(int32_t low, int32_t high) {  /* lanes 0-3 time
     return _mm256_set_m128i(_mm_set1_epi16((int16_t)high), _mm_set1_epi16((int16_t)low));
 }
 
-static inline __m256i bits_to_bytes(const uint8_t *qh) {  /* bit j of 4 bytes -> byte j: 0xff or 0 */
-    uint32_t bits; memcpy(&bits, qh, 4);
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int32_t)bits),
-                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
-                                                                  0x0303030303030303));
-    const __m256i select = _mm256_set1_epi64x((int64_t)0x8040201008040201ULL);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select);
-}
 #endif
-
-static float dot_q5_0(const block_q5_0 *x, const block_q8_0 *y, int64_t nb) {
-#if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        __m256 d = _mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d));
-        const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
-        __m256i qx = _mm256_sub_epi8(_mm256_or_si256(nibbles(x[i].qs), high), _mm256_set1_epi8(16));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(d, dot_s8_s8(qx, qy), acc);
-    }
-    return hsum(acc);
-#else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint32_t qh; memcpy(&qh, x[i].qh, 4);
-        int s = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            s += (((x[i].qs[j] & 0x0f) | ((qh >> j & 1) << 4)) - 16) * y[i].qs[j];
-            s += (((x[i].qs[j] >> 4) | ((qh >> (j + 16) & 1) << 4)) - 16) * y[i].qs[j + QK / 2];
-        }
-        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
-    }
-    return sum;
-#endif
-}
-
-static float dot_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb) {
-    float sum_m = 0.0f;
-#if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t i = 0; i < nb; i++) {
-        sum_m += to_float(x[i].m) * to_float(y[i].s);
-        const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
-        __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(to_float(x[i].d) * to_float(y[i].d)),
-                              dot_u8_s8(_mm256_or_si256(nibbles(x[i].qs), high), qy), acc);
-    }
-    return hsum(acc) + sum_m;
-#else
-    float sum = 0.0f;
-    for (int64_t i = 0; i < nb; i++) {
-        uint32_t qh; memcpy(&qh, x[i].qh, 4);
-        int s = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            s += ((x[i].qs[j] & 0x0f) | ((qh >> j & 1) << 4)) * y[i].qs[j];
-            s += ((x[i].qs[j] >> 4) | ((qh >> (j + 16) & 1) << 4)) * y[i].qs[j + QK / 2];
-        }
-        sum += to_float(x[i].d) * to_float(y[i].d) * (float)s;
-        sum_m += to_float(x[i].m) * to_float(y[i].s);
-    }
-    return sum + sum_m;
-#endif
-}
 
 #if defined(__AVX2__)
 /* A Q4_K or Q5_K super-block unpacked once for any number of activation rows: its 8 sub-blocks' values as bytes
@@ -542,7 +500,7 @@ static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, floa
 
 static void dot4_q4_1(const block_q4_1 *x, const block_q8_1 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_1,
-              const __m256i qx = nibbles(x[i].qs); const float dx = to_float(x[i].d); const float mx = to_float(x[i].m),
+              const __m256i qx = weights_q4_1(x + i); const float dx = to_float(x[i].d); const float mx = to_float(x[i].m),
               extra[u] += mx * to_float(b->s);
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
                                        dot_u8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
@@ -550,24 +508,21 @@ static void dot4_q4_1(const block_q4_1 *x, const block_q8_1 *y, int64_t nb, floa
 
 static void dot4_q4_0(const block_q4_0 *x, const block_q8_0 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_0,
-              const __m256i qx = _mm256_sub_epi8(nibbles(x[i].qs), _mm256_set1_epi8(8)); const float dx = to_float(x[i].d),
+              const __m256i qx = weights_q4_0(x + i); const float dx = to_float(x[i].d),
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
                                        dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
 }
 
 static void dot4_q5_0(const block_q5_0 *x, const block_q8_0 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_0,
-              const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
-              const __m256i qx = _mm256_sub_epi8(_mm256_or_si256(nibbles(x[i].qs), high), _mm256_set1_epi8(16));
-              const float dx = to_float(x[i].d),
+              const __m256i qx = weights_q5_0(x + i); const float dx = to_float(x[i].d),
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
                                        dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
 }
 
 static void dot4_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_1,
-              const __m256i high = _mm256_and_si256(bits_to_bytes(x[i].qh), _mm256_set1_epi8(0x10));
-              const __m256i qx = _mm256_or_si256(nibbles(x[i].qs), high); const float dx = to_float(x[i].d);
+              const __m256i qx = weights_q5_1(x + i); const float dx = to_float(x[i].d);
               const float mx = to_float(x[i].m),
               extra[u] += mx * to_float(b->s);
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
@@ -576,7 +531,7 @@ static void dot4_q5_1(const block_q5_1 *x, const block_q8_1 *y, int64_t nb, floa
 
 static void dot4_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb, float *out) {
     DOT4_BODY(block_q8_0,
-              const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs); const float dx = to_float(x[i].d),
+              const __m256i qx = weights_q8_0(x + i); const float dx = to_float(x[i].d),
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
                                        dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
 }
