@@ -26,9 +26,9 @@ class Architecture:
     # queries times 1/sqrt(attention.key_length) before attention, whose scores are then not scaled; Gemma's
     # largest models (46 and 62 layers) scale by 1/sqrt(embedding_length / head_count) instead, as llama.cpp does
     query_scale: bool = False
-    # scores and logits capped: attn_logit_softcapping and final_logit_softcapping are read (0: no cap), else
-    # these defaults (None: no cap)
-    softcaps: bool = False
+    # the caps it reads, of "attn_softcap" (attn_logit_softcapping) and "final_softcap" (final_logit_softcapping;
+    # 0: no cap), else these defaults (None: no cap)
+    softcaps: tuple[str, ...] = ()
     attn_softcap: float | None = None
     final_softcap: float | None = None
     # layer i sees the last attention.sliding_window positions (else `sliding_window`; None: no window) unless
@@ -46,9 +46,10 @@ ARCHITECTURES = {
     "llama": Architecture(interleaved_rope=True),
     "qwen2": Architecture(qkv_bias=True),
     "qwen3": Architecture(qk_norm=True),
-    "gemma2": Architecture(**GEMMA, softcaps=True, attn_softcap=50.0, final_softcap=30.0, sliding_window_pattern=2,
-                           sliding_window=4096),
-    "gemma3": Architecture(**GEMMA, softcaps=True, qk_norm=True, sliding_window_pattern=6, local_rope_base=10000.0),
+    "gemma2": Architecture(**GEMMA, softcaps=("attn_softcap", "final_softcap"), attn_softcap=50.0, final_softcap=30.0,
+                           sliding_window_pattern=2, sliding_window=4096),
+    "gemma3": Architecture(**GEMMA, softcaps=("final_softcap",), qk_norm=True, sliding_window_pattern=6,
+                           local_rope_base=10000.0),
     # Phi-3 and 3.5: q/k/v in one tensor (or three), gate and up in ffn_up; queries scaled by 1/sqrt(head size)
     # before attention, as llama.cpp's graph does; its 128k files' LongRoPE factors are read by config_from_gguf
     "phi3": Architecture(query_scale=True, fused=(("attn_qkv", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),

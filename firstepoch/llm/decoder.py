@@ -150,6 +150,12 @@ class CLayers:
             matrices = layer.matrices
             (entry.w_q, entry.w_k, entry.w_v, entry.w_o, entry.w_gate, entry.w_up,
              entry.w_down) = (lin.blocks.data_ptr() for lin in matrices)
+            # stacked: layers.c multiplies all the rows from the first pointer, so it gets the stacked array itself
+            # (the linears' blocks are views of it, unless something replaced them since)
+            if layer.qkv is not None:
+                entry.w_q = layer.qkv.data_ptr()
+            if layer.gate_up is not None:
+                entry.w_gate = layer.gate_up.data_ptr()
             entry.qkv_stacked, entry.gate_up_stacked = layer.qkv is not None, layer.gate_up is not None
             entry.k_cache, entry.v_cache = cache.k.data_ptr(), cache.v.data_ptr()
             entry.types[:] = [BLOCK_TYPES[lin.qtype].code for lin in matrices]
@@ -189,7 +195,9 @@ def _rope_tables_in_c(kernels: Kernels, c: TransformerConfig) -> dict:
 
 def _attention_for(config: TransformerConfig):
     """The PyTorch path's written-out attention: for llama.cpp's arithmetic on one sequence on the CPU, layers.c's
-    (its orders of summation too, which PyTorch's matmul does not keep); else `explicit_attention`."""
+    (its orders of summation too, which PyTorch's matmul does not keep), summing each head in the query's order:
+    llama.cpp's for the architectures whose RoPE rotates halves; for llama files, stored for adjacent pairs,
+    llama.cpp sums in that other order, which only the C layers keep. Else `explicit_attention`."""
     from firstepoch.llm.kernels import compiled_kernels
 
     kernels = compiled_kernels() if config.attention == "llamacpp_fp16" and config.head_dim % 16 == 0 else None

@@ -17,6 +17,7 @@ from firstepoch.llm.architectures import ARCHITECTURES, GEMMA_WIDE_QUERY_LAYERS
 from firstepoch.models.transformer import RMSNorm, TransformerConfig
 
 KV_BYTES = 4  # the KV cache is fp32
+ROPE_TABLES = 8  # RoPE tables of context x head_dim floats an inference model holds at most (and builds in float64)
 
 
 # what a llama-architecture file may declare: far above any real model, so that a lie in the metadata is
@@ -31,7 +32,8 @@ def _size(g, key: str, default: int | None = None) -> int:
     """The architecture's key `key` as a positive integer within `LIMITS`, or one clear line."""
     name, value = f"{g.architecture}.{key}", g.arch(key, default)
     if value is None:
-        raise FirstEpochError(f"{g.path}: the metadata has no {name}; the file is incomplete or not a llama model")
+        raise FirstEpochError(f"{g.path}: the metadata has no {name}; the file is incomplete or not a "
+                              f"{g.architecture} model")
     if isinstance(value, bool) or not isinstance(value, int):
         raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}, not an integer "
                               f"(per-layer values are not supported)")
@@ -49,10 +51,13 @@ def _count(g, key: str, default: int) -> int:
     return value
 
 
-def _positive_float(g, key: str, default: float) -> float:
+def _positive_float(g, key: str, default: float, low: float = 1e-30, high: float = 1e30) -> float:
+    """A positive number within [low, high] (by default all that fp32, which the kernels compute in, holds with
+    room to spare), or one clear line."""
     name, value = f"{g.architecture}.{key}", g.arch(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a positive number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise FirstEpochError(f"{g.path}: {name} is {_shown(value)}; it must be a positive number from {low:g} to "
+                              f"{high:g}")
     return float(value)
 
 
@@ -97,11 +102,13 @@ def config_from_gguf(g, context: int | None = None) -> TransformerConfig:
         variations["embed_scale"] = float(np.sqrt(f32(dim)))
     if arch.query_scale:
         wide = g.architecture.startswith("gemma") and n_layers in GEMMA_WIDE_QUERY_LAYERS
+        if wide and dim < n_heads:
+            raise FirstEpochError(f"{g.path}: {n_heads} heads for a width of {dim} do not fit together")
         variations["query_scale"] = float(f32(1) / np.sqrt(f32(dim // n_heads if wide else head_dim)))
     for field, key, default in (("attn_softcap", "attn_logit_softcapping", arch.attn_softcap),
                                 ("final_softcap", "final_logit_softcapping", arch.final_softcap)):
-        if arch.softcaps and g.arch(key, default):  # 0 or absent without a default: no cap
-            variations[field] = _positive_float(g, key, default)
+        if field in arch.softcaps and g.arch(key, default):  # 0 or absent without a default: no cap
+            variations[field] = _positive_float(g, key, default, low=1e-3, high=1e6)
     if arch.sliding_window_pattern is not None and g.arch("attention.sliding_window", arch.sliding_window):
         variations["sliding_window"] = _size(g, "attention.sliding_window", arch.sliding_window)
         variations["sliding_window_pattern"] = _count(g, "attention.sliding_window_pattern",
@@ -127,7 +134,7 @@ def _rope_scaling(g) -> float:
     if kind != "linear":
         raise FirstEpochError(f"{g.path}: RoPE scaling {_shown(kind)} is not supported yet (linear scaling and "
                               f"Llama 3.1's rope_freqs are)")
-    return _positive_float(g, "rope.scaling.factor", 1.0)
+    return _positive_float(g, "rope.scaling.factor", 1.0, low=1e-6, high=1e6)
 
 
 def _rope_factors(g, head_dim: int, context: int) -> tuple[list[float] | None, float]:
@@ -149,7 +156,7 @@ def _rope_factors(g, head_dim: int, context: int) -> tuple[list[float] | None, f
     factors = tensor_array(t).reshape(-1).astype(float).tolist()
     if not all(0 < f < float("inf") for f in factors):
         raise FirstEpochError(f"{g.path}: {name} holds a factor that is not a positive number")
-    return factors, _positive_float(g, "rope.scaling.attn_factor", 1.0)
+    return factors, _positive_float(g, "rope.scaling.attn_factor", 1.0, low=1e-3, high=1e3)
 
 
 def check_tensors(g, config: TransformerConfig) -> None:
@@ -214,7 +221,8 @@ def memory_needed(g, config: TransformerConfig) -> int:
 
     weights = sum(size(t) for t in g.tensors.values())
     cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
-    return weights + cache
+    rope = ROPE_TABLES * config.context * config.head_dim * 4  # fp32 cos and sin, global and local, C and PyTorch
+    return weights + cache + rope
 
 
 def check_fits(needed: int, source) -> None:

@@ -61,7 +61,7 @@ def bundled_path(name: str, join: bool = True) -> Path | None:
         return None
     if len(parts) == 1:
         return parts[0]
-    joined = home() / "bundled" / model.file
+    joined = home() / "bundled" / (f"{model.sha256[:12]}-{model.file}" if model.sha256 else model.file)
     if not (joined.is_file() and joined.stat().st_size == sum(part.stat().st_size for part in parts)):
         if not join:
             return None
@@ -79,6 +79,14 @@ def bundled_parts(name: str) -> list[Path] | None:
 
 def _join(parts: list[Path], target: Path, sha256: str | None) -> None:
     """Write the parts one after another to `target`, through a temporary file renamed once it is checked."""
+    try:
+        _write_joined(parts, target, sha256)
+    except OSError as exc:  # a full disk, a read-only home
+        raise FirstEpochError(f"{target}: cannot write the joined model file ({exc.strerror or exc}); free some "
+                              f"space or set FIRSTEPOCH_HOME to a writable folder") from None
+
+
+def _write_joined(parts: list[Path], target: Path, sha256: str | None) -> None:
     import hashlib
     import tempfile
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,8 @@ def load_or_refuse(path):
         return str(exc)
     text = lm.generate("the", max_new_tokens=3, temperature=0, stream=False)
     assert isinstance(text, str)
+    with torch.no_grad():  # a lie that loads must not have made the model compute NaN or inf
+        assert torch.isfinite(lm.model(torch.tensor([[1, 3, 4, 5]]))).all()
     return None
 
 
@@ -212,9 +215,10 @@ def test_vocabulary_of_the_right_length_but_wrong_types(tmp_path, parts):
 # the keys the other architectures read (llm/architectures.py), each given values a lying file may hold
 ARCH_KEYS = ["gemma3.attention.sliding_window", "gemma3.attention.sliding_window_pattern",
              "gemma3.attention.key_length", "gemma3.attention.value_length", "gemma3.rope.freq_base",
-             "gemma3.rope.freq_base_swa", "gemma3.final_logit_softcapping", "gemma3.rope.scaling.factor"]
+             "gemma3.rope.freq_base_swa", "gemma3.final_logit_softcapping", "gemma3.rope.scaling.factor",
+             "gemma3.rope.scaling.attn_factor"]
 ARCH_LIES = [(4, 0), (4, 2**32 - 1), (5, -1), (10, 2**63), (6, float("nan")), (6, float("inf")), (6, -1.0), (6, 0.0),
-        (STRING, "eight"), (ARRAY, (4, [8, 8]))]
+             (12, 1e300), (12, 1e-300), (STRING, "eight"), (ARRAY, (4, [8, 8]))]
 
 
 def test_lies_in_the_other_architectures_keys_load_or_are_refused(tmp_path):
@@ -227,3 +231,5 @@ def test_lies_in_the_other_architectures_keys_load_or_are_refused(tmp_path):
             raw = RawGGUF(list(parts.metadata), list(parts.tensors)).set(key, kind, value)
             refused += isinstance(load_or_refuse(raw.write(tmp_path / "lie.gguf")), str)
     assert refused >= len(ARCH_KEYS) * len(ARCH_LIES) // 2  # most lies are refused, not silently taken
+    raw = RawGGUF(list(parts.metadata), list(parts.tensors)).set("gemma3.attention.sliding_window", 4, 0)
+    assert firstepoch.llm.load(raw.write(tmp_path / "no-window.gguf")).model.config.sliding_window is None
