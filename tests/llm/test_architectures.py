@@ -90,12 +90,20 @@ def test_each_variation_changes_the_logits(tiny):
             assert (model(ids) - reference).abs().max() > 1e-2 or not arch.startswith("gemma"), "the window"
             for layer in model.layers:
                 layer.attn.window = WINDOW if layer.local else None
-            if arch == "qwen2":
-                bias = model.layers[0].attn.k_bias
-                saved = bias.clone()
-                bias.zero_()
-                assert (model(ids) - reference).abs().max() > 1e-2, "the biases"
-                bias.copy_(saved)
+            # each vector an architecture adds (biases, head norms, post-norms), set to its neutral value
+            attn, block = model.layers[0].attn, model.layers[0]
+            vectors = {"qwen2": lambda: [attn.k_bias], "qwen3": lambda: [attn.q_norm.weight, attn.k_norm.weight],
+                       "gemma2": lambda: [block.attn_post_norm.weight, block.mlp_post_norm.weight],
+                       "gemma3": lambda: [attn.q_norm.weight, block.mlp_post_norm.weight], "phi3": list}[arch]()
+            for vector in vectors:
+                saved = vector.clone()
+                vector.fill_(0.0 if arch == "qwen2" else 1.0)
+                assert (model(ids) - reference).abs().max() > 1e-2, arch
+                vector.copy_(saved)
+            if arch.startswith("gemma"):  # the embeddings' scaling
+                model.config.embed_scale, scale = 1.0, model.config.embed_scale
+                assert (model(ids) - reference).abs().max() > 1e-2, "the embedding scale"
+                model.config.embed_scale = scale
             assert torch.equal(model(ids), reference)
     finally:
         model.c_layers = c_layers

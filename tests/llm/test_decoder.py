@@ -58,3 +58,46 @@ def test_the_c_layers_equal_the_pytorch_layers(qtype):
     # % of one logit at most)
     assert (fast - slow).abs().max() < 0.05 * slow.abs().max()
     assert torch.equal(fast.argmax(-1), slow.argmax(-1))
+
+
+# one layer of a Q4_K_M-like mixture: q, k and v of three types (so no stacked product), and the K-quants where
+# rows are 256 long (the down projections); under AddressSanitizer too (tests/llm/test_asan.py runs this file)
+MIXED = {"attn.q_proj": "Q8_0", "attn.k_proj": "Q4_0", "attn.v_proj": "Q5_1", "attn.o_proj": "Q5_0",
+         "mlp.gate_proj": "Q4_1", "mlp.up_proj": "Q8_0"}
+K_QUANTS = ["Q4_K", "Q5_K", "Q6_K"]  # layer i's down projection
+SCALES = {"Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}  # where each K-quant block keeps its fp16 scales
+
+
+def k_quant_blocks(rows: int, in_features: int, qtype: str, rng) -> np.ndarray:
+    """Random K-quant blocks (any bits are a valid block) with small, finite fp16 scales."""
+    from firstepoch.llm.blocktypes import BLOCK_TYPES
+
+    kind = BLOCK_TYPES[qtype]
+    raw = rng.integers(0, 256, (rows, in_features // kind.weights, kind.block_bytes), dtype=np.uint8)
+    for at in SCALES[qtype]:
+        raw[..., at:at + 2] = np.full(raw.shape[:2], 0.002, np.float16)[..., None].view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def test_mixed_types_and_k_quants_run_in_c_as_in_pytorch():
+    if compiled_kernels() is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(0)
+    reference, rng = Transformer(CONFIG), np.random.default_rng(0)
+    weights = {name: p.detach() for name, p in reference.named_parameters()}
+
+    def matrix(name):
+        if name.endswith("mlp.down_proj"):
+            qtype = K_QUANTS[int(name.split(".")[1])]
+            raw = k_quant_blocks(CONFIG.dim, CONFIG.hidden_dim, qtype, rng)
+            return QuantizedLinear(blocks=torch.from_numpy(raw), qtype=qtype, in_features=CONFIG.hidden_dim)
+        qtype = MIXED.get(name.split(".", 2)[-1], "Q8_0")
+        w = weights[f"{name}.weight" if name != "lm_head" else "embed_tokens.weight"].numpy() * 10
+        raw = quantize(w.astype(np.float32), gguf.GGMLQuantizationType[qtype])
+        return QuantizedLinear(blocks=torch.from_numpy(raw), qtype=qtype, in_features=w.shape[1])
+
+    model = build_inference_model(CONFIG, matrix, lambda name: weights[f"{name}.weight"])
+    assert model.c_layers is not None and all(layer.qkv is None for layer in model.c_layers.layers)
+    prompt, tokens = [5, 17, 33, 2, 60, 71, 8], [40, 41, 90, 3, 12, 55, 7, 19, 26, 81]
+    fast, slow = decode(model, prompt, tokens, True), decode(model, prompt, tokens, False)
+    assert torch.isfinite(fast).all() and (fast - slow).abs().max() < 0.05 * slow.abs().max()
