@@ -98,7 +98,7 @@ class CLayers:
     config: TransformerConfig
     layers: list[CLayer]
     interleaved: bool  # keys cached in GGUF's order (llama), else as they are (layers.c's layer_shape)
-    rope: dict  # local (a bool) -> (cos, sin), each (context, head_dim / 2), as llama.cpp builds its angles
+    rope: dict  # local (a bool) -> the model's own (cos, sin) buffers, (context, head_dim), from layers.c
     caches: list[KVCache] | None = field(default=None, repr=False)  # what `pointers` point into
     pointers: ctypes.Array | None = field(default=None, repr=False)  # a LayerWeights per layer
     shape: LayerShape | None = field(default=None, repr=False)  # the sizes of the bound caches
@@ -124,11 +124,17 @@ class CLayers:
                 return None
             layers.append(CLayer(block, _fuse(a.q_proj, a.k_proj, a.v_proj), _fuse(m.gate_proj, m.up_proj)))
             _check_layer(c, block)
-        return cls(kernels, c, layers, interleaved, _rope_tables_in_c(kernels, c))
+        rope = {False: (model.rope_cos, model.rope_sin), True: (model.rope_cos_local, model.rope_sin_local)}
+        for table in (t for pair in rope.values() for t in pair):  # layers.c reads a row for any position < context
+            if tuple(table.shape) != (c.context, c.head_dim) or table.dtype != torch.float32 or \
+                    not table.is_contiguous():
+                raise ValueError(f"a RoPE table has shape {tuple(table.shape)}, not {(c.context, c.head_dim)}")
+        return cls(kernels, c, layers, interleaved, rope)
 
     def bind(self, caches: list[KVCache]) -> None:
         """Point the layers at these KV caches (one a layer), after checking their shapes: layers.c writes into
         them at any position below their length. Nothing to do when they are bound already."""
+        from firstepoch.llm.blocktypes import BLOCK_TYPES
         from firstepoch.llm.kernels import LayerShape, LayerWeights
 
         if self.caches is not None and all(a is b for a, b in zip(self.caches, caches)):
@@ -142,8 +148,6 @@ class CLayers:
                 raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
                                  f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
         pointers = (LayerWeights * len(self.layers))()
-        from firstepoch.llm.blocktypes import BLOCK_TYPES
-
         for entry, layer, cache in zip(pointers, self.layers, caches):
             block = layer.block
             entry.attn_norm, entry.mlp_norm = block.attn_norm.weight.data_ptr(), block.mlp_norm.weight.data_ptr()
@@ -182,17 +186,6 @@ class CLayers:
             self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first)
 
 
-def _rope_tables_in_c(kernels: Kernels, c: TransformerConfig) -> dict:
-    """local (a bool) -> (cos, sin), each (context, head_dim / 2), built by layers.c as llama.cpp builds them: the
-    global layers' (frequency factors, linear scaling, attention factor), and the local layers' own base
-    unscaled (Gemma 3) or the global ones."""
-    tables = {False: kernels.rope_tables(c.rope_theta, c.head_dim, c.context, c.rope_freq_factors,
-                                         c.rope_scaling_factor, c.rope_attn_factor)}
-    local = c.rope_theta_local
-    tables[True] = kernels.rope_tables(local, c.head_dim, c.context) if local is not None else tables[False]
-    return tables
-
-
 def _attention_for(config: TransformerConfig):
     """The PyTorch path's written-out attention: for llama.cpp's arithmetic on one sequence on the CPU, layers.c's
     (its orders of summation too, which PyTorch's matmul does not keep), summing each head in the query's order:
@@ -223,17 +216,25 @@ class InferenceTransformer(Transformer):
         self._rope_tables_from_c()
 
     def _rope_tables_from_c(self) -> None:
-        """For llama.cpp's arithmetic, the PyTorch path's RoPE tables from layers.c's, whose powf, cosf and sinf
-        are the C library's as llama.cpp's are (numpy's differ in the last bit of some)."""
+        """For llama.cpp's arithmetic, the RoPE tables built by layers.c, whose powf, cosf and sinf are the C
+        library's as llama.cpp's are (numpy's differ in the last bit of some): the global layers' (frequency
+        factors, linear scaling, attention factor), and the local layers' own base unscaled (Gemma 3) or the
+        global ones. The PyTorch path and the C layers both read these buffers."""
         from firstepoch.llm.kernels import compiled_kernels
 
         c, kernels = self.config, compiled_kernels()
         if kernels is None or c.attention != "llamacpp_fp16":
             return
-        for local, (cos, sin) in _rope_tables_in_c(kernels, c).items():
-            suffix = "_local" if local else ""
-            setattr(self, f"rope_cos{suffix}", torch.cat([cos, cos], dim=-1))  # the rotate-half layout
-            setattr(self, f"rope_sin{suffix}", torch.cat([sin, sin], dim=-1))
+
+        def rotate_half_layout(theta, *scaling):
+            cos, sin = kernels.rope_tables(theta, c.head_dim, c.context, *scaling)
+            return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+
+        self.rope_cos, self.rope_sin = rotate_half_layout(c.rope_theta, c.rope_freq_factors, c.rope_scaling_factor,
+                                                          c.rope_attn_factor)
+        local = c.rope_theta_local
+        self.rope_cos_local, self.rope_sin_local = rotate_half_layout(local) if local is not None else (
+            self.rope_cos, self.rope_sin)
 
     def prepare_c_layers(self, interleaved: bool = True) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible.

@@ -53,11 +53,10 @@ def models_dir() -> Path:
 def bundled_path(name: str, join: bool = True) -> Path | None:
     """The GGUF file of a bundled model, its parts joined on first use (unless `join` is False: then None until
     they are); None when a package is missing."""
-    from firstepoch.paths import home, package_file
+    from firstepoch.paths import home
 
-    model = BUNDLED[name]
-    parts = [package_file(*part) for part in model.parts]
-    if any(part is None for part in parts):
+    model, parts = BUNDLED[name], bundled_parts(name)
+    if parts is None:
         return None
     if len(parts) == 1:
         return parts[0]

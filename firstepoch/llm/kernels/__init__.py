@@ -155,10 +155,8 @@ def compiled_kernels() -> Kernels | None:
         "rope_tables_like_llamacpp": (None, [ctypes.c_float, size, size, pointer, ctypes.c_float, ctypes.c_float,
                                              pointer, pointer]),
         "layers_work_size": (size, [pointer, size, ctypes.c_int]),
-        "quantize_q8_k": (None, [pointer, pointer, size]),
         "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
                                   ctypes.c_float, size, pointer, pointer, ctypes.c_int]),
-        **{f"vec_dot_{name}": (ctypes.c_float, [pointer, pointer, size]) for name in ("q4_k", "q5_k", "q6_k", "q5_0")},
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, ctypes.c_int]),
     })
     for name, (restype, argtypes) in signatures.items():

@@ -594,9 +594,3 @@ MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, d
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
 
-/* one 8-bit activation row and one weight row's dot product, for the tests against llama.cpp's own */
-void quantize_q8_k(const float *x, void *y, int64_t k) { quantize_row_q8_K(x, (block_q8_K *)y, k); }
-float vec_dot_q4_k(const void *w, const void *x, int64_t k) { return dot_q4_K(w, x, k / QK_K); }
-float vec_dot_q5_k(const void *w, const void *x, int64_t k) { return dot_q5_K(w, x, k / QK_K); }
-float vec_dot_q6_k(const void *w, const void *x, int64_t k) { return dot_q6_K(w, x, k / QK_K); }
-float vec_dot_q5_0(const void *w, const void *x, int64_t k) { return dot_q5_0(w, x, k / QK); }

@@ -314,7 +314,7 @@ typedef struct {
     /* the other architectures' (NULL where the model has none): biases of q, k, v; RMSNorm weights of each
        query and key head and of the attention and MLP outputs */
     const float *q_bias, *k_bias, *v_bias, *q_norm, *k_norm, *attn_post_norm, *mlp_post_norm;
-    const float *cos, *sin;  /* this layer's RoPE tables (rope_tables_like_llamacpp) */
+    const float *cos, *sin;  /* this layer's RoPE tables: a row of head_dim a position, pair i's at i (and i + half) */
     int64_t window;          /* a local layer's sliding window; 0: every position */
 } layer_weights;
 
@@ -359,7 +359,7 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
     const float *cos = w->cos, *sin = w->sin;
     const int64_t dim = c->dim, head_dim = c->head_dim, hidden = c->hidden, n_heads = c->n_heads, n_kv = c->n_kv;
     const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
-    const int64_t group = n_heads / n_kv, half = head_dim / 2, max_len = c->max_len;
+    const int64_t group = n_heads / n_kv, max_len = c->max_len;
     float *h = work, *qkv = h + T * dim, *attn = qkv + T * qkv_rows, *gate_up = attn + T * q_rows;
     float *act = gate_up + T * 2 * hidden, *tmp = act + T * hidden;
     float *per_thread = tmp + T * (qkv_rows > 2 * hidden ? qkv_rows : 2 * hidden);
@@ -376,8 +376,8 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
             rms_norm_rows(q, w->q_norm, c->eps, head_dim, n_heads, q);
             rms_norm_rows(k, w->k_norm, c->eps, head_dim, n_kv, k);
         }
-        rope(q, n_heads, head_dim, cos + pos * half, sin + pos * half);
-        rope(k, n_kv, head_dim, cos + pos * half, sin + pos * half);
+        rope(q, n_heads, head_dim, cos + pos * head_dim, sin + pos * head_dim);
+        rope(k, n_kv, head_dim, cos + pos * head_dim, sin + pos * head_dim);
         if (c->query_scale != 0.0f)
             for (int64_t i = 0; i < q_rows; i++) q[i] *= c->query_scale;
         for (int64_t g = 0; g < n_kv; g++)
