@@ -213,28 +213,24 @@ class InferenceTransformer(Transformer):
     def __init__(self, config: TransformerConfig, linear=None, embedding=None):
         super().__init__(config, linear, embedding, attend=_attention_for(config))
         self.c_layers: CLayers | None = None
-        self._rope_tables_from_c()
 
-    def _rope_tables_from_c(self) -> None:
+    def make_rope_tables(self) -> tuple[torch.Tensor, ...]:
         """For llama.cpp's arithmetic, the RoPE tables built by layers.c, whose powf, cosf and sinf are the C
-        library's as llama.cpp's are (numpy's differ in the last bit of some): the global layers' (frequency
-        factors, linear scaling, attention factor), and the local layers' own base unscaled (Gemma 3) or the
-        global ones. The PyTorch path and the C layers both read these buffers."""
+        library's as llama.cpp's are (numpy's differ in the last bit of some); the PyTorch path and the C layers
+        both read them. Else the Transformer's own."""
         from firstepoch.llm.kernels import compiled_kernels
 
         c, kernels = self.config, compiled_kernels()
         if kernels is None or c.attention != "llamacpp_fp16":
-            return
+            return super().make_rope_tables()
 
         def rotate_half_layout(theta, *scaling):
             cos, sin = kernels.rope_tables(theta, c.head_dim, c.context, *scaling)
             return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
 
-        self.rope_cos, self.rope_sin = rotate_half_layout(c.rope_theta, c.rope_freq_factors, c.rope_scaling_factor,
-                                                          c.rope_attn_factor)
-        local = c.rope_theta_local
-        self.rope_cos_local, self.rope_sin_local = rotate_half_layout(local) if local is not None else (
-            self.rope_cos, self.rope_sin)
+        cos, sin = rotate_half_layout(c.rope_theta, c.rope_freq_factors, c.rope_scaling_factor, c.rope_attn_factor)
+        local = c.rope_theta_local  # the local layers' own base, unscaled (Gemma 3), else the global tables
+        return (cos, sin, *(rotate_half_layout(local) if local is not None else (cos, sin)))
 
     def prepare_c_layers(self, interleaved: bool = True) -> bool:
         """Fuse q/k/v and gate/up blocks (no copy kept) and enable the C layers; False if not possible.

@@ -368,20 +368,24 @@ class Transformer(nn.Module):
         self.lm_head = linear(config.dim, config.vocab_size, "lm_head")
         if own and config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        tables = rope_tables_like_llamacpp if config.attention == "llamacpp_fp16" else rope_tables
-        cos, sin = tables(config.head_dim, config.context, config.rope_theta, freq_factors=config.rope_freq_factors,
-                          scaling_factor=config.rope_scaling_factor, attn_factor=config.rope_attn_factor)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        if config.rope_theta_local is not None:  # local layers' own base, unscaled (Gemma 3)
-            cos, sin = tables(config.head_dim, config.context, config.rope_theta_local)
-        self.register_buffer("rope_cos_local", cos, persistent=False)
-        self.register_buffer("rope_sin_local", sin, persistent=False)
+        for name, table in zip(("rope_cos", "rope_sin", "rope_cos_local", "rope_sin_local"), self.make_rope_tables()):
+            self.register_buffer(name, table, persistent=False)
         if own:
             self.apply(self._init_weights)
             for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
                 if name.endswith(("o_proj.weight", "down_proj.weight")):
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def make_rope_tables(self) -> tuple[torch.Tensor, ...]:
+        """cos and sin of the global layers, then of the local ones (the same tensors without a local base), each
+        (context, head_dim) in the rotate-half layout."""
+        c = self.config
+        tables = rope_tables_like_llamacpp if c.attention == "llamacpp_fp16" else rope_tables
+        cos, sin = tables(c.head_dim, c.context, c.rope_theta, freq_factors=c.rope_freq_factors,
+                          scaling_factor=c.rope_scaling_factor, attn_factor=c.rope_attn_factor)
+        if c.rope_theta_local is None:
+            return cos, sin, cos, sin
+        return (cos, sin, *tables(c.head_dim, c.context, c.rope_theta_local))  # local layers' own base, unscaled
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
