@@ -118,14 +118,18 @@ class BlockType:
 # the one table of block types: the kernels' names (`kernel`) and layers.c's MATMULS array (by `code`, in this
 # order) follow it; a type added here needs its function in both C files
 Q8_K_BYTES = 292  # the K-quants' activations: 256 int8 values, a float scale and 16 int16 sums
-BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, 34, 0, _dequantize_q4_0),
-                                   BlockType("Q4_1", 32, 20, 36, 1, _dequantize_q4_1),
-                                   BlockType("Q8_0", 32, 34, 34, 2, _dequantize_q8_0),
-                                   BlockType("Q5_0", 32, 22, 34, 3, _dequantize_q5_0),
+# the 32-weight types' activations, as prefill's tiles of four rows hold them with AVX-512 (ggml_matmul.c): a
+# row's 32 int8 values, its float scale, and 8 int32 offsets (Q8_0) or the float of d * sum (Q8_1); one-row
+# blocks (34 and 36 bytes) are smaller
+Q8_0_TILE_BYTES, Q8_1_TILE_BYTES = 68, 40
+BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, Q8_0_TILE_BYTES, 0, _dequantize_q4_0),
+                                   BlockType("Q4_1", 32, 20, Q8_1_TILE_BYTES, 1, _dequantize_q4_1),
+                                   BlockType("Q8_0", 32, 34, Q8_0_TILE_BYTES, 2, _dequantize_q8_0),
+                                   BlockType("Q5_0", 32, 22, Q8_0_TILE_BYTES, 3, _dequantize_q5_0),
                                    BlockType("Q4_K", 256, 144, Q8_K_BYTES, 4, _dequantize_q4_k),
                                    BlockType("Q5_K", 256, 176, Q8_K_BYTES, 5, _dequantize_q5_k),
                                    BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k),
-                                   BlockType("Q5_1", 32, 24, 36, 7, _dequantize_q5_1))}
+                                   BlockType("Q5_1", 32, 24, Q8_1_TILE_BYTES, 7, _dequantize_q5_1))}
 # the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
 ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 

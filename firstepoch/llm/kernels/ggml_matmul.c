@@ -19,6 +19,9 @@
 #endif
 
 #define QK 32
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define TILED 1  /* prefill multiplies the 32-weight types in tiles of four rows (see "tiles" below) */
+#endif
 
 typedef uint16_t half;
 typedef struct { half d; uint8_t qs[QK / 2]; } block_q4_0;
@@ -482,6 +485,7 @@ static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, floa
 }
 #endif
 
+#if !defined(TILED)
 /* The same dot products for four activation rows at once (y, y + nb, y + 2 nb, y + 3 nb): each weight block
  * is loaded and unpacked once for the four, which is what makes prefill faster than four decode steps.
  * Per row the float operations are those of the single-row functions, in the same order. */
@@ -547,6 +551,8 @@ DOT4_FALLBACK(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
 DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 #endif
 
+#endif
+
 /* the types whose four-row products are four one-row products (llama.cpp too multiplies them row by row) */
 #define DOT4_BY_ROWS(NAME, WBLOCK, XBLOCK, DOT)                                                            \
     static void NAME(const WBLOCK *x, const XBLOCK *y, int64_t nb, float *out) {                        \
@@ -556,6 +562,94 @@ DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
 DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
 DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
+#endif
+
+/* ------------------------------------------------------------- prefill in tiles of four rows (AVX-512) */
+
+/* With AVX-512, prefill quantizes its activations four rows at a time into tiles that hold the same block of the
+ * four rows side by side, so one 512-bit register takes that block of two rows and a weight block is multiplied
+ * with two rows in each instruction. Each row's lanes and float operations stay those of the one-row functions:
+ * the integer dot products are exact whichever way they are formed, and each lane's scale and accumulation are
+ * the same operations in the same order. AVX-512 has no byte sign instruction, so signed weights are taken with
+ * an offset that makes them unsigned, (w + o) . a - o sum(a) = w . a, the tile carrying o times each 4 values'
+ * sum (the lanes the products go to); the scales are the floats of the fp16 ones llama.cpp stores. */
+#if defined(TILED)
+typedef struct { int8_t qs[4][QK]; int32_t offset[4][8]; float d[4]; } tile_q8_0;
+typedef struct { int8_t qs[4][QK]; float d[4], s[4]; } tile_q8_1;
+
+static void quantize_tile_q8_0(const float *x, int64_t k, tile_q8_0 *y, int offset) {
+    for (int u = 0; u < 4; u++)
+        for (int64_t i = 0; i < k / QK; i++) {
+            float d; int sum;
+            int8_t *q = y[i].qs[u];
+            quantize_block(x + u * k + i * QK, q, &d, &sum);
+            y[i].d[u] = to_float(to_half(d));
+            for (int p = 0; p < 8; p++) y[i].offset[u][p] = offset * (q[4 * p] + q[4 * p + 1] + q[4 * p + 2] + q[4 * p + 3]);
+        }
+}
+static void quantize_tile_q8_0_8(const float *x, int64_t k, tile_q8_0 *y) { quantize_tile_q8_0(x, k, y, 8); }
+static void quantize_tile_q8_0_16(const float *x, int64_t k, tile_q8_0 *y) { quantize_tile_q8_0(x, k, y, 16); }
+static void quantize_tile_q8_0_128(const float *x, int64_t k, tile_q8_0 *y) { quantize_tile_q8_0(x, k, y, 128); }
+
+static void quantize_tile_q8_1(const float *x, int64_t k, tile_q8_1 *y) {
+    for (int u = 0; u < 4; u++)
+        for (int64_t i = 0; i < k / QK; i++) {
+            float d; int sum;
+            quantize_block(x + u * k + i * QK, y[i].qs[u], &d, &sum);
+            y[i].d[u] = to_float(to_half(d));
+            y[i].s[u] = to_float(to_half(d * (float)sum));
+        }
+}
+
+static inline __m256i offset_q4_0(const block_q4_0 *b) { return nibbles(b->qs); }  /* w + 8 */
+static inline __m256i offset_q5_0(const block_q5_0 *b) { return _mm256_or_si256(nibbles(b->qs), fifth_bits(b->qh)); }
+static inline __m256i offset_q8_0(const block_q8_0 *b) {  /* w + 128 */
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), _mm256_set1_epi8((char)0x80));
+}
+
+static inline float hsum_low(__m512 v) { return hsum(_mm512_castps512_ps256(v)); }
+static inline float hsum_high(__m512 v) { return hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+
+/* the scales of rows 0 and 1 (or 2 and 3) of a tile, each in its 8 lanes */
+#define PAIR(a, b) _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
+
+#define TILE_BODY(TILE_T, PREPARE, PAIR_PRODUCT, FINISH)                                                   \
+    const __m512i pair01 = PAIR(0, 1), pair23 = PAIR(2, 3);                                              \
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();                                     \
+    for (int64_t i = 0; i < nb; i++) {                                                                   \
+        const TILE_T *b = y + i;                                                                         \
+        PREPARE;                                                                                         \
+        const __m512 d = _mm512_castps128_ps512(_mm_mul_ps(_mm_set1_ps(to_float(x[i].d)), _mm_loadu_ps(b->d))); \
+        const __m512i w2 = _mm512_broadcast_i64x4(w);                                                    \
+        const __m512i p01 = PAIR_PRODUCT(0), p23 = PAIR_PRODUCT(2);                                      \
+        acc01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair01, d), _mm512_cvtepi32_ps(p01), acc01);       \
+        acc23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair23, d), _mm512_cvtepi32_ps(p23), acc23);       \
+    }                                                                                                    \
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23); \
+    FINISH
+
+#define SIGNED_PAIR(u) _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2,                    \
+                                                            _mm512_loadu_si512(b->qs[u])),               \
+                                        _mm512_loadu_si512(b->offset[u]))
+#define UNSIGNED_PAIR(u) _mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, _mm512_loadu_si512(b->qs[u]))
+
+#define TILE_SIGNED(NAME, WBLOCK, OFFSET_WEIGHTS)                                                          \
+    static void NAME(const WBLOCK *x, const tile_q8_0 *y, int64_t nb, float *out) {                     \
+        TILE_BODY(tile_q8_0, const __m256i w = OFFSET_WEIGHTS(x + i), SIGNED_PAIR, )                     \
+    }
+#define TILE_WITH_MIN(NAME, WBLOCK, WEIGHTS)                                                               \
+    static void NAME(const WBLOCK *x, const tile_q8_1 *y, int64_t nb, float *out) {                     \
+        __m128 extra = _mm_setzero_ps();                                                                 \
+        TILE_BODY(tile_q8_1, const __m256i w = WEIGHTS(x + i);                                           \
+                  extra = _mm_add_ps(extra, _mm_mul_ps(_mm_set1_ps(to_float(x[i].m)), _mm_loadu_ps(b->s))), \
+                  UNSIGNED_PAIR, float m[4]; _mm_storeu_ps(m, extra); for (int u = 0; u < 4; u++) out[u] += m[u];) \
+    }
+
+TILE_SIGNED(tile_dot_q4_0, block_q4_0, offset_q4_0)
+TILE_SIGNED(tile_dot_q5_0, block_q5_0, offset_q5_0)
+TILE_SIGNED(tile_dot_q8_0, block_q8_0, offset_q8_0)
+TILE_WITH_MIN(tile_dot_q4_1, block_q4_1, weights_q4_1)
+TILE_WITH_MIN(tile_dot_q5_1, block_q5_1, weights_q5_1)
 #endif
 
 /* ---------------------------------------------------------------------------------------- the products */
@@ -596,11 +690,53 @@ static inline void prefetch_ahead(const void *row, int64_t bytes) {
         }                                                                                                \
     }
 
+#if defined(TILED)
+/* the 32-weight types: whole tiles of four rows (prefill), then the rows left one by one (decode) */
+#define MATMUL_TILED(NAME, WBLOCK, XBLOCK, QUANTIZE, DOT, TILE, QUANTIZE_TILE, TILE_DOT)                   \
+    void NAME(const void *w, int64_t n, int64_t k, const float *x, int64_t t, float *y, void *scratch,    \
+              int threads) {                                                                             \
+        const int64_t nb = k / QK, tiles = t / 4, rest = t - 4 * tiles;                                  \
+        TILE *xt = (TILE *)scratch;                                                                      \
+        XBLOCK *xq = (XBLOCK *)(xt + tiles * nb);                                                        \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) if(t > 1)")                      \
+        for (int64_t j = 0; j < tiles + rest; j++) {                                                     \
+            if (j < tiles) QUANTIZE_TILE(x + 4 * j * k, k, xt + j * nb);                                 \
+            else QUANTIZE(x + (4 * tiles + j - tiles) * k, xq + (j - tiles) * nb, k);                    \
+        }                                                                                                \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                                \
+        for (int64_t start = 0; start < n; start += ROWS_PER_TASK) {                                     \
+            const int64_t end = start + ROWS_PER_TASK < n ? start + ROWS_PER_TASK : n;                   \
+            for (int64_t j = 0; j < tiles; j++)                                                          \
+                for (int64_t i = start; i < end; i++) {                                                  \
+                    float four[4];                                                                       \
+                    TILE_DOT((const WBLOCK *)w + i * nb, xt + j * nb, nb, four);                         \
+                    for (int u = 0; u < 4; u++) y[(4 * j + u) * n + i] = four[u];                        \
+                }                                                                                        \
+            for (int64_t r = 0; r < rest; r++)                                                           \
+                for (int64_t i = start; i < end; i++) {                                                  \
+                    prefetch_ahead((const WBLOCK *)w + i * nb, nb * (int64_t)sizeof(WBLOCK));            \
+                    y[(4 * tiles + r) * n + i] = DOT((const WBLOCK *)w + i * nb, xq + r * nb, nb);       \
+                }                                                                                        \
+        }                                                                                                \
+    }
+
+MATMUL_TILED(matmul_q4_0, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, tile_q8_0, quantize_tile_q8_0_8,
+             tile_dot_q4_0)
+MATMUL_TILED(matmul_q4_1, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, tile_q8_1, quantize_tile_q8_1,
+             tile_dot_q4_1)
+MATMUL_TILED(matmul_q8_0, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, tile_q8_0, quantize_tile_q8_0_128,
+             tile_dot_q8_0)
+MATMUL_TILED(matmul_q5_0, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, tile_q8_0, quantize_tile_q8_0_16,
+             tile_dot_q5_0)
+MATMUL_TILED(matmul_q5_1, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, tile_q8_1, quantize_tile_q8_1,
+             tile_dot_q5_1)
+#else
 MATMUL(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot4_q4_0)
 MATMUL(matmul_q4_1, QK, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, dot4_q4_1)
 MATMUL(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot4_q8_0)
 MATMUL(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, dot4_q5_0)
 MATMUL(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, dot4_q5_1)
+#endif
 MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
