@@ -16,6 +16,7 @@ llama-cpp-python 0.3.36's AMX repacking segfaults on the first decode.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -72,12 +73,13 @@ def run_firstepoch(path: str, threads: int, prompt_tokens: int, new_tokens: int,
     best = {"prefill": 0.0, "decode": 0.0}
     for _ in range(repeats):
         start = time.perf_counter()
-        tokens = sample_tokens(lm.model, ids, new_tokens + 1, temperature=0, context_shift=False)
+        tokens = sample_tokens(lm.model, ids, new_tokens + 2, temperature=0, context_shift=False)
         next(tokens)  # prefill, and the first token
         prefill = time.perf_counter() - start
         start = time.perf_counter()
-        count = sum(1 for _ in tokens)
+        count = sum(1 for _ in itertools.islice(tokens, new_tokens))  # a decode step each, as llama.cpp's loop
         decode = time.perf_counter() - start
+        tokens.close()
         best["prefill"] = max(best["prefill"], len(ids) / prefill)
         best["decode"] = max(best["decode"], count / decode)
     return best

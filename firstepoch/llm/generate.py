@@ -83,11 +83,13 @@ def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator) -> i
 def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   stop: set[int] = frozenset(), sampling: Sampling | None = None,
-                  context_shift: bool = True) -> Iterator[int]:
+                  context_shift: bool = True, cache: PromptCache | None = None) -> Iterator[int]:
     """Yield new token ids one by one; the last is a `stop` id when one was produced.
 
     When the context is full, the older half is dropped and the newer half prefilled again (a context
     shift), so generation can run past the model's context length; `context_shift=False` stops there.
+    With a `cache` (and no context shift), the positions it holds of the prompt's start are not prefilled
+    again, and it keeps this generation's KV cache for the next.
     """
     s = sampling or Sampling(temperature, top_k, top_p, seed=seed)
     if not prompt:
@@ -100,27 +102,89 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
     generator = torch.Generator(device=device).manual_seed(s.seed) if s.seed is not None else None
     was_training = model.training
     model.eval()
-    model.setup_cache(batch=1, max_len=min(context, len(prompt) + max_new_tokens) if not context_shift else context)
-    history = list(prompt)
+    cache = cache if not context_shift else None
+    max_len = min(context, len(prompt) + max_new_tokens) if not context_shift else context
+    start = cache.attach(model, prompt, max_len) if cache is not None else 0
+    if cache is None:
+        model.setup_cache(batch=1, max_len=max_len)
+    history = list(prompt)  # the tokens whose keys and values are in the cache, once the model has run
+    consistent = False  # whether the cache holds `history` when this ends
     try:
-        logits = model(torch.tensor([history], device=device), last_only=True)[0, -1]  # prefill: the prompt at once
-        for _ in range(max_new_tokens):
+        logits = model(torch.tensor([history[start:]], device=device), start=start, last_only=True)[0, -1]  # prefill
+        consistent = True
+        for left in range(max_new_tokens - 1, -1, -1):
             token = _pick(logits, history, s, generator)
             yield token
-            if token in stop:
+            if token in stop or not left:  # the last token is not run: nothing comes after it
                 return
             position = len(history)
-            history.append(token)
             if position >= context:
                 if not context_shift:
                     return
-                history = history[-(context // 2):]  # full: keep the newer half and prefill it again
+                history = (history + [token])[-(context // 2):]  # full: keep the newer half and prefill it again
                 logits = model(torch.tensor([history], device=device), last_only=True)[0, -1]
             else:
+                consistent = False
                 logits = model(torch.tensor([[token]], device=device), start=position)[0, -1]
+                history.append(token)
+                consistent = True
     finally:
+        if cache is not None and consistent:
+            cache.detach(model, history)
         model.clear_cache()
         model.train(was_training)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PromptCache:
+    """The KV cache of a model's last generation, kept for its next one: a prompt that starts with the tokens it
+    holds (the earlier turns of a chat, a shared system prompt) prefills only the rest, as llama.cpp's server and
+    Ollama reuse a slot's cache. One sequence; its owner runs one generation at a time. Between generations the
+    cache is held here, not by the model, so nothing else that runs the model can overwrite it.
+
+    `reused` is the number of prompt tokens the last generation did not prefill."""
+
+    def __init__(self):
+        self.ids: list[int] = []  # the tokens at positions 0, 1, ... of `caches`
+        self.caches: list | None = None  # a KVCache per layer
+        self.reused = 0
+
+    def attach(self, model, prompt: list[int], max_len: int) -> int:
+        """Give the model a KV cache of at least `max_len` positions for `prompt`, holding what this cache held
+        of the prompt's start; the number of positions kept, where prefill starts. The prompt's last two tokens
+        are always run again: the last one's logits pick the first new token, and a run of two tokens is a
+        prefill, whose arithmetic (unlike a one-token step's) is that of prefilling the whole prompt, so the same
+        prompt again gets the same answer."""
+        held, self.caches, ids = self.caches, None, self.ids
+        self.ids, kept = [], 0
+        if held is not None and len(held) == len(model.layers) and held[0].k.device == model.norm.weight.device:
+            kept = max(0, min(_common_prefix(ids, prompt), len(prompt) - 2))
+            if held[0].k.shape[2] >= max_len:  # big enough: positions past `kept` are written before being read
+                for layer, layer_cache in zip(model.layers, held):
+                    layer.attn.cache = layer_cache
+                self.reused = kept
+                return kept
+        model.setup_cache(batch=1, max_len=min(model.config.context, -(-max_len // 256) * 256))
+        for layer, old in zip(model.layers, held if kept else []):
+            layer.attn.cache.k[:, :, :kept] = old.k[:, :, :kept]
+            layer.attn.cache.v[:, :, :kept] = old.v[:, :, :kept]
+        self.reused = kept
+        return kept
+
+    def detach(self, model, ids: list[int]) -> None:
+        """After a generation: take the model's KV cache, which holds `ids`, for the next one."""
+        self.caches, self.ids = [layer.attn.cache for layer in model.layers], list(ids)
+
+    def clear(self) -> None:
+        self.ids, self.caches = [], None
 
 
 def _held_back(text: str, stops: list[str]) -> int:
@@ -157,10 +221,12 @@ class GenerationStats:
 
     finish_reason is "stop" (an end token or a stop string), "length" (the token limit), or, from the server,
     "timeout" or "shutdown" (cut short). prompt_seconds is the prefill's time up to the first new token,
-    decode_seconds the time of the tokens after it.
+    decode_seconds the time of the tokens after it. cached_tokens of the prompt's were not prefilled again: the
+    prompt cache held them from the generation before.
     """
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "length"
     prompt_seconds: float = 0.0
@@ -171,11 +237,12 @@ class GenerationStats:
 
     def summary(self) -> str:
         """One line of speeds, as `firstepoch generate` prints it."""
-        prompt = self.prompt_tokens / max(self.prompt_seconds, 1e-9)
+        prompt = (self.prompt_tokens - self.cached_tokens) / max(self.prompt_seconds, 1e-9)
         decoded = max(self.completion_tokens - 1, 0)  # the first new token comes with the prefill
         decode = decoded / self.decode_seconds if self.decode_seconds else 0.0
-        return (f"{self.prompt_tokens} prompt tokens at {prompt:.1f} tokens/s, {self.completion_tokens} generated "
-                f"at {decode:.1f} tokens/s (finish: {self.finish_reason})")
+        cached = f" ({self.cached_tokens} from the prompt cache)" if self.cached_tokens else ""
+        return (f"{self.prompt_tokens} prompt tokens{cached} at {prompt:.1f} tokens/s, {self.completion_tokens} "
+                f"generated at {decode:.1f} tokens/s (finish: {self.finish_reason})")
 
 
 class Generation:
@@ -197,13 +264,15 @@ class Generation:
 
 class LanguageModel:
     """A tokenizer and a `Transformer` (+ a chat template): `generate(prompt)` and `chat(messages)` stream text
-    as a `Generation`, which carries the `GenerationStats` of that call."""
+    as a `Generation`, which carries the `GenerationStats` of that call. Its `prompt_cache` keeps the last
+    generation's KV cache, so the next turn of a chat prefills only what is new."""
 
     kind = "llm"  # what a server serves it as
 
     def __init__(self, model, tokenizer: PromptTokenizer, config: dict | None = None, chat=None):
         self.model, self.tokenizer, self.config = model, tokenizer, config or {}
         self.chat_template = chat
+        self.prompt_cache = PromptCache()
 
     @property
     def context(self) -> int:
@@ -250,10 +319,11 @@ class LanguageModel:
         started = time.perf_counter()
         # an LLM stops where its context ends, as llama.cpp does; a GPT of your own shifts its context
         tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
-                               context_shift=not end_ids)
+                               context_shift=not end_ids, cache=self.prompt_cache)
         for token in tokens:
             if not new:
                 stats.prompt_seconds = time.perf_counter() - started
+                stats.cached_tokens = self.prompt_cache.reused if end_ids else 0
                 started = time.perf_counter()
             stats.completion_tokens += 1
             stats.decode_seconds = time.perf_counter() - started

@@ -118,7 +118,8 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
     def usage() -> dict:
         s = generation.stats
         return {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-                "total_tokens": s.prompt_tokens + s.completion_tokens}
+                "total_tokens": s.prompt_tokens + s.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": s.cached_tokens}}  # not prefilled again
 
     if not stream:
         text = await generated_text(request, served, generation, state)
