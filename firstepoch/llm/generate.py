@@ -70,7 +70,9 @@ def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None, min_p:
     return logits
 
 
-def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator) -> int:
+def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator, constraint=None) -> int:
+    if constraint is not None:  # what the output's grammar rules out is never picked, whatever the sampling
+        logits = constraint.mask(logits)
     recent = history[-s.repeat_last_n:] if s.repeat_last_n > 0 else (history if s.repeat_last_n < 0 else [])
     logits = _penalise(logits.float(), recent, s.repetition_penalty)  # llama.cpp: 0 disables, -1 is everything
     if s.temperature <= 0:
@@ -83,13 +85,15 @@ def _pick(logits: torch.Tensor, history: list[int], s: Sampling, generator) -> i
 def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   stop: set[int] = frozenset(), sampling: Sampling | None = None,
-                  context_shift: bool = True, cache: PromptCache | None = None) -> Iterator[int]:
+                  context_shift: bool = True, cache: PromptCache | None = None,
+                  constraint=None) -> Iterator[int]:
     """Yield new token ids one by one; the last is a `stop` id when one was produced.
 
     When the context is full, the older half is dropped and the newer half prefilled again (a context
     shift), so generation can run past the model's context length; `context_shift=False` stops there.
     With a `cache` (and no context shift), the positions it holds of the prompt's start are not prefilled
-    again, and it keeps this generation's KV cache for the next.
+    again, and it keeps this generation's KV cache for the next. A `constraint` (`structured.Constraint`) masks
+    what its grammar does not allow before each token is picked; the generation stops once its text is complete.
     """
     s = sampling or Sampling(temperature, top_k, top_p, seed=seed)
     if not prompt:
@@ -113,10 +117,14 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
         logits = model(torch.tensor([history[start:]], device=device), start=start, last_only=True)[0, -1]  # prefill
         consistent = True
         for left in range(max_new_tokens - 1, -1, -1):
-            token = _pick(logits, history, s, generator)
+            token = _pick(logits, history, s, generator, constraint)
             yield token
             if token in stop or not left:  # the last token is not run: nothing comes after it
                 return
+            if constraint is not None:
+                constraint.advance(token)
+                if constraint.finished:
+                    return
             position = len(history)
             if position >= context:
                 if not context_shift:
@@ -285,14 +293,20 @@ class LanguageModel:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stream: bool = True, min_p: float | None = None, repetition_penalty: float = 1.0,
-                 stop: list[str] | None = None, special: bool = False):
+                 stop: list[str] | None = None, special: bool = False, json_schema: dict | None = None):
         """The continuation of `prompt` (text, or token ids): a `Generation` of text pieces with its stats
         (`stream=True`) or one string. Stops at the model's end tokens, at any of the `stop` strings, or after
-        `max_new_tokens`."""
+        `max_new_tokens`. With a `json_schema` (`structured.ANY_OBJECT` for any JSON object) the text is JSON
+        that validates against it, unless the token limit cuts it short (finish reason "length")."""
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, special=special)
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
+        constraint = None
+        if json_schema is not None:
+            from firstepoch.llm.structured import json_constraint
+
+            constraint = json_constraint(self.tokenizer, self.model.config.vocab_size, json_schema)
         stats = GenerationStats(prompt_tokens=len(ids))
-        generation = Generation(self._stream(ids, max_new_tokens, sampling, stop or [], stats), stats)
+        generation = Generation(self._stream(ids, max_new_tokens, sampling, stop or [], stats, constraint), stats)
         return generation if stream else "".join(generation)
 
     def chat(self, messages: list[dict], stream: bool = True, **options):
@@ -308,7 +322,7 @@ class LanguageModel:
         return self.chat_template.render(messages)
 
     def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str],
-                stats: GenerationStats) -> Iterator[str]:
+                stats: GenerationStats, constraint=None) -> Iterator[str]:
         end_ids = set(self.tokenizer.end_ids)
         # decoded after the prompt's last token, so a SentencePiece "▁word" keeps its space (a decoder strips
         # the leading space of a whole text, not of a continuation)
@@ -319,7 +333,7 @@ class LanguageModel:
         started = time.perf_counter()
         # an LLM stops where its context ends, as llama.cpp does; a GPT of your own shifts its context
         tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
-                               context_shift=not end_ids, cache=self.prompt_cache)
+                               context_shift=not end_ids, cache=self.prompt_cache, constraint=constraint)
         for token in tokens:
             if not new:
                 stats.prompt_seconds = time.perf_counter() - started
@@ -345,5 +359,7 @@ class LanguageModel:
             if safe > len(shown):
                 yield text[len(shown):safe]
                 shown = text[:safe]
+        if constraint is not None and constraint.finished:
+            stats.finish_reason = "stop"  # the structured text is complete
         if rest := self.tokenizer.decode(prefix + new)[skip:][len(shown):]:  # an incomplete character or held text
             yield rest

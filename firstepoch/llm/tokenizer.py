@@ -67,6 +67,10 @@ class LLMTokenizer:
     def token_text(self, token_id: int) -> str:
         return self._special.id_to_token(token_id) or ""
 
+    def definition(self) -> str:
+        """The whole tokenizer as Hugging Face's tokenizer.json text (what llguidance builds its vocabulary from)."""
+        return self._special.to_str()
+
     def token_id(self, text: str) -> int | None:
         """The id of the token spelled `text`, or None when there is none."""
         return self._special.token_to_id(text)

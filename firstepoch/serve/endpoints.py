@@ -181,7 +181,7 @@ async def ask(name: str, request: Request):
     if not stream:
         text = plan.refusal
         if text is None:
-            generation = start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
+            generation = await start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
             text = await generated_text(request, llm, generation, state)
             if text is None:  # the client has gone
                 return Response(status_code=499)
@@ -194,7 +194,7 @@ async def ask(name: str, request: Request):
             yield json.dumps({"text": plan.refusal}) + "\n"
         else:
             async with reservation:
-                generation = start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
+                generation = await start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
                 async for piece in stream_generation(llm, generation, state):
                     yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
         yield json.dumps({"done": True}) + "\n"

@@ -100,6 +100,20 @@ def _served(request: Request, body: dict, kinds: tuple[str, ...]):
     return served
 
 
+def _format(body: dict) -> dict | None:
+    """Ollama's `format`: "json" for any JSON object, or a JSON schema the output must follow."""
+    from firstepoch.llm.structured import ANY_OBJECT
+
+    spec = field(body, "format", (str, dict), None)
+    if spec is None or spec == "":
+        return None
+    if spec == "json":
+        return ANY_OBJECT
+    if isinstance(spec, str):
+        raise ApiError(400, f"'format' must be \"json\" or a JSON schema object, not {spec[:40]!r}", param="format")
+    return spec
+
+
 def _options(body: dict) -> tuple[dict, int | None]:
     options = body.get("options") or {}
     if not isinstance(options, dict):
@@ -110,7 +124,7 @@ def _options(body: dict) -> tuple[dict, int | None]:
                                  "min_p": field(options, "min_p", float, None, low=0.0, high=1.0),
                                  "repetition_penalty": field(options, "repeat_penalty", float, 1.1, low=0.01,
                                                              high=100.0),
-                                 "seed": seed(options), "stop": stop_list(options)})
+                                 "seed": seed(options), "stop": stop_list(options), "json_schema": _format(body)})
     num_predict = field(options, "num_predict", int, None, low=-2, high=1 << 24)
     return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict))
 
@@ -157,7 +171,7 @@ async def chat(request: Request):
 async def _respond(request, served, ids, max_new, sampling, stream: bool, shape):
     state = _state(request)
     started = time.perf_counter_ns()
-    generation = start_generation(served, ids, max_new, sampling)  # this request's own text and stats
+    generation = await start_generation(served, ids, max_new, sampling)  # this request's own text and stats
 
     def final(text: str) -> dict:
         s = generation.stats

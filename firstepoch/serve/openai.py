@@ -44,7 +44,25 @@ def _llm(request: Request, body: dict):
 def _sampling(body: dict) -> dict:
     return checked_sampling({"temperature": field(body, "temperature", float, 1.0, low=0.0, high=2.0),
                              "top_p": field(body, "top_p", float, None, low=0.0, high=1.0),
-                             "seed": seed(body), "stop": stop_list(body)})
+                             "seed": seed(body), "stop": stop_list(body), "json_schema": _response_format(body)})
+
+
+def _response_format(body: dict) -> dict | None:
+    """The JSON schema the output must follow: OpenAI's response_format json_schema (its "schema"), any JSON object
+    for json_object, None for text."""
+    from firstepoch.llm.structured import ANY_OBJECT
+
+    spec = field(body, "response_format", dict, None)
+    kind = field(spec, "type", str, "text") if spec is not None else "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind != "json_schema":
+        raise ApiError(400, f"response_format.type must be text, json_object or json_schema, not {kind[:40]!r}",
+                       param="response_format")
+    described = field(spec, "json_schema", dict, required=True)
+    return field(described, "schema", dict, ANY_OBJECT)
 
 
 def _include_usage(body: dict) -> bool:
@@ -106,7 +124,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
-    generation = start_generation(served, ids, max_new, sampling)  # this request's own text and stats
+    generation = await start_generation(served, ids, max_new, sampling)  # this request's own text and stats
 
     def choice(text: str | None, finish: str | None, delta: bool) -> dict:
         if not chat:

@@ -2,6 +2,7 @@
 when the request runs past its time limits, or when the server shuts down."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field, fields
 from typing import AsyncIterator
@@ -82,10 +83,14 @@ def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max
     return ids, min(max_tokens or default_max, room)
 
 
-def start_generation(served, ids: list[int], max_new_tokens: int, options: dict):
+async def start_generation(served, ids: list[int], max_new_tokens: int, options: dict):
     """A request's own `Generation` of `served.obj` (nothing runs until `stream_generation` iterates it on the
-    model's slot); its `stats` are that request's alone."""
-    return served.obj.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
+    model's slot); its `stats` are that request's alone. A JSON schema is compiled here, off the event loop (the
+    first one also builds the grammar's view of the vocabulary); one that cannot be used is a 400."""
+    options = {k: v for k, v in options.items() if v is not None or k != "json_schema"}
+    if "json_schema" not in options:
+        return served.obj.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
+    return await asyncio.to_thread(served.obj.generate, ids, max_new_tokens=max_new_tokens, stream=True, **options)
 
 
 async def stream_generation(served, generation, state) -> AsyncIterator[str]:
