@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
 from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
                                         start_generation, stream_generation)
@@ -156,19 +157,49 @@ async def chat(request: Request):
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") or \
-                not isinstance(m.get("content", ""), str):
+                not isinstance(m.get("content") or "", str):
             raise ApiError(400, f"messages[{i}] needs a role (system, user or assistant) and string content")
-        clean.append({"role": m["role"], "content": m.get("content", "")})
+        clean.append({"role": m["role"], "content": m.get("content") or "",
+                      **{k: m[k] for k in ("tool_calls", "tool_name") if m.get(k)}})  # see llm.tools
     if not clean:
         return {"model": served.name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": "load"}
     sampling, num_predict = _options(body)
+    tools = _tools(body)
+    if tools is not None:  # any template: the tools in the system turn, the answer under their schema
+        from firstepoch.llm.tools import answer_schema, with_tools
+
+        clean, sampling["json_schema"] = with_tools(clean, tools, False), answer_schema(tools, False)
     ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
-                          lambda piece: {"message": {"role": "assistant", "content": piece}})
+                          lambda piece: {"message": {"role": "assistant", "content": piece}}, tools is not None)
 
 
-async def _respond(request, served, ids, max_new, sampling, stream: bool, shape):
+def _tools(body: dict):
+    from firstepoch.llm.tools import read_tools
+
+    if not body.get("tools"):
+        return None
+    if body.get("format"):
+        raise ApiError(400, "tools and a format cannot be combined: send one of them", param="format")
+    try:
+        return read_tools(body["tools"])
+    except FirstEpochError as exc:
+        raise ApiError(400, str(exc), param="tools") from None
+
+
+def _tool_message(text: str) -> dict:
+    """A tool-using answer as Ollama's message: its tool calls (arguments as objects), or its reply."""
+    from firstepoch.llm.tools import read_answer
+
+    reply, calls = read_answer(text)
+    if not calls:
+        return {"message": {"role": "assistant", "content": reply}}
+    return {"message": {"role": "assistant", "content": "", "tool_calls": [
+        {"function": {"name": c.name, "arguments": c.arguments}} for c in calls]}}
+
+
+async def _respond(request, served, ids, max_new, sampling, stream: bool, shape, tools: bool = False):
     state = _state(request)
     started = time.perf_counter_ns()
     generation = await start_generation(served, ids, max_new, sampling)  # this request's own text and stats
@@ -182,6 +213,8 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape)
                 "prompt_eval_count": s.prompt_tokens, "prompt_eval_duration": int(s.prompt_seconds * 1e9),
                 "eval_count": s.completion_tokens, "eval_duration": int(s.decode_seconds * 1e9)}
 
+    if tools:
+        shape = _tool_message  # the answer is read whole: its calls or its words (none left for the last line)
     if not stream:
         text = await generated_text(request, served, generation, state)
         return final(text) if text is not None else Response(status_code=499)  # None: the client has gone
@@ -190,9 +223,16 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape)
 
     async def lines():
         async with reservation:
+            pieces = []
             async for piece in stream_generation(served, generation, state):
+                if tools:  # sent as one message once whole
+                    pieces.append(piece)
+                    continue
                 yield json.dumps({"model": served.name, "created_at": _now(), **shape(piece), "done": False},
                                  ensure_ascii=False) + "\n"
+            if tools:
+                yield json.dumps({"model": served.name, "created_at": _now(), **shape("".join(pieces)),
+                                  "done": False}, ensure_ascii=False) + "\n"
             yield json.dumps(final(""), ensure_ascii=False) + "\n"
 
     return ReservedStream(lines(), reservation, media_type="application/x-ndjson")

@@ -9,6 +9,7 @@ import uuid
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from firstepoch.errors import FirstEpochError
 from firstepoch.serve.errors import ApiError, field, read_json, seed, stop_list, text_list
 from firstepoch.serve.streaming import (ReservedStream, chat_prompt, checked_sampling, generated_text, prompt_ids,
                                         start_generation, stream_generation)
@@ -88,20 +89,42 @@ def _messages(body: dict) -> list[dict]:
             content = "".join(texts)
         if not isinstance(content, str):
             raise ApiError(400, f"messages[{i}].content must be a string", param="messages")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
+        message = {"role": "system" if m["role"] == "developer" else m["role"], "content": content}
+        message.update({k: m[k] for k in ("tool_calls", "tool_call_id", "name") if m.get(k)})  # see llm.tools
+        out.append(message)
     if not out:
         raise ApiError(400, "messages is empty", param="messages")
     return out
 
 
+def _tools(body: dict):
+    """The tools the model may call and whether it must (llm.tools), or None: no tools, or tool_choice none."""
+    from firstepoch.llm.tools import chosen_tools, read_tools
+
+    if not body.get("tools"):
+        return None
+    try:
+        tools, required = chosen_tools(read_tools(body["tools"]), body.get("tool_choice"))
+    except FirstEpochError as exc:
+        raise ApiError(400, str(exc), param="tool_choice" if "tool_choice" in str(exc) else "tools") from None
+    if tools and body.get("response_format") and body["response_format"].get("type", "text") != "text":
+        raise ApiError(400, "tools and a JSON response_format cannot be combined: send one of them",
+                       param="response_format")
+    return (tools, required) if tools else None
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
+    from firstepoch.llm.tools import answer_schema, with_tools
+
     body = await read_json(request)
     served = _llm(request, body)
-    sampling = _sampling(body)
-    ids, max_new = await chat_prompt(served.obj, _messages(body), _max_tokens(body), DEFAULT_MAX_TOKENS)
+    sampling, tools, messages = _sampling(body), _tools(body), _messages(body)
+    if tools is not None:  # any template: the tools in the system turn, the answer under their schema
+        messages, sampling["json_schema"] = with_tools(messages, *tools), answer_schema(*tools)
+    ids, max_new = await chat_prompt(served.obj, messages, _max_tokens(body), DEFAULT_MAX_TOKENS)
     return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=True,
-                           include_usage=_include_usage(body))
+                           include_usage=_include_usage(body), tools=tools is not None)
 
 
 @router.post("/completions")
@@ -119,7 +142,20 @@ async def completions(request: Request):
                            include_usage=_include_usage(body))
 
 
-async def _complete(request, served, ids, max_new, sampling, stream: bool, chat: bool, include_usage: bool):
+def _answer(text: str, stats) -> tuple[dict, str]:
+    """A tool-using answer as OpenAI's message and finish reason: its tool calls, or its reply."""
+    from firstepoch.llm.tools import read_answer
+
+    reply, calls = read_answer(text)
+    if not calls:
+        return {"role": "assistant", "content": reply}, _finish(stats)
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+        for c in calls]}, "tool_calls"
+
+
+async def _complete(request, served, ids, max_new, sampling, stream: bool, chat: bool, include_usage: bool,
+                    tools: bool = False):
     state = _state(request)
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -143,8 +179,11 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
         text = await generated_text(request, served, generation, state)
         if text is None:  # the client has gone: nobody to answer
             return Response(status_code=499)
-        return {"id": rid, "object": kind, "created": created, "model": served.name,
-                "choices": [choice(text, _finish(generation.stats), delta=False)], "usage": usage()}
+        answer = choice(text, _finish(generation.stats), delta=False)
+        if tools:
+            answer["message"], answer["finish_reason"] = _answer(text, generation.stats)
+        return {"id": rid, "object": kind, "created": created, "model": served.name, "choices": [answer],
+                "usage": usage()}
 
     reservation = served.slot.reserve()  # a full queue is a 503 before any byte is sent
 
@@ -155,11 +194,21 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                 first = {"role": "assistant", "content": ""}
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [{"index": 0, "delta": first, "logprobs": None, "finish_reason": None}]})
+            finish, pieces = None, []
             async for piece in stream_generation(served, generation, state):
+                if tools:  # the answer is read whole, then sent as one delta of calls or of words
+                    pieces.append(piece)
+                    continue
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [choice(piece, None, delta=True)]})
+            if tools:
+                message, finish = _answer("".join(pieces), generation.stats)
+                delta = {"tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]} \
+                    if "tool_calls" in message else {"content": message["content"]}
+                yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
+                            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
             last = {"id": rid, "object": chunk, "created": created, "model": served.name,
-                    "choices": [choice(None if chat else "", _finish(generation.stats), delta=True)]}
+                    "choices": [choice(None if chat else "", finish or _finish(generation.stats), delta=True)]}
             yield _sse(last)
             if include_usage:
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name, "choices": [],

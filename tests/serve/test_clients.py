@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tests.llm.test_structured import ASK, PERSON
+from tests.llm.test_tools import QUESTION, TOOLS, WEATHER
 from tests.retrieval.conftest import docs_folder  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,52 @@ def test_ollama_client_format(server):
     refused = httpx.post(server.url + "/api/chat", headers=server.headers, timeout=60,
                          json={"model": CHAT, "messages": ASK, "format": "yaml", "stream": False})
     assert refused.status_code == 400 and "format" in refused.json()["error"]
+
+
+def test_openai_client_tool_calls(server):
+    """tools / tool_choice through the official client: the call parsed into tool_calls (streamed as a delta too),
+    the result sent back as a tool message, and the answer after it."""
+    import jsonschema
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key=server.api_key)
+    reply = client.chat.completions.create(model=CHAT, messages=QUESTION, tools=TOOLS, tool_choice="required",
+                                           temperature=0, max_tokens=100)
+    choice = reply.choices[0]
+    call = choice.message.tool_calls[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    stream = client.chat.completions.create(model=CHAT, messages=QUESTION, tools=TOOLS, tool_choice="required",
+                                            temperature=0, max_tokens=100, stream=True)
+    chunks = [c.choices[0] for c in stream if c.choices]
+    streamed = [d for c in chunks for d in (c.delta.tool_calls or [])]
+    assert chunks[-1].finish_reason == "tool_calls" and len(streamed) == 1
+    assert (streamed[0].function.name, streamed[0].function.arguments) == (call.function.name, call.function.arguments)
+    follow_up = QUESTION + [choice.message.model_dump(exclude_none=True),
+                            {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
+    answer = client.chat.completions.create(model=CHAT, messages=follow_up, tools=TOOLS, tool_choice="none",
+                                            temperature=0, max_tokens=40)
+    assert answer.choices[0].message.content and answer.choices[0].message.tool_calls is None
+    with pytest.raises(BadRequestError, match="tools"):
+        client.chat.completions.create(model=CHAT, messages=QUESTION, max_tokens=8,
+                                       tools=[{"type": "function", "function": {"name": "no spaces allowed"}}])
+
+
+def test_ollama_client_tools(server):
+    import jsonschema
+    import ollama
+
+    client = ollama.Client(host=server.url, headers=server.headers)
+    answer = client.chat(model=CHAT, messages=QUESTION, tools=TOOLS, options={"temperature": 0, "num_predict": 100})
+    call = answer.message.tool_calls[0]
+    assert call.function.name == "get_weather" and answer.done
+    jsonschema.validate(dict(call.function.arguments), WEATHER["function"]["parameters"])
+    streamed = list(client.chat(model=CHAT, messages=QUESTION, tools=TOOLS, stream=True,
+                                options={"temperature": 0, "num_predict": 100}))
+    assert [c.function.name for p in streamed for c in (p.message.tool_calls or [])] == ["get_weather"]
+    made = {"function": {"name": "get_weather", "arguments": dict(call.function.arguments)}}
+    after = client.chat(model=CHAT, options={"temperature": 0, "num_predict": 40}, tools=TOOLS, messages=QUESTION + [
+        {"role": "assistant", "content": "", "tool_calls": [made]},
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}])
+    assert after.message.content or after.message.tool_calls

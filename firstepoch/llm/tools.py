@@ -1,0 +1,155 @@
+"""Tool calls for any chat model.
+
+The tools are described to the model in its system turn, and its answer is sampled under a JSON schema
+(`structured`) that makes it either call one of them, with arguments valid against that tool's parameters, or
+reply in words:
+
+    {"tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}    or    {"response": "Hello!"}
+
+This is the format llama.cpp's server falls back on for a chat template without a tool-call syntax of its own. It
+asks nothing of a template but system, user and assistant turns, so every model can call tools: earlier calls come
+back as the JSON the assistant answered with, and a tool's result as a user turn that holds it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from firstepoch.errors import FirstEpochError
+
+MAX_TOOLS = 128  # as OpenAI's API
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str = ""
+    parameters: dict = field(default_factory=lambda: {"type": "object"})  # a JSON schema of the arguments
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict
+    id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:24])
+
+
+def read_tools(tools, where: str = "tools") -> list[Tool]:
+    """OpenAI's (and Ollama's) `tools`: [{"type": "function", "function": {"name", "description", "parameters"}}],
+    each checked; a `FirstEpochError` names the entry that is wrong."""
+    if not isinstance(tools, list) or len(tools) > MAX_TOOLS:
+        raise FirstEpochError(f"{where} must be a list of at most {MAX_TOOLS} tools")
+    out, names = [], set()
+    for i, tool in enumerate(tools):
+        spec = tool.get("function") if isinstance(tool, dict) and tool.get("type", "function") == "function" else None
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise FirstEpochError(f"{where}[{i}] needs type \"function\" and a function.name of 1 to 64 letters, "
+                                  f"digits, _ or -")
+        if name in names:
+            raise FirstEpochError(f"{where}[{i}]: a second tool named {name!r}")
+        description, parameters = spec.get("description") or "", spec.get("parameters") or {"type": "object"}
+        if not isinstance(description, str) or not isinstance(parameters, dict):
+            raise FirstEpochError(f"{where}[{i}]: function.description must be a string and function.parameters a "
+                                  f"JSON schema object")
+        names.add(name)
+        out.append(Tool(name, description, parameters))
+    return out
+
+
+def chosen_tools(tools: list[Tool], choice, where: str = "tool_choice") -> tuple[list[Tool], bool]:
+    """The tools the model may call and whether it must call one, from OpenAI's `tool_choice`: "auto" (the
+    default), "none", "required", or {"type": "function", "function": {"name": ...}}."""
+    if choice is None or choice == "auto":
+        return tools, False
+    if choice == "none":
+        return [], False
+    if choice == "required":
+        return tools, True
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    named = [t for t in tools if t.name == name]
+    if not named:
+        raise FirstEpochError(f"{where} must be auto, none, required or {{\"type\": \"function\", \"function\": "
+                              f"{{\"name\": ...}}}} naming one of the tools")
+    return named, True
+
+
+def answer_schema(tools: list[Tool], required: bool) -> dict:
+    """The JSON schema of the model's answer: a call of one of `tools` or, unless `required`, a reply."""
+    calls = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+              "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+    call = {"type": "object", "properties": {"tool_call": calls[0] if len(calls) == 1 else {"anyOf": calls}},
+            "required": ["tool_call"], "additionalProperties": False}
+    if required:
+        return call
+    reply = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
+             "additionalProperties": False}
+    return {"anyOf": [call, reply]}
+
+
+def instructions(tools: list[Tool], required: bool) -> str:
+    listed = json.dumps([{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools],
+                        ensure_ascii=False)
+    how = ('Answer with one JSON object that calls a tool: {"tool_call": {"name": <the tool>, "arguments": '
+           '<its arguments>}}.' if required else
+           'Answer with one JSON object: {"tool_call": {"name": <the tool>, "arguments": <its arguments>}} to call a '
+           'tool, or {"response": <your reply>} to answer the user directly.')
+    return f"You can call these tools (each with a JSON schema of its arguments):\n{listed}\n{how}"
+
+
+def with_tools(messages: list[dict], tools: list[Tool], required: bool) -> list[dict]:
+    """The conversation as any template renders it: the tools' instructions in the system turn; an assistant turn
+    that called tools (OpenAI's `tool_calls`, arguments a JSON string, or Ollama's, arguments an object) as the
+    JSON it answered with; a tool's result (`role: tool`) as a user turn holding it, by the name of its call."""
+    names = {}  # tool_call_id -> the tool's name, from the assistant turns before
+    out = []
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "assistant" and m.get("tool_calls"):
+            calls = [_call_of(c) for c in m["tool_calls"]]
+            names.update({c.id: c.name for c in calls})
+            content = "\n".join(json.dumps({"tool_call": {"name": c.name, "arguments": c.arguments}},
+                                           ensure_ascii=False) for c in calls)
+        elif role == "tool":
+            name = m.get("tool_name") or m.get("name") or names.get(m.get("tool_call_id"), "")
+            role, content = "user", json.dumps({"tool_response": {"name": name, "content": content}},
+                                               ensure_ascii=False)
+        if out and out[-1]["role"] == role == "user":  # several results in a row: one user turn
+            out[-1] = {"role": "user", "content": out[-1]["content"] + "\n" + content}
+        else:
+            out.append({"role": role, "content": content})
+    system = instructions(tools, required)
+    if out and out[0]["role"] == "system":
+        return [{"role": "system", "content": out[0]["content"] + "\n\n" + system}, *out[1:]]
+    return [{"role": "system", "content": system}, *out]
+
+
+def _call_of(call) -> ToolCall:
+    spec = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise FirstEpochError("messages: a tool call needs function.name and function.arguments")
+    arguments = spec.get("arguments") or {}
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            raise FirstEpochError(f"messages: the arguments of a call of {spec['name'][:64]!r} are not JSON") from None
+    return ToolCall(spec["name"], arguments, call.get("id") or ToolCall("", {}).id)
+
+
+def read_answer(text: str) -> tuple[str | None, list[ToolCall]]:
+    """The model's answer as (reply, calls): the tools it called, or its words. An answer cut short by the token
+    limit (not JSON yet) is returned as the reply, as it stands."""
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text, []
+    if isinstance(answer, dict) and isinstance(answer.get("tool_call"), dict):
+        call = answer["tool_call"]
+        return None, [ToolCall(call["name"], call.get("arguments") or {})]
+    if isinstance(answer, dict) and isinstance(answer.get("response"), str):
+        return answer["response"], []
+    return text, []
