@@ -22,6 +22,10 @@ ANY_OBJECT = {"type": "object"}  # OpenAI's json_object mode and Ollama's format
 COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
+def _one_line(message: str) -> str:
+    return " ".join(message.split())[:200]  # llguidance's messages can span lines (a regex error's caret)
+
+
 def _llguidance():
     try:
         import llguidance
@@ -55,7 +59,7 @@ class Constraint:
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         allowed = torch.from_numpy(bits[:logits.shape[-1]].astype(bool)).to(logits.device)
         if not bool(allowed.any()):  # cannot happen while only allowed tokens are consumed; stop rather than guess
-            raise FirstEpochError(f"the output grammar allows no next token ({self.matcher.get_error()[:200]})")
+            raise FirstEpochError(f"the output grammar allows no next token ({_one_line(self.matcher.get_error())})")
         return logits.masked_fill(~allowed, float("-inf"))
 
     def advance(self, token: int) -> None:
@@ -84,8 +88,8 @@ def json_constraint(tokenizer, vocab_size: int, schema: dict | None, field: str 
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults=COMPACT)
     except ValueError as exc:
-        raise FirstEpochError(f"{field}: the JSON schema cannot be read ({str(exc)[:200]})") from None
+        raise FirstEpochError(f"{field}: the JSON schema cannot be read ({_one_line(str(exc))})") from None
     matcher = llguidance.LLMatcher(guidance_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
     if matcher.is_error():
-        raise FirstEpochError(f"{field}: the JSON schema cannot be used ({matcher.get_error()[:200]})")
+        raise FirstEpochError(f"{field}: the JSON schema cannot be used ({_one_line(matcher.get_error())})")
     return Constraint(matcher, vocab_size)

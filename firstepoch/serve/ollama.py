@@ -115,7 +115,7 @@ def _format(body: dict) -> dict | None:
     return spec
 
 
-def _options(body: dict) -> tuple[dict, int | None]:
+def _options(body: dict) -> tuple[dict, int | None, int | None]:
     options = body.get("options") or {}
     if not isinstance(options, dict):
         raise ApiError(400, "'options' must be an object")
@@ -127,7 +127,8 @@ def _options(body: dict) -> tuple[dict, int | None]:
                                                              high=100.0),
                                  "seed": seed(options), "stop": stop_list(options), "json_schema": _format(body)})
     num_predict = field(options, "num_predict", int, None, low=-2, high=1 << 24)
-    return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict))
+    num_ctx = field(options, "num_ctx", int, None, low=1, high=1 << 24)  # at most the context the model was loaded with
+    return sampling, (None if num_predict is None or num_predict < 0 else max(1, num_predict)), num_ctx
 
 
 @router.post("/generate")
@@ -137,14 +138,14 @@ async def generate(request: Request):
     prompt = field(body, "prompt", str, "")
     if not prompt:  # Ollama loads the model and answers with nothing
         return {"model": served.name, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
-    sampling, num_predict = _options(body)
+    sampling, num_predict, num_ctx = _options(body)
     lm = served.obj
     system = field(body, "system", str, None)
     if field(body, "raw", bool, False):
-        ids, max_new = prompt_ids(lm, prompt, False, num_predict, DEFAULT_NUM_PREDICT)
+        ids, max_new = prompt_ids(lm, prompt, False, num_predict, DEFAULT_NUM_PREDICT, num_ctx)
     else:  # as Ollama does: the prompt goes through the model's template as one user turn
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        ids, max_new = await chat_prompt(lm, messages, num_predict, DEFAULT_NUM_PREDICT)
+        ids, max_new = await chat_prompt(lm, messages, num_predict, DEFAULT_NUM_PREDICT, num_ctx)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
                           lambda piece: {"response": piece})
 
@@ -164,13 +165,13 @@ async def chat(request: Request):
     if not clean:
         return {"model": served.name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": "load"}
-    sampling, num_predict = _options(body)
+    sampling, num_predict, num_ctx = _options(body)
     tools = _tools(body)
     if tools is not None:  # any template: the tools in the system turn, the answer under their schema
         from firstepoch.llm.tools import answer_schema, with_tools
 
         clean, sampling["json_schema"] = with_tools(clean, tools, False), answer_schema(tools, False)
-    ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT)
+    ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT, num_ctx)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
                           lambda piece: {"message": {"role": "assistant", "content": piece}}, tools is not None)
 

@@ -65,21 +65,24 @@ def checked_sampling(options: dict) -> dict:
     return options
 
 
-def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
+def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max: int,
+               context: int | None = None) -> tuple[list[int], int]:
     """Token ids of a prompt and the number of tokens to generate; a prompt that leaves no room in the context
-    is a 400 with the counts. A text longer than the context could hold even in the vocabulary's longest
-    tokens is refused before the tokenizer sees it."""
+    (the model's, or a request's own smaller `context`: Ollama's num_ctx) is a 400 with the counts. A text longer
+    than the context could hold even in the vocabulary's longest tokens is refused before the tokenizer sees it."""
+    limit = min(lm.context, context or lm.context)
+    whose = f"the model's context is {lm.context}" if limit == lm.context else f"num_ctx is {limit}"
     longest = getattr(lm.tokenizer, "max_token_chars", 64)
-    if len(text) > lm.context * longest:
-        raise ApiError(400, f"the prompt has {len(text):,} characters, more than the model's context of "
-                            f"{lm.context} tokens can hold; shorten it", code="context_length_exceeded")
+    if len(text) > limit * longest:
+        raise ApiError(400, f"the prompt has {len(text):,} characters, more than {limit} tokens can hold ({whose}); "
+                            f"shorten it", code="context_length_exceeded")
     ids = lm.encode(text, special=special)
     if not ids:
         raise ApiError(400, "the prompt is empty; give at least one token of text")
-    room = lm.context - len(ids)
+    room = limit - len(ids)
     if room <= 0:
-        raise ApiError(400, f"the prompt has {len(ids)} tokens but the model's context is {lm.context}; "
-                            f"shorten it", code="context_length_exceeded")
+        raise ApiError(400, f"the prompt has {len(ids)} tokens but {whose}; shorten it",
+                       code="context_length_exceeded")
     return ids, min(max_tokens or default_max, room)
 
 
@@ -138,12 +141,13 @@ async def stream_generation(served, generation, state) -> AsyncIterator[str]:
         metrics.prompt_seconds += stats.prompt_seconds
 
 
-async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_max: int) -> tuple[list[int], int]:
+async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_max: int,
+                      context: int | None = None) -> tuple[list[int], int]:
     """`prompt_ids` of the chat template's rendering of `messages`, both done on a worker thread: a template
     runs under its own time bound (firstepoch.llm.chat), never on the event loop."""
     def work():
         try:
-            return prompt_ids(lm, lm.render_chat(messages), True, max_tokens, default_max)
+            return prompt_ids(lm, lm.render_chat(messages), True, max_tokens, default_max, context)
         except FirstEpochError as exc:
             raise ApiError(400, str(exc)) from None
 

@@ -67,6 +67,7 @@ def test_any_json_object_and_a_cut_short_answer(smollm):
     (["not", "an", "object"], "must be an object"),
     (_nested(2000), "nested too deeply"),  # past what Python's JSON encoder takes
     (_nested(300), "cannot be read"),  # past llguidance's own recursion limit
+    ({"type": "string", "pattern": "("}, "unclosed group"),  # llguidance says so over three lines: one here
 ])
 def test_a_schema_that_cannot_be_used_is_one_line_naming_the_field(smollm, schema, says):
     with pytest.raises(FirstEpochError, match=says) as caught:
