@@ -102,6 +102,7 @@ class CLayers:
     caches: list[KVCache] | None = field(default=None, repr=False)  # what `pointers` point into
     pointers: ctypes.Array | None = field(default=None, repr=False)  # a LayerWeights per layer
     shape: LayerShape | None = field(default=None, repr=False)  # the sizes of the bound caches
+    slots: int = 0  # the sequences the bound caches hold
 
     @classmethod
     def prepare(cls, model: Transformer, interleaved: bool = True) -> "CLayers | None":
@@ -139,14 +140,14 @@ class CLayers:
 
         if self.caches is not None and all(a is b for a, b in zip(self.caches, caches)):
             return
-        c, max_len = self.config, caches[0].k.shape[2]
-        for cache in caches:
+        c, (slots, _, max_len, _) = self.config, caches[0].k.shape
+        for cache in caches:  # a slot per sequence: one, or those of a batch (forward_rows)
             k, v = cache.k, cache.v
-            if k.shape != (1, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
+            if k.shape != (slots, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
                     k.dtype != torch.float32 or v.dtype != torch.float32 or not (k.is_contiguous() and
                                                                                v.is_contiguous()):
                 raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
-                                 f"fp32 {(1, c.n_kv_heads, max_len, c.head_dim)}")
+                                 f"fp32 {(slots, c.n_kv_heads, max_len, c.head_dim)}")
         pointers = (LayerWeights * len(self.layers))()
         for entry, layer, cache in zip(pointers, self.layers, caches):
             block = layer.block
@@ -171,7 +172,7 @@ class CLayers:
         self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps,
                                 c.query_scale or 0.0, c.attn_softcap or 0.0, c.activation == "gelu_tanh",
                                 self.interleaved)
-        self.caches, self.pointers = list(caches), pointers
+        self.caches, self.pointers, self.slots = list(caches), pointers, slots
 
     def unbind(self) -> None:
         self.caches = self.pointers = self.shape = None
@@ -184,6 +185,19 @@ class CLayers:
             raise ValueError(f"positions [{start}, {start + T}) are outside the bound KV cache")
         for first in range(0, T, PREFILL_CHUNK):
             self.kernels.forward_layers(x[first:first + PREFILL_CHUNK], self.pointers, self.shape, start + first)
+
+    def forward_rows(self, x: torch.Tensor, positions: list[int], slots: list[int], decode: list[bool]) -> None:
+        """Rows of several sequences (x (T, dim), updated in place): row t at positions[t] of cache slot
+        slots[t], a decode step where decode[t]; a sequence's prefill rows in order. `PREFILL_CHUNK` rows a call."""
+        if not (len(positions) == len(slots) == len(decode) == x.shape[0]):
+            raise ValueError("one position, slot and decode flag a row")
+        if any(not 0 <= p < self.shape.max_len for p in positions) or any(not 0 <= s < self.slots for s in slots):
+            raise ValueError(f"rows outside the bound KV cache ({self.slots} slots of {self.shape.max_len} positions)")
+        pos, slot = torch.tensor(positions, dtype=torch.int64), torch.tensor(slots, dtype=torch.int64)
+        flags = torch.tensor(decode, dtype=torch.int32)
+        for a in range(0, x.shape[0], PREFILL_CHUNK):
+            b = a + PREFILL_CHUNK
+            self.kernels.forward_rows(x[a:b], self.pointers, self.shape, pos[a:b], slot[a:b], flags[a:b])
 
 
 def _attention_for(config: TransformerConfig):
@@ -264,6 +278,25 @@ class InferenceTransformer(Transformer):
         finally:
             if temporary:
                 self.clear_cache()
+
+    def forward_rows(self, ids: list[int], positions: list[int], slots: list[int], decode: list[bool],
+                     wanted: list[int]) -> torch.Tensor:
+        """Rows of several sequences in one pass (continuous batching), each in its own slot of the KV cache
+        (`setup_cache(batch=slots)`): row t is token ids[t] at positions[t] of slot slots[t], a decode step where
+        decode[t]. -> the logits of rows `wanted` (len(wanted), vocab). Each row's arithmetic is the one its
+        sequence gets alone, so what a sequence generates does not depend on what it is batched with."""
+        cache = self.layers[0].attn.cache
+        if self.c_layers is None or cache is None:
+            raise FirstEpochError("batched generation needs firstepoch's C layers (a GGUF model on the CPU) and a "
+                                  "KV cache (setup_cache)")
+        c = self.config
+        if any(not 0 <= i < c.vocab_size for i in ids):
+            raise FirstEpochError(f"token ids must be in [0, {c.vocab_size})")
+        self.c_layers.bind([layer.attn.cache for layer in self.layers])
+        x = self.embed(torch.tensor([ids]))[0].float().contiguous()
+        self.c_layers.forward_rows(x, positions, slots, decode)
+        normed = self.c_layers.kernels.rms_norm_rows(x[wanted].contiguous(), self.norm.weight, c.norm_eps)
+        return self.capped(self.lm_head(normed))
 
     def clear_cache(self) -> None:
         super().clear_cache()

@@ -101,3 +101,28 @@ def test_mixed_types_and_k_quants_run_in_c_as_in_pytorch():
     prompt, tokens = [5, 17, 33, 2, 60, 71, 8], [40, 41, 90, 3, 12, 55, 7, 19, 26, 81]
     fast, slow = decode(model, prompt, tokens, True), decode(model, prompt, tokens, False)
     assert torch.isfinite(fast).all() and (fast - slow).abs().max() < 0.05 * slow.abs().max()
+
+
+def test_rows_of_several_sequences_give_each_the_logits_it_gets_alone():
+    """forward_rows (continuous batching): three sequences' prefills in one pass, then their decode steps together,
+    each in its own cache slot, equal bit for bit what each sequence gets alone (under AddressSanitizer too)."""
+    if compiled_kernels() is None:
+        pytest.skip("no C compiler")
+    model = quantized_model("Q4_1")
+    prompts, steps = [[5, 17, 33, 2, 60], [71, 8, 40, 41, 90, 3, 12], [55]], [[7, 19], [26, 81], [9, 11]]
+    alone = [decode(model, p, s, True) for p, s in zip(prompts, steps)]
+    model.setup_cache(3, 32)
+    try:
+        with torch.no_grad():
+            rows = [(t, pos, i, len(p) == 1) for i, p in enumerate(prompts) for pos, t in enumerate(p)]
+            ends = list(np.cumsum([len(p) for p in prompts]) - 1)
+            together = [list(model.forward_rows(*map(list, zip(*rows)), ends))]
+            for k in range(2):
+                together.append(list(model.forward_rows([s[k] for s in steps], [len(p) + k for p in prompts],
+                                                        [0, 1, 2], [True] * 3, [0, 1, 2])))
+            with pytest.raises(ValueError, match="outside the bound KV cache"):
+                model.forward_rows([1], [0], [3], [True], [0])  # a fourth slot: there are three
+    finally:
+        model.clear_cache()
+    for i in range(3):
+        assert torch.equal(torch.stack([step[i] for step in together]), alone[i])

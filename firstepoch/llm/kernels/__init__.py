@@ -109,18 +109,30 @@ class Kernels:
                                                sin.data_ptr())
         return cos, sin
 
+    def _buffers(self, shape: LayerShape, T: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        from firstepoch.llm.blocktypes import ACTIVATION_BYTES_PER_VALUE
+
+        threads = torch.get_num_threads()
+        work = torch.empty(self.library.layers_work_size(ctypes.byref(shape), T, threads))
+        widest = max(shape.dim, shape.hidden, shape.n_heads * shape.head_dim)
+        return work, torch.empty(math.ceil(T * widest * ACTIVATION_BYTES_PER_VALUE), dtype=torch.uint8), threads
+
     def forward_layers(self, x: torch.Tensor, layers, shape: LayerShape, start: int) -> None:
         """Every layer, in one call, for the rows of x (T, dim) fp32 contiguous at positions [start, start + T),
         x updated in place; `layers` is a ctypes array of `LayerWeights` whose KV caches hold `shape.max_len`
         positions and whose RoPE tables come from `rope_tables`."""
-        T, threads = x.shape[0], torch.get_num_threads()
-        work = torch.empty(self.library.layers_work_size(ctypes.byref(shape), T, threads))
-        from firstepoch.llm.blocktypes import ACTIVATION_BYTES_PER_VALUE
+        work, scratch, threads = self._buffers(shape, x.shape[0])
+        self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, x.shape[0],
+                                    work.data_ptr(), scratch.data_ptr(), threads)
 
-        widest = max(shape.dim, shape.hidden, shape.n_heads * shape.head_dim)
-        scratch = torch.empty(math.ceil(T * widest * ACTIVATION_BYTES_PER_VALUE), dtype=torch.uint8)
-        self.library.forward_layers(x.data_ptr(), layers, len(layers), ctypes.byref(shape), start, T, work.data_ptr(),
-                                    scratch.data_ptr(), threads)
+    def forward_rows(self, x: torch.Tensor, layers, shape: LayerShape, positions: torch.Tensor, slots: torch.Tensor,
+                     decode: torch.Tensor) -> None:
+        """`forward_layers` for rows of several sequences: row t of x at positions[t] of cache slot slots[t]
+        (int64, checked by the caller against the caches), a decode step where decode[t] (int32)."""
+        work, scratch, threads = self._buffers(shape, x.shape[0])
+        self.library.forward_rows(x.data_ptr(), layers, len(layers), ctypes.byref(shape), positions.data_ptr(),
+                                  slots.data_ptr(), decode.data_ptr(), x.shape[0], work.data_ptr(), scratch.data_ptr(),
+                                  threads)
 
 
 @cache
@@ -158,6 +170,8 @@ def compiled_kernels() -> Kernels | None:
         "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
                                   ctypes.c_float, size, pointer, pointer, ctypes.c_int]),
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, ctypes.c_int]),
+        "forward_rows": (None, [pointer, pointer, size, pointer, pointer, pointer, pointer, size, pointer, pointer,
+                                ctypes.c_int]),
     })
     for name, (restype, argtypes) in signatures.items():
         getattr(lib, name).restype, getattr(lib, name).argtypes = restype, argtypes

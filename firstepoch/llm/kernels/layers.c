@@ -354,12 +354,18 @@ static inline void add_rows(float *x, const float *bias, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] += bias[i];
 }
 
-static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_t start, int64_t T, float *work,
-                  void *scratch, int threads) {
+/* Where each row of a call goes: its position, the sequence whose cache slot it uses (a cache holds `slots`
+ * sequences, one after the other), and whether it is a decode step, whose attention sums as llama.cpp's one-token
+ * steps do (see dot_f16), or a row of a prefill. Rows of several sequences share the matrix products; each
+ * row's arithmetic is the same as if its sequence ran alone. */
+typedef struct { int64_t pos, slot; int decode; } row_place;
+
+static void layer(float *x, const layer_weights *w, const layer_shape *c, const row_place *rows, int64_t T,
+                  float *work, void *scratch, int threads) {
     const float *cos = w->cos, *sin = w->sin;
     const int64_t dim = c->dim, head_dim = c->head_dim, hidden = c->hidden, n_heads = c->n_heads, n_kv = c->n_kv;
     const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
-    const int64_t group = n_heads / n_kv, max_len = c->max_len;
+    const int64_t group = n_heads / n_kv, max_len = c->max_len, slot_size = n_kv * max_len * head_dim;
     float *h = work, *qkv = h + T * dim, *attn = qkv + T * qkv_rows, *gate_up = attn + T * q_rows;
     float *act = gate_up + T * 2 * hidden, *tmp = act + T * hidden;
     float *per_thread = tmp + T * (qkv_rows > 2 * hidden ? qkv_rows : 2 * hidden);
@@ -370,7 +376,8 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
     stacked_matmul(qkv_w, w->types, qkv_parts, 3, w->qkv_stacked, dim, h, T, qkv, tmp, scratch, threads);
     for (int64_t t = 0; t < T; t++) {
         float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
-        const int64_t pos = start + t;
+        const int64_t pos = rows[t].pos;
+        float *k_cache = w->k_cache + rows[t].slot * slot_size, *v_cache = w->v_cache + rows[t].slot * slot_size;
         if (w->q_bias) { add_rows(q, w->q_bias, q_rows); add_rows(k, w->k_bias, kv_rows); add_rows(v, w->v_bias, kv_rows); }
         if (w->q_norm) {  /* each head on its own, in place */
             rms_norm_rows(q, w->q_norm, c->eps, head_dim, n_heads, q);
@@ -383,8 +390,8 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
         for (int64_t g = 0; g < n_kv; g++)
             for (int64_t d = 0; d < head_dim; d++) {
                 const int64_t at = c->interleaved ? gguf_order(d, head_dim) : d;
-                w->k_cache[(g * max_len + pos) * head_dim + at] = fp16(k[g * head_dim + d]);
-                w->v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
+                k_cache[(g * max_len + pos) * head_dim + at] = fp16(k[g * head_dim + d]);
+                v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
             }
     }
     const float scale = c->query_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)head_dim);
@@ -396,9 +403,9 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
 #else
             float *mine = per_thread;
 #endif
-            const int64_t kv = (head / group) * max_len * head_dim;
-            attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, start + t + 1, head_dim,
-                   scale, T == 1 ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim,
+            const int64_t kv = rows[t].slot * slot_size + (head / group) * max_len * head_dim;
+            attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, rows[t].pos + 1, head_dim,
+                   scale, rows[t].decode ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim,
                    c->interleaved, c->attn_softcap, w->window);
         }
     MATMULS[w->types[3]](w->w_o, dim, q_rows, attn, T, h, scratch, threads);
@@ -420,7 +427,20 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, int64_
  * work: layers_work_size floats; scratch: bytes for the 8-bit activations of T rows of the widest input. */
 void forward_layers(float *x, const layer_weights *layers, int64_t n_layers, const layer_shape *shape, int64_t start,
                     int64_t T, float *work, void *scratch, int threads) {
-    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, start, T, work, scratch, threads);
+    row_place rows[T];
+    for (int64_t t = 0; t < T; t++) rows[t] = (row_place){start + t, 0, T == 1};
+    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, rows, T, work, scratch, threads);
+}
+
+/* The same for rows of several sequences at once (continuous batching): row t at position pos[t] of cache slot
+ * slot[t], a decode step where decode[t] (else a row of a prefill, whose earlier rows come before it in x).
+ * The caller checks that every position is below max_len and every slot below the caches' slot count. */
+void forward_rows(float *x, const layer_weights *layers, int64_t n_layers, const layer_shape *shape,
+                  const int64_t *pos, const int64_t *slot, const int32_t *decode, int64_t T, float *work,
+                  void *scratch, int threads) {
+    row_place rows[T];
+    for (int64_t t = 0; t < T; t++) rows[t] = (row_place){pos[t], slot[t], decode[t] != 0};
+    for (int64_t l = 0; l < n_layers; l++) layer(x, layers + l, shape, rows, T, work, scratch, threads);
 }
 
 /* Attention as the Transformer's PyTorch path calls it for the architectures layers.c does not run: T queries
