@@ -29,8 +29,8 @@ TEXT = ("The history of the printing press begins in the fifteenth century, when
         "by hand, and a single book could take months. ") * 20
 
 
-def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int,
-                 repack: bool = False) -> dict:
+def load_llamacpp(path: str, repack: bool = False, **kwargs):
+    """llama-cpp-python's Llama for `path`, its repacked weight layouts on only if `repack` (see above)."""
     import llama_cpp
     from llama_cpp import Llama
 
@@ -42,8 +42,13 @@ def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, r
         return p
 
     llama_cpp.llama_cpp.llama_model_default_params = params  # Llama() has no argument for it
-    llm = Llama(path, n_ctx=prompt_tokens + new_tokens + 8, n_threads=threads, n_threads_batch=threads,
-                n_batch=512, verbose=False)
+    return Llama(path, verbose=False, **kwargs)
+
+
+def run_llamacpp(path: str, threads: int, prompt_tokens: int, new_tokens: int, repeats: int,
+                 repack: bool = False) -> dict:
+    llm = load_llamacpp(path, repack, n_ctx=prompt_tokens + new_tokens + 8, n_threads=threads,
+                        n_threads_batch=threads, n_batch=512)
     ids = llm.tokenize(TEXT.encode(), add_bos=False)[:prompt_tokens]
     best = {"prefill": 0.0, "decode": 0.0}
     for _ in range(repeats):

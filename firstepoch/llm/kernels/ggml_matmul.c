@@ -709,6 +709,7 @@ static inline void prefetch_ahead(const void *row, int64_t bytes) {
             for (int64_t j = 0; j < tiles; j++)                                                          \
                 for (int64_t i = start; i < end; i++) {                                                  \
                     float four[4];                                                                       \
+                    if (j == 0) prefetch_ahead((const WBLOCK *)w + i * nb, nb * (int64_t)sizeof(WBLOCK)); \
                     TILE_DOT((const WBLOCK *)w + i * nb, xt + j * nb, nb, four);                         \
                     for (int u = 0; u < 4; u++) y[(4 * j + u) * n + i] = four[u];                        \
                 }                                                                                        \
