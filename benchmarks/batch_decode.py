@@ -115,7 +115,8 @@ def main() -> None:
             speeds[side] = json.loads(out.strip().splitlines()[-1])
             base.setdefault(side, speeds[side])
         a, b = speeds["llama.cpp"], speeds["firstepoch"]
-        print(f"{n:>9} {a:>16.1f} {b:>17.1f} {b / a:>6.2f}x {a / base['llama.cpp']:>10.2f}x / {b / base['firstepoch']:.2f}x")
+        ups = f"{a / base['llama.cpp']:.2f}x / {b / base['firstepoch']:.2f}x"
+        print(f"{n:>9} {a:>16.1f} {b:>17.1f} {b / a:>6.2f}x {ups:>22}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ def serve(
                                                    "proxy's (repeatable); loopback names and --host always are."),
     queue: int = typer.Option(16, min=1, help="Requests that may wait for a busy model before 503."),
     context: int = typer.Option(4096, min=64, help="Context length to allocate for each LLM."),
+    parallel: int = typer.Option(1, min=1, max=64, help="Requests a GGUF model decodes together (continuous "
+                                 "batching; each holds a KV cache of --context positions)."),
     timeout: float = typer.Option(600.0, min=1.0, help="The longest one request may run (seconds)."),
 ):
     """Serve models over OpenAI- and Ollama-compatible HTTP APIs, with a web page at /."""
@@ -31,7 +33,7 @@ def serve(
 
     limits = Limits(queue_size=queue, total_timeout=timeout)
     run_server(list(models or []), list(index or []), host=host, port=port, api_key=api_key, cors=cors,
-               limits=limits, context=context, allow_hosts=list(allow_host or []),
+               limits=limits, context=context, allow_hosts=list(allow_host or []), parallel=parallel,
                ready=lambda url: console.print(f"[bold green]serving[/bold green] {url}  (web page at {url}/, "
                                                f"OpenAI API at {url}/v1, Ollama API at {url}/api)",
                                                highlight=False))

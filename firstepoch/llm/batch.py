@@ -7,11 +7,16 @@ in a batch as by itself (greedy text, and sampled text for the same seed).
 """
 from __future__ import annotations
 
+import queue
+import threading
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 
 from firstepoch.errors import FirstEpochError
+from firstepoch.llm.decoder import PREFILL_CHUNK
 from firstepoch.llm.generate import GenerationStats, Sampling, _pick
 
 
@@ -87,3 +92,125 @@ def _text(lm, s: _Sequence) -> str:
         return lm.tokenizer.decode(s.new)
     prefix = s.history[len(s.history) - len(s.new) - 1:len(s.history) - len(s.new)]
     return lm.tokenizer.decode(prefix + s.new)[len(lm.tokenizer.decode(prefix)):]
+
+
+_END = object()
+PREFILL_ROWS = 256  # prompt rows a step takes from newcomers, so the running streams keep flowing
+
+
+class _Live:
+    """A sequence of a `Batcher`: its prompt, what it generated, where it stands, and the queue its tokens go to."""
+
+    def __init__(self, ids, max_new, sampling, stop, constraint):
+        self.history, self.prompt_len, self.max_new = list(ids), len(ids), max_new
+        self.sampling, self.stop, self.constraint = sampling, stop, constraint
+        self.generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+        self.prefilled, self.generated, self.slot = 0, 0, -1
+        self.out: queue.Queue = queue.Queue()
+        self.cancelled = False
+
+    def tokens(self) -> Iterator[int]:
+        """The token ids as the batch makes them; closing it takes the sequence out of the batch."""
+        try:
+            while (item := self.out.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancelled = True
+
+
+class Batcher:
+    """Continuous batching for a server: the sequences of up to `parallel` requests decoded together, one step a
+    `step()` call, each in its own slot of one KV cache; a request joins or leaves between steps, and a newcomer's
+    prompt is prefilled in chunks of at most `PREFILL_ROWS` rows a step beside the others' decode rows.
+
+    `submit` (any thread) returns a request's token stream; `step` runs on the one thread that runs the model
+    (the server's compute thread); `has_work` tells its driver whether to call it. What a sequence generates is
+    what it would generate alone (llm.batch), sampling, seed and grammar included."""
+
+    def __init__(self, lm, parallel: int, on_work=lambda: None):
+        self.lm, self.parallel, self.on_work = lm, parallel, on_work
+        self.lock = threading.Lock()
+        self.pending: deque[_Live] = deque()
+        self.running: list[_Live] = []
+        self.free = list(range(parallel))
+        self.cache = None  # the layers' KV caches, parallel slots of the model's context
+
+    def submit(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int],
+               constraint=None) -> Iterator[int]:
+        seq = _Live(ids, max_new_tokens, sampling, stop, constraint)
+        with self.lock:
+            self.pending.append(seq)
+        self.on_work()
+        return seq.tokens()
+
+    def has_work(self) -> bool:
+        return bool(self.pending or self.running)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        model = self.lm.model
+        with self.lock:
+            for seq in [s for s in self.running if s.cancelled]:
+                self._leave(seq, None)
+            while self.pending and self.free:
+                seq = self.pending.popleft()
+                if not seq.cancelled:
+                    seq.slot = self.free.pop(0)
+                    self.running.append(seq)
+            running = list(self.running)
+        if not running:
+            return
+        if self.cache is None:
+            model.setup_cache(batch=self.parallel, max_len=model.config.context)
+            self.cache = [layer.attn.cache for layer in model.layers]
+        for layer, cache in zip(model.layers, self.cache):  # another user of the model may have cleared them
+            layer.attn.cache = cache
+        rows, wanted, stepping, budget = [], [], [], PREFILL_ROWS
+        for seq in running:
+            if seq.prefilled < seq.prompt_len:  # a chunk of its prompt, as far as this step's budget goes
+                take = min(budget, seq.prompt_len - seq.prefilled)
+                if take == 0:
+                    continue
+                budget -= take
+                for p in range(seq.prefilled, seq.prefilled + take):
+                    # a one-token run alone (a prompt of one token, or one past a PREFILL_CHUNK) sums as a decode
+                    alone_decode = p == seq.prompt_len - 1 and p % PREFILL_CHUNK == 0
+                    rows.append((seq.history[p], p, seq.slot, alone_decode))
+                seq.prefilled += take
+                if seq.prefilled < seq.prompt_len:
+                    continue
+            else:
+                rows.append((seq.history[-1], len(seq.history) - 1, seq.slot, True))
+            wanted.append(len(rows) - 1)
+            stepping.append(seq)
+        try:
+            logits = model.forward_rows(*map(list, zip(*rows)), wanted) if rows else []
+            for seq, row in zip(stepping, logits):
+                self._advance(seq, row)
+        except Exception as exc:  # noqa: BLE001  (every running request hears of it; the batch goes on)
+            with self.lock:
+                for seq in list(self.running):
+                    self._leave(seq, exc)
+
+    def _advance(self, seq: _Live, logits: torch.Tensor) -> None:
+        token = _pick(logits, seq.history, seq.sampling, seq.generator, seq.constraint)
+        seq.out.put(token)
+        seq.generated += 1
+        done = token in seq.stop or seq.generated >= seq.max_new or len(seq.history) >= self.lm.context
+        if not done and seq.constraint is not None:
+            seq.constraint.advance(token)
+            done = seq.constraint.finished
+        if done:
+            with self.lock:
+                self._leave(seq, None)
+        else:
+            seq.history.append(token)
+
+    def _leave(self, seq: _Live, error: BaseException | None) -> None:
+        """Take `seq` out of the batch (the lock held): its slot is free, its stream ends (with `error`)."""
+        if seq in self.running:
+            self.running.remove(seq)
+            self.free.append(seq.slot)
+        seq.out.put(error if error is not None else _END)

@@ -281,6 +281,7 @@ class LanguageModel:
         self.model, self.tokenizer, self.config = model, tokenizer, config or {}
         self.chat_template = chat
         self.prompt_cache = PromptCache()
+        self.batcher = None  # a server's llm.batch.Batcher, when it batches this model's requests
 
     @property
     def context(self) -> int:
@@ -332,12 +333,15 @@ class LanguageModel:
         shown = ""
         started = time.perf_counter()
         # an LLM stops where its context ends, as llama.cpp does; a GPT of your own shifts its context
-        tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
-                               context_shift=not end_ids, cache=self.prompt_cache, constraint=constraint)
+        if self.batcher is not None:  # a server's continuous batching: decoded beside the other requests
+            tokens = self.batcher.submit(ids, max_new_tokens, sampling, end_ids, constraint)
+        else:
+            tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
+                                   context_shift=not end_ids, cache=self.prompt_cache, constraint=constraint)
         for token in tokens:
             if not new:
                 stats.prompt_seconds = time.perf_counter() - started
-                stats.cached_tokens = self.prompt_cache.reused if end_ids else 0
+                stats.cached_tokens = self.prompt_cache.reused if end_ids and self.batcher is None else 0
                 started = time.perf_counter()
             stats.completion_tokens += 1
             stats.decode_seconds = time.perf_counter() - started

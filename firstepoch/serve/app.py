@@ -5,7 +5,10 @@
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
+import logging
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -239,7 +242,15 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
     from firstepoch.serve import endpoints, ollama, openai, ui
 
     limits = limits or Limits(queue_size=registry.queue_size)
-    app = FastAPI(title="firstepoch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        drivers = [asyncio.create_task(_drive(s)) for s in registry.of_kind("llm") if getattr(s.obj, "batcher", None)]
+        yield
+        for task in drivers:
+            task.cancel()
+
+    app = FastAPI(title="firstepoch", docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.firstepoch = ServerState(registry, limits, api_key, stopping=stopping or (lambda: False))
     for router in (openai.router, ollama.router, endpoints.router):
         app.include_router(router)
@@ -292,10 +303,25 @@ def _route_name(path: str, known: set[str]) -> str:
     return path if path in known else "other"
 
 
+async def _drive(served) -> None:
+    """A batched model's steps (llm.batch.Batcher), one at a time on the compute thread, for as long as any of
+    its requests is running or waiting; between steps the thread is free for the other models' work."""
+    batcher, loop, work = served.obj.batcher, asyncio.get_running_loop(), asyncio.Event()
+    batcher.on_work = lambda: loop.call_soon_threadsafe(work.set)
+    while True:
+        await work.wait()
+        work.clear()
+        while batcher.has_work():
+            try:
+                await served.slot.run(batcher.step)
+            except Exception:  # noqa: BLE001  (a step's own errors go to its requests; this is a bug: go on)
+                logging.getLogger("firstepoch").exception("a batched step of %s failed", served.name)
+
+
 def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
           context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None,
-          allow_hosts: list[str] | None = None) -> None:
+          allow_hosts: list[str] | None = None, parallel: int = 1) -> None:
     """Load what to serve, then run the server until SIGINT/SIGTERM, which stop new requests and end
     in-flight answers cleanly (their streams close with their usual last message)."""
     import uvicorn
@@ -305,7 +331,7 @@ def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: 
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         warnings.warn(f"serving on {host} without --api-key: anyone who can reach this port can use the models")
     limits = limits or Limits()
-    registry = load_registry(models, indexes, queue_size=limits.queue_size, context=context)
+    registry = load_registry(models, indexes, queue_size=limits.queue_size, context=context, parallel=parallel)
     server: uvicorn.Server | None = None
     app = create_app(registry, limits, api_key, cors, stopping=lambda: bool(server and server.should_exit),
                      hosts=allowed_hosts(host, allow_hosts))

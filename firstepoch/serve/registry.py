@@ -38,9 +38,12 @@ class Slot:
     thread, so the event loop (and `/health`) stays free while a model computes.
     """
 
-    def __init__(self, name: str, queue_size: int, thread: ThreadPoolExecutor):
-        self.name, self.queue_size, self.thread = name, queue_size, thread
-        self.lock = asyncio.Lock()  # asyncio's lock wakes waiters in arrival order: fair
+    def __init__(self, name: str, queue_size: int, thread: ThreadPoolExecutor, parallel: int = 1):
+        self.name, self.queue_size, self.thread, self.parallel = name, queue_size, thread, parallel
+        # asyncio's lock and semaphore wake waiters in arrival order: fair. With continuous batching (a
+        # `Batcher`), `parallel` requests hold the model at once, their tokens made on the compute thread and
+        # their text read off it by threads of their own, which only wait for tokens.
+        self.lock = asyncio.Lock() if parallel == 1 else asyncio.Semaphore(parallel)
         self.waiting = 0  # requests admitted and not yet holding the model (reserved ones included)
         self.busy_seconds = 0.0
 
@@ -67,6 +70,11 @@ class Slot:
     async def run(self, fn, *args):
         """`fn(*args)` on the slot's thread."""
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    def reader(self) -> ThreadPoolExecutor:
+        """Where one generation's text is read: the compute thread, or with batching a thread of the request's
+        own, which only waits for the tokens the compute thread makes for every request (`shutdown` it after)."""
+        return self.thread if self.parallel == 1 else ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-reader")
 
 
 class Reservation:
@@ -114,15 +122,22 @@ class Served:
 class Registry:
     """Name -> what is served. Requests name a model or an index; nothing else is ever looked up."""
 
-    def __init__(self, queue_size: int = 16, thread: ThreadPoolExecutor | None = None):
-        self.queue_size = queue_size
+    def __init__(self, queue_size: int = 16, thread: ThreadPoolExecutor | None = None, parallel: int = 1):
+        self.queue_size, self.parallel = queue_size, parallel
         self.thread = thread or compute_thread()
         self.items: dict[str, Served] = {}
 
     def add(self, name: str, kind: str, obj, source: str, **info) -> Served:
         if name in self.items:
             raise FirstEpochError(f"two things to serve are both named {name!r}; rename one (NAME=PATH)")
-        served = Served(name, kind, obj, source, Slot(name, self.queue_size, self.thread), info)
+        # continuous batching for the LLMs the C layers run (GGUF models on the CPU); the others one at a time
+        batched = self.parallel > 1 and kind == "llm" and getattr(obj.model, "c_layers", None) is not None
+        slot = Slot(name, self.queue_size, self.thread, self.parallel if batched else 1)
+        if batched:
+            from firstepoch.llm.batch import Batcher
+
+            obj.batcher = Batcher(obj, self.parallel)
+        served = Served(name, kind, obj, source, slot, info)
         self.items[name] = served
         return served
 
@@ -134,11 +149,12 @@ class Registry:
         return [s for s in self.items.values() if s.kind in kinds]
 
 
-def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, context: int = 4096) -> Registry:
+def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, context: int = 4096,
+                  parallel: int = 1) -> Registry:
     """Load what `firstepoch serve` was given. MODEL is a bundled name, a path (GGUF, Hugging Face folder,
     bundle, sentence-transformers folder), or NAME=PATH to choose the served name. With no MODEL: the bundled
     chat model and the bundled embedding model. Everything is loaded on the compute thread that will run it."""
-    registry = Registry(queue_size)
+    registry = Registry(queue_size, parallel=parallel)
     registry.thread.submit(_load_into, registry, models, indexes, context).result()
     return registry
 

@@ -107,6 +107,7 @@ async def stream_generation(served, generation, state) -> AsyncIterator[str]:
     """
     slot, pieces, stats = served.slot, generation, generation.stats
     limits, metrics, stopping = state.limits, state.metrics, state.stopping
+    reader, loop = slot.reader(), asyncio.get_running_loop()
     deadline = time.monotonic() + limits.total_timeout
     finished = False
     try:
@@ -119,7 +120,7 @@ async def stream_generation(served, generation, state) -> AsyncIterator[str]:
                 stats.finish_reason = "timeout"
                 break
             with anyio.move_on_after(wait) as scope:
-                batch = await slot.run(_next_pieces, pieces, _BATCH_SECONDS)
+                batch = await loop.run_in_executor(reader, _next_pieces, pieces, _BATCH_SECONDS)
             if scope.cancelled_caught:
                 stats.finish_reason = "timeout"
                 break
@@ -134,7 +135,9 @@ async def stream_generation(served, generation, state) -> AsyncIterator[str]:
         if not finished:
             metrics.cancelled += 1
         with anyio.CancelScope(shield=True):  # even when cancelled: free the model before the slot
-            await slot.run(pieces.close)
+            await loop.run_in_executor(reader, pieces.close)
+            if reader is not slot.thread:
+                reader.shutdown(wait=False)
         metrics.prompt_tokens += stats.prompt_tokens
         metrics.completion_tokens += stats.completion_tokens
         metrics.decode_seconds += stats.decode_seconds
