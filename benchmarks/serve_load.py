@@ -1,13 +1,20 @@
-"""`firstepoch serve` under load: 16 concurrent streaming chat clients against one client alone, same server,
-same model, same requests, in one run.
+"""`firstepoch serve` under load: 1, 4 and 16 concurrent streaming chat clients, same server, model and requests,
+and the same against llama.cpp's own server (llama-server, continuous batching over parallel slots), in one run.
 
-    python benchmarks/serve_load.py [--clients 16] [--seconds 60] [--max-tokens 64]
+    python benchmarks/serve_load.py [--clients 1,4,16] [--seconds 60] [--max-tokens 64] [--parallel 16]
+                                    [--llama-server PATH]
 
-The server runs in its own process on a loopback port with the bundled SmolLM2-135M-Instruct (context 1024).
+firstepoch serves the bundled SmolLM2-135M-Instruct with `--parallel` slots decoded together (1: one request at
+a time), context 1024 a slot. llama-server (optional) serves the same GGUF file with as many slots (`-np`), the same
+2 threads; it is built from the llama.cpp sources llama-cpp-python vendors (its Python server does not batch):
+    pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
+    cd llama_cpp_python-0.3.36/vendor/llama.cpp && cmake -B build -DLLAMA_CURL=OFF && \
+        cmake --build build --target llama-server -j 2
 Each client sends streaming /v1/chat/completions requests one after another until the time is up (requests
 under way then are finished and counted). Reported: requests/s, time to first token p50/p99, completion
 tokens/s over the whole run (exact counts from `stream_options.include_usage`), and errors (any non-200,
-broken stream or missing [DONE]). Target: zero errors, and aggregate tokens/s at least the single client's.
+broken stream or missing [DONE]). Targets: zero errors; with 16 clients, aggregate tokens/s at least 2.5x one
+client's and at least llama.cpp's, and TTFT p50 under 1 s.
 """
 from __future__ import annotations
 
@@ -70,7 +77,11 @@ async def client_loop(base: str, deadline: float, max_tokens: int, seed: int, ou
 
 
 def server_seconds(base: str) -> dict:
-    text = httpx.get(base + "/metrics").text
+    """firstepoch's prefill and decode seconds so far (its /metrics); empty for a server without them."""
+    try:
+        text = httpx.get(base + "/metrics").text
+    except httpx.HTTPError:
+        return {}
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
             if line.startswith(("firstepoch_decode_seconds_total", "firstepoch_prompt_seconds_total"))}
 
@@ -97,38 +108,55 @@ def report(name: str, r: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--parallel", type=int, default=16, help="requests each server decodes together")
+    parser.add_argument("--llama-server", default=None, help="llama.cpp's server binary, to run it too")
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from firstepoch.llm.models import resolve
+
+    path, counts = str(resolve("smollm2-135m-instruct")), [int(c) for c in args.clients.split(",")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    server = subprocess.Popen([sys.executable, "-m", "firstepoch", "serve", "smollm2-135m-instruct", "--port",
-                               str(port), "--context", "1024", "--queue", str(max(16, args.clients))],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        asyncio.run(phase(base, 1, 5, args.max_tokens))  # warm-up: kernels compiled and loaded
-        print(f"{args.clients} clients vs 1, {args.seconds:.0f} s each, streaming chat, max {args.max_tokens} tokens, "
-              f"bundled SmolLM2-135M-Instruct")
-        single = asyncio.run(phase(base, 1, args.seconds, args.max_tokens))
-        report("1 client", single)
-        many = asyncio.run(phase(base, args.clients, args.seconds, args.max_tokens))
-        report(f"{args.clients} clients", many)
-        ratio = (many["tokens"] / many["elapsed"]) / max(single["tokens"] / single["elapsed"], 1e-9)
-        print(f"  aggregate tokens/s {ratio:.2f}x one client (target >= 1.0); errors {len(many['errors'])} "
-              f"(target 0)")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+
+    def command(name: str, port: int) -> list[str]:
+        if name == "llama.cpp":
+            return [args.llama_server, "-m", path, "--port", str(port), "-t", "2", "-np", str(args.parallel),
+                    "-c", str(args.parallel * 1024), "--no-repack"]
+        return [sys.executable, "-m", "firstepoch", "serve", "smollm2-135m-instruct", "--port", str(port),
+                "--context", "1024", "--queue", str(max(16, max(counts))), "--parallel", str(args.parallel)]
+
+    print(f"clients {args.clients}, {args.seconds:.0f} s each, streaming chat, max {args.max_tokens} tokens, "
+          f"bundled SmolLM2-135M-Instruct, {args.parallel} slots a server")
+    results = {}
+    for name in ["firstepoch"] + (["llama.cpp"] if args.llama_server else []):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen(command(name, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if httpx.get(base + "/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            asyncio.run(phase(base, 1, 5, args.max_tokens))  # warm-up: kernels compiled and loaded
+            print(name)
+            for n in counts:
+                results[name, n] = asyncio.run(phase(base, n, args.seconds, args.max_tokens))
+                report(f"{n} client{'s' if n > 1 else ''}", results[name, n])
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+    rate = {key: r["tokens"] / r["elapsed"] for key, r in results.items()}
+    most, one = max(counts), min(counts)
+    for name in {name for name, _ in results}:
+        print(f"{name}: {most} clients' aggregate tokens/s {rate[name, most] / max(rate[name, one], 1e-9):.2f}x "
+              f"{one} client's; errors {sum(len(results[name, n]['errors']) for n in counts)}")
+    if ("llama.cpp", most) in rate:
+        print(f"firstepoch / llama.cpp with {most} clients: {rate['firstepoch', most] / rate['llama.cpp', most]:.2f}x")
 
 
 if __name__ == "__main__":
