@@ -109,15 +109,25 @@ class _Live:
         self.out: queue.Queue = queue.Queue()
         self.cancelled = False
 
-    def tokens(self) -> Iterator[int]:
-        """The token ids as the batch makes them; closing it takes the sequence out of the batch."""
-        try:
-            while (item := self.out.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
+    def __iter__(self) -> "_Live":
+        return self
+
+    def __next__(self) -> int:
+        """The next token id as the batch makes it (waiting for its step)."""
+        if self.cancelled:
+            raise StopIteration
+        item = self.out.get()
+        if item is _END:
             self.cancelled = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.cancelled = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Take the sequence out of the batch (at the next step), whether it started or not."""
+        self.cancelled = True
 
 
 class Batcher:
@@ -130,6 +140,15 @@ class Batcher:
     what it would generate alone (llm.batch), sampling, seed and grammar included."""
 
     def __init__(self, lm, parallel: int, on_work=lambda: None):
+        from firstepoch.llm.inference import KV_BYTES, available_memory
+
+        c = lm.model.config  # the one model cache is already counted: the other slots' caches must fit too
+        extra = (parallel - 1) * 2 * c.n_layers * c.n_kv_heads * c.head_dim * c.context * KV_BYTES
+        free = available_memory()
+        if free is not None and extra > free:
+            raise FirstEpochError(f"--parallel {parallel} needs {extra / 2**30:.1f} GiB more of KV cache ({parallel} "
+                                  f"slots of {c.context} positions) but {free / 2**30:.1f} GiB of memory is free; "
+                                  f"lower --parallel or --context")
         self.lm, self.parallel, self.on_work = lm, parallel, on_work
         self.lock = threading.Lock()
         self.pending: deque[_Live] = deque()
@@ -139,11 +158,12 @@ class Batcher:
 
     def submit(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int],
                constraint=None) -> Iterator[int]:
+        """A request's token ids, an iterator that waits for each step; `close()` it to leave the batch."""
         seq = _Live(ids, max_new_tokens, sampling, stop, constraint)
         with self.lock:
             self.pending.append(seq)
         self.on_work()
-        return seq.tokens()
+        return seq
 
     def has_work(self) -> bool:
         return bool(self.pending or self.running)

@@ -338,32 +338,34 @@ class LanguageModel:
         else:
             tokens = sample_tokens(self.model, ids, max_new_tokens, stop=end_ids, sampling=sampling,
                                    context_shift=not end_ids, cache=self.prompt_cache, constraint=constraint)
-        for token in tokens:
-            if not new:
-                stats.prompt_seconds = time.perf_counter() - started
-                stats.cached_tokens = self.prompt_cache.reused if end_ids and self.batcher is None else 0
-                started = time.perf_counter()
-            stats.completion_tokens += 1
-            stats.decode_seconds = time.perf_counter() - started
-            if token in end_ids:
-                stats.finish_reason = "stop"
-                break
-            new.append(token)
-            text = self.tokenizer.decode(prefix + new)[skip:]
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            window = max(0, len(shown) - max(map(len, stops), default=0))
-            if found := [i for i in (text.find(s, window) for s in stops) if i >= 0]:
-                if min(found) > len(shown):
-                    yield text[len(shown):min(found)]
-                stats.finish_reason = "stop"
-                tokens.close()
-                return
-            safe = len(text) - _held_back(text, stops)
-            if safe > len(shown):
-                yield text[len(shown):safe]
-                shown = text[:safe]
-        if constraint is not None and constraint.finished:
-            stats.finish_reason = "stop"  # the structured text is complete
-        if rest := self.tokenizer.decode(prefix + new)[skip:][len(shown):]:  # an incomplete character or held text
-            yield rest
+        try:
+            for token in tokens:
+                if not new:
+                    stats.prompt_seconds = time.perf_counter() - started
+                    stats.cached_tokens = self.prompt_cache.reused if end_ids and self.batcher is None else 0
+                    started = time.perf_counter()
+                stats.completion_tokens += 1
+                stats.decode_seconds = time.perf_counter() - started
+                if token in end_ids:
+                    stats.finish_reason = "stop"
+                    break
+                new.append(token)
+                text = self.tokenizer.decode(prefix + new)[skip:]
+                if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                    continue
+                window = max(0, len(shown) - max(map(len, stops), default=0))
+                if found := [i for i in (text.find(s, window) for s in stops) if i >= 0]:
+                    if min(found) > len(shown):
+                        yield text[len(shown):min(found)]
+                    stats.finish_reason = "stop"
+                    return
+                safe = len(text) - _held_back(text, stops)
+                if safe > len(shown):
+                    yield text[len(shown):safe]
+                    shown = text[:safe]
+            if constraint is not None and constraint.finished:
+                stats.finish_reason = "stop"  # the structured text is complete
+            if rest := self.tokenizer.decode(prefix + new)[skip:][len(shown):]:  # a half character, or held text
+                yield rest
+        finally:  # a generation closed early takes its tokens' source down with it (a batch slot, a cache)
+            tokens.close()

@@ -37,3 +37,63 @@ def test_a_prompt_past_the_context_is_refused_before_anything_runs(smollm):
     with pytest.raises(FirstEpochError, match="prompt 1 has"):
         generate_batch(smollm, ["fine", list(range(5, 5 + smollm.context))], max_new_tokens=2)
     assert generate_batch(smollm, [], max_new_tokens=2) == []
+
+
+def test_the_batcher_lets_requests_join_and_leave_between_steps(smollm):
+    """A server's Batcher in-process: two streams running, a third joining later, one closed early (its slot taken
+    by a waiting one); each finished stream's tokens are those of the same prompt alone."""
+    from firstepoch.llm.batch import Batcher
+    from firstepoch.llm.generate import Sampling, sample_tokens
+
+    batcher = Batcher(smollm, parallel=2)
+    ends = set(smollm.tokenizer.end_ids)
+    prompts = [smollm.encode(p) for p in PROMPTS[:4]]
+    first, second = (batcher.submit(p, 12, Sampling(0.0), ends) for p in prompts[:2])
+    left = batcher.submit(prompts[2], 12, Sampling(0.0), ends)  # waits: two slots
+    batcher.step()
+    got = {0: [next(first)], 1: [next(second)]}
+    third = batcher.submit(prompts[3], 12, Sampling(0.0), ends)
+    batcher.step()
+    left.close()  # never started: taken out before it holds a slot
+    first.close()  # leaves after two tokens: its slot goes to the third
+    while batcher.has_work():
+        batcher.step()
+    got[1] += list(second)
+    got[3] = list(third)
+    for i in (1, 3):
+        assert got[i] == list(sample_tokens(smollm.model, prompts[i], 12, temperature=0, stop=ends,
+                                            context_shift=False))
+    assert batcher.free and not batcher.running
+    with pytest.raises(FirstEpochError, match="lower --parallel"):
+        Batcher(smollm, parallel=10**7)
+
+
+def test_a_generation_closed_early_leaves_the_batch(smollm):
+    """What a server does when its client leaves: the Generation is closed, and its sequence is out of the batch
+    at the next step (its slot free), not decoded on to its token limit."""
+    import threading
+
+    from firstepoch.llm.batch import Batcher
+
+    batcher = Batcher(smollm, parallel=2)
+    smollm.batcher = batcher
+    try:
+        generation = smollm.generate("Once upon a time", max_new_tokens=200, temperature=0)
+        first_piece = threading.Event()
+
+        def steps():  # the server's driver: steps while there is work, until the first piece is out
+            while not first_piece.wait(0.01):
+                if batcher.has_work():
+                    batcher.step()
+
+        stepper = threading.Thread(target=steps)
+        stepper.start()
+        assert next(generation)  # the first piece: the sequence is running
+        first_piece.set()
+        stepper.join()
+        assert batcher.running
+        generation.close()
+        batcher.step()
+        assert not batcher.running and sorted(batcher.free) == [0, 1]
+    finally:
+        smollm.batcher = None
