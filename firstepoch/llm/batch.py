@@ -159,6 +159,9 @@ class Batcher:
     def submit(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int],
                constraint=None) -> Iterator[int]:
         """A request's token ids, an iterator that waits for each step; `close()` it to leave the batch."""
+        if not 0 < len(ids) < self.lm.context:
+            raise FirstEpochError(f"the prompt has {len(ids)} tokens; it needs 1 to {self.lm.context - 1} (the "
+                                  f"context)")
         seq = _Live(ids, max_new_tokens, sampling, stop, constraint)
         with self.lock:
             self.pending.append(seq)
@@ -182,6 +185,24 @@ class Batcher:
             running = list(self.running)
         if not running:
             return
+        try:
+            rows, wanted, stepping = self._rows(model, running)
+            logits = model.forward_rows(*map(list, zip(*rows)), wanted) if rows else []
+        except Exception as exc:  # noqa: BLE001  (every running request hears of it; the batch goes on)
+            with self.lock:
+                for seq in list(self.running):
+                    self._leave(seq, exc)
+            return
+        for seq, row in zip(stepping, logits):
+            try:
+                self._advance(seq, row)
+            except Exception as exc:  # noqa: BLE001  (a request's own sampling or grammar: it alone ends)
+                with self.lock:
+                    self._leave(seq, exc)
+
+    def _rows(self, model, running: list[_Live]) -> tuple[list, list[int], list[_Live]]:
+        """This step's rows (token, position, slot, decode), the rows whose logits are wanted, and their
+        sequences: a decode row for each sequence past its prompt, prompt rows for the others within the budget."""
         if self.cache is None:
             model.setup_cache(batch=self.parallel, max_len=model.config.context)
             self.cache = [layer.attn.cache for layer in model.layers]
@@ -205,14 +226,14 @@ class Batcher:
                 rows.append((seq.history[-1], len(seq.history) - 1, seq.slot, True))
             wanted.append(len(rows) - 1)
             stepping.append(seq)
-        try:
-            logits = model.forward_rows(*map(list, zip(*rows)), wanted) if rows else []
-            for seq, row in zip(stepping, logits):
-                self._advance(seq, row)
-        except Exception as exc:  # noqa: BLE001  (every running request hears of it; the batch goes on)
-            with self.lock:
-                for seq in list(self.running):
-                    self._leave(seq, exc)
+        return rows, wanted, stepping
+
+    def shutdown(self, error: BaseException) -> None:
+        """End every running and waiting request's stream with `error` (the server is stopping)."""
+        with self.lock:
+            for seq in list(self.running) + list(self.pending):
+                self._leave(seq, error)
+            self.pending.clear()
 
     def _advance(self, seq: _Live, logits: torch.Tensor) -> None:
         token = _pick(logits, seq.history, seq.sampling, seq.generator, seq.constraint)

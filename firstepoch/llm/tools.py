@@ -69,7 +69,8 @@ def chosen_tools(tools: list[Tool], choice, where: str = "tool_choice") -> tuple
         return [], False
     if choice == "required":
         return tools, True
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
     named = [t for t in tools if t.name == name]
     if not named:
         raise FirstEpochError(f"{where} must be auto, none, required or {{\"type\": \"function\", \"function\": "
@@ -109,12 +110,15 @@ def with_tools(messages: list[dict], tools: list[Tool], required: bool) -> list[
     for m in messages:
         role, content = m["role"], m.get("content") or ""
         if role == "assistant" and m.get("tool_calls"):
+            if not isinstance(m["tool_calls"], list):
+                raise FirstEpochError("messages: an assistant's tool_calls must be a list")
             calls = [_call_of(c) for c in m["tool_calls"]]
             names.update({c.id: c.name for c in calls})
             content = "\n".join(json.dumps({"tool_call": {"name": c.name, "arguments": c.arguments}},
                                            ensure_ascii=False) for c in calls)
         elif role == "tool":
-            name = m.get("tool_name") or m.get("name") or names.get(m.get("tool_call_id"), "")
+            call_id = m.get("tool_call_id")
+            name = m.get("tool_name") or m.get("name") or (names.get(call_id, "") if isinstance(call_id, str) else "")
             role, content = "user", json.dumps({"tool_response": {"name": name, "content": content}},
                                                ensure_ascii=False)
         if out and out[-1]["role"] == role == "user":  # several results in a row: one user turn
@@ -135,9 +139,12 @@ def _call_of(call) -> ToolCall:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments)
-        except ValueError:
-            raise FirstEpochError(f"messages: the arguments of a call of {spec['name'][:64]!r} are not JSON") from None
-    return ToolCall(spec["name"], arguments, call.get("id") or ToolCall("", {}).id)
+            json.dumps(arguments, ensure_ascii=False).encode()  # a lone surrogate escaped in the string fails here
+        except (ValueError, RecursionError, UnicodeEncodeError):
+            raise FirstEpochError(f"messages: the arguments of a call of {spec['name'][:64]!r} are not JSON "
+                                  f"text") from None
+    call_id = call.get("id")
+    return ToolCall(spec["name"], arguments, call_id if isinstance(call_id, str) and call_id else ToolCall("", {}).id)
 
 
 def read_answer(text: str) -> tuple[str | None, list[ToolCall]]:

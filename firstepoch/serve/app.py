@@ -245,10 +245,13 @@ def create_app(registry: Registry, limits: Limits | None = None, api_key: str | 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
-        drivers = [asyncio.create_task(_drive(s)) for s in registry.of_kind("llm") if getattr(s.obj, "batcher", None)]
+        batched = [s for s in registry.of_kind("llm") if getattr(s.obj, "batcher", None)]
+        drivers = [asyncio.create_task(_drive(s)) for s in batched]
         yield
         for task in drivers:
             task.cancel()
+        for served in batched:  # no step will come: whoever still waits for a token hears why
+            served.obj.batcher.shutdown(FirstEpochError("the server is shutting down"))
 
     app = FastAPI(title="firstepoch", docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
     app.state.firstepoch = ServerState(registry, limits, api_key, stopping=stopping or (lambda: False))

@@ -45,6 +45,8 @@ class Slot:
         # their text read off it by threads of their own, which only wait for tokens.
         self.lock = asyncio.Lock() if parallel == 1 else asyncio.Semaphore(parallel)
         self.waiting = 0  # requests admitted and not yet holding the model (reserved ones included)
+        self.holding = 0  # requests holding it (at most `parallel`)
+        self._held: dict = {}  # task -> the reservation it holds through `async with slot`
         self.busy_seconds = 0.0
 
     def __repr__(self):
@@ -53,7 +55,7 @@ class Slot:
     def reserve(self) -> "Reservation":
         """A place in the queue, or Busy when the queue is full: at most `queue_size` waiting behind the one that
         holds the model, counting the reserved streams that have not taken it yet."""
-        if self.waiting >= self.queue_size + (not self.lock.locked()):
+        if self.waiting >= self.queue_size + (self.parallel - self.holding):
             raise Busy(self.name, retry_after=max(1, round(self.busy_seconds or 1)))
         self.waiting += 1
         return Reservation(self)
@@ -61,11 +63,11 @@ class Slot:
     async def __aenter__(self):
         reservation = self.reserve()
         await reservation.__aenter__()
-        self._held = reservation  # set once the model is held: there is one holder at a time
+        self._held[asyncio.current_task()] = reservation  # with batching, several tasks hold the model at once
         return self
 
     async def __aexit__(self, *exc):
-        await self._held.__aexit__(*exc)
+        await self._held.pop(asyncio.current_task()).__aexit__(*exc)
 
     async def run(self, fn, *args):
         """`fn(*args)` on the slot's thread."""
@@ -94,12 +96,14 @@ class Reservation:
             self.cancel()
             raise
         slot.waiting -= 1
+        slot.holding += 1
         self.state, self._since = "holding", time.perf_counter()
         return slot
 
     async def __aexit__(self, *exc):
         slot, self.state = self.slot, "done"
         slot.busy_seconds = 0.8 * slot.busy_seconds + 0.2 * (time.perf_counter() - self._since)
+        slot.holding -= 1
         slot.lock.release()
 
     def cancel(self) -> None:

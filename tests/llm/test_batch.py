@@ -97,3 +97,27 @@ def test_a_generation_closed_early_leaves_the_batch(smollm):
         assert not batcher.running and sorted(batcher.free) == [0, 1]
     finally:
         smollm.batcher = None
+
+
+def test_one_requests_error_ends_that_request_alone(smollm):
+    """A request whose own sampling fails (here a grammar that refuses every token) ends with its error; the
+    others in the batch go on to their full answers."""
+    from firstepoch.llm.batch import Batcher
+    from firstepoch.llm.generate import Sampling, sample_tokens
+
+    class Refusing:  # a Constraint that allows nothing
+        def mask(self, logits):
+            raise FirstEpochError("the output grammar allows no next token")
+
+    batcher = Batcher(smollm, parallel=2)
+    ends = set(smollm.tokenizer.end_ids)
+    prompt = smollm.encode(PROMPTS[0])
+    good = batcher.submit(prompt, 8, Sampling(0.0), ends)
+    bad = batcher.submit(smollm.encode(PROMPTS[1]), 8, Sampling(0.0), ends, constraint=Refusing())
+    while batcher.has_work():
+        batcher.step()
+    with pytest.raises(FirstEpochError, match="allows no next token"):
+        list(bad)
+    assert list(good) == list(sample_tokens(smollm.model, prompt, 8, temperature=0, stop=ends, context_shift=False))
+    with pytest.raises(FirstEpochError, match="needs 1 to"):
+        batcher.submit([], 8, Sampling(0.0), ends)

@@ -81,5 +81,9 @@ def test_calls_and_results_go_back_into_any_template(smollm):
 def test_tools_that_cannot_be_used_are_one_line_naming_the_entry(tools, says):
     with pytest.raises(FirstEpochError, match=says):
         read_tools(tools)
-    with pytest.raises(FirstEpochError, match="tool_choice"):
-        chosen_tools(read_tools(TOOLS), {"type": "function", "function": {"name": "no_such_tool"}})
+    for choice in ({"type": "function", "function": {"name": "no_such_tool"}}, {"function": "add"}, 7):
+        with pytest.raises(FirstEpochError, match="tool_choice"):
+            chosen_tools(read_tools(TOOLS), choice)
+    for calls in (7, "add", [{"function": "add"}]):
+        with pytest.raises(FirstEpochError, match="tool_calls|tool call"):
+            with_tools([{"role": "assistant", "content": "", "tool_calls": calls}], read_tools(TOOLS), False)
