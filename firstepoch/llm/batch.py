@@ -10,7 +10,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -20,78 +19,47 @@ from firstepoch.llm.decoder import PREFILL_CHUNK
 from firstepoch.llm.generate import GenerationStats, Sampling, _pick
 
 
-@dataclass
-class _Sequence:
-    slot: int
-    history: list[int]  # prompt and generated tokens; all but the newest are in the cache
-    sampling: Sampling
-    generator: torch.Generator | None
-    new: list[int] = field(default_factory=list)
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-
 @torch.no_grad()
 def generate_batch(lm, prompts: list[str | list[int]], max_new_tokens: int = 200, temperature: float = 0.8,
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                    special: bool = False) -> list[tuple[str, GenerationStats]]:
-    """The continuation of each prompt (text, or token ids) and its stats, all generated together. Prompt i
-    samples with seed `seed + i` when a seed is given. Each stops at the model's end tokens or after
-    `max_new_tokens`."""
-    model = lm.model
+    """The continuation of each prompt (text, or token ids) and its stats, all generated together (a `Batcher`
+    with a slot each). Prompt i samples with seed `seed + i` when a seed is given. Each stops at the model's end
+    tokens or after `max_new_tokens`."""
     if not prompts:
         return []
-    if getattr(model, "c_layers", None) is None:
+    if getattr(lm.model, "c_layers", None) is None:
         raise FirstEpochError("batched generation runs in firstepoch's C layers: a GGUF model on the CPU")
-    ends = set(lm.tokenizer.end_ids)
-    sequences = []
-    for i, prompt in enumerate(prompts):
-        ids = list(prompt) if isinstance(prompt, list) else lm.encode(prompt, special=special)
-        if not ids or len(ids) >= lm.context:
+    all_ids = [list(p) if isinstance(p, list) else lm.encode(p, special=special) for p in prompts]
+    for i, ids in enumerate(all_ids):  # every prompt checked before anything runs
+        if not 0 < len(ids) < lm.context:
             raise FirstEpochError(f"prompt {i} has {len(ids)} tokens; it needs 1 to {lm.context - 1} (the context)")
-        sampling = Sampling(temperature, top_k, top_p, seed=None if seed is None else seed + i)
-        generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
-        sequences.append(_Sequence(i, ids, sampling, generator, stats=GenerationStats(prompt_tokens=len(ids))))
-    model.eval()
-    model.setup_cache(batch=len(sequences), max_len=min(lm.context, max(len(s.history) for s in sequences) +
-                                                         max_new_tokens))
+    ends = set(lm.tokenizer.end_ids)
+    batcher = Batcher(lm, len(all_ids))
+    streams = [batcher.submit(ids, max_new_tokens, Sampling(temperature, top_k, top_p, seed=None if seed is None
+                                                            else seed + i), ends) for i, ids in enumerate(all_ids)]
     try:
-        # every prompt's rows in one pass (a prompt of one token is a decode step alone: the same here)
-        ids = [t for s in sequences for t in s.history]
-        positions = [p for s in sequences for p in range(len(s.history))]
-        slots = [s.slot for s in sequences for _ in s.history]
-        decode = [len(s.history) == 1 for s in sequences for _ in s.history]
-        ends_at = torch.tensor([len(s.history) for s in sequences]).cumsum(0) - 1
-        logits = model.forward_rows(ids, positions, slots, decode, ends_at.tolist())
-        running = list(sequences)
-        while running:
-            still = []
-            for s, row in zip(running, logits):
-                token = _pick(row, s.history, s.sampling, s.generator)
-                s.stats.completion_tokens += 1
-                if token in ends:
-                    s.stats.finish_reason = "stop"
-                    continue
-                s.new.append(token)
-                s.history.append(token)
-                if len(s.new) < max_new_tokens and len(s.history) < model.layers[0].attn.cache.k.shape[2]:
-                    still.append(s)
-            running = still
-            if running:  # one decode step for all that go on
-                logits = model.forward_rows([s.history[-1] for s in running], [len(s.history) - 1 for s in running],
-                                            [s.slot for s in running], [True] * len(running),
-                                            list(range(len(running))))
+        while batcher.has_work():
+            batcher.step()
     finally:
-        model.clear_cache()
-    return [(_text(lm, s), s.stats) for s in sequences]
+        lm.model.clear_cache()
+    out = []
+    for ids, stream in zip(all_ids, streams):
+        tokens = list(stream)
+        stopped = bool(tokens) and tokens[-1] in ends
+        stats = GenerationStats(prompt_tokens=len(ids), completion_tokens=len(tokens),
+                                finish_reason="stop" if stopped else "length")
+        out.append((_text(lm, ids, tokens[:-1] if stopped else tokens), stats))
+    return out
 
 
-def _text(lm, s: _Sequence) -> str:
+def _text(lm, prompt: list[int], new: list[int]) -> str:
     """The new tokens' text, decoded after the prompt's last token as `LanguageModel.generate` does (a
     SentencePiece "▁word" keeps its space)."""
     if not lm.tokenizer.end_ids:
-        return lm.tokenizer.decode(s.new)
-    prefix = s.history[len(s.history) - len(s.new) - 1:len(s.history) - len(s.new)]
-    return lm.tokenizer.decode(prefix + s.new)[len(lm.tokenizer.decode(prefix)):]
+        return lm.tokenizer.decode(new)
+    prefix = prompt[-1:]
+    return lm.tokenizer.decode(prefix + new)[len(lm.tokenizer.decode(prefix)):]
 
 
 _END = object()
@@ -140,15 +108,15 @@ class Batcher:
     what it would generate alone (llm.batch), sampling, seed and grammar included."""
 
     def __init__(self, lm, parallel: int, on_work=lambda: None):
-        from firstepoch.llm.inference import KV_BYTES, available_memory
+        from firstepoch.llm.inference import available_memory, kv_cache_bytes
 
         c = lm.model.config  # the one model cache is already counted: the other slots' caches must fit too
-        extra = (parallel - 1) * 2 * c.n_layers * c.n_kv_heads * c.head_dim * c.context * KV_BYTES
+        extra = (parallel - 1) * kv_cache_bytes(c)
         free = available_memory()
         if free is not None and extra > free:
-            raise FirstEpochError(f"--parallel {parallel} needs {extra / 2**30:.1f} GiB more of KV cache ({parallel} "
-                                  f"slots of {c.context} positions) but {free / 2**30:.1f} GiB of memory is free; "
-                                  f"lower --parallel or --context")
+            raise FirstEpochError(f"{parallel} sequences at once need {extra / 2**30:.1f} GiB more of KV cache "
+                                  f"({parallel} slots of {c.context} positions) but {free / 2**30:.1f} GiB of memory "
+                                  f"is free; lower --parallel or --context")
         self.lm, self.parallel, self.on_work = lm, parallel, on_work
         self.lock = threading.Lock()
         self.pending: deque[_Live] = deque()

@@ -220,9 +220,14 @@ def memory_needed(g, config: TransformerConfig) -> int:
         return int(t.n_bytes) if t.tensor_type.name in BLOCK_TYPES else 2 * int(t.n_elements)
 
     weights = sum(size(t) for t in g.tensors.values())
-    cache = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
+    cache = kv_cache_bytes(config)
     rope = ROPE_TABLES * config.context * config.head_dim * 4  # fp32 cos and sin, global and local, C and PyTorch
     return weights + cache + rope
+
+
+def kv_cache_bytes(config: TransformerConfig) -> int:
+    """Keys and values of one sequence over the whole context, every layer."""
+    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
 
 
 def check_fits(needed: int, source) -> None:
