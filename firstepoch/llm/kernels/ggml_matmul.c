@@ -70,7 +70,7 @@ static inline half to_half(float f) {
 
 static void quantize_block(const float *x, int8_t *q, float *d_out, int *sum_out) {
     float amax = 0.0f;
-    for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < QK; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;  /* fmaxf's result, inlined */
     const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
     int sum = 0;
     for (int j = 0; j < QK; j++) { q[j] = (int8_t)nearbyintf(x[j] * id); sum += q[j]; }  /* half to even */
@@ -106,8 +106,9 @@ static inline int nearest_int(float x) {
 static void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k) {
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
         float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;  /* then its first value */
         for (int j = 0; j < QK_K; j++)
-            if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+            if (fabsf(x[j]) == amax) { max = x[j]; break; }
         memset(y[i].qs, 0, QK_K);
         memset(y[i].bsums, 0, sizeof y[i].bsums);
         y[i].d = 0.0f;
@@ -116,7 +117,11 @@ static void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k) {
         for (int j = 0; j < QK_K; j++) {
             const int v = nearest_int(iscale * x[j]);
             y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
-            y[i].bsums[j / 16] += y[i].qs[j];
+        }
+        for (int g = 0; g < QK_K / 16; g++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += y[i].qs[16 * g + j];
+            y[i].bsums[g] = (int16_t)sum;
         }
         y[i].d = 1.0f / iscale;
     }
@@ -377,7 +382,7 @@ static float dot_q5_K(const block_q5_K *x, const block_q8_K *y, int64_t nb) {
     return lanes8_sum(acc) + summs;
 }
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !defined(TILED)
 /* four activation rows at once: each super-block unpacked once */
 static void dot4_q4_K(const block_q4_K *x, const block_q8_K *y, int64_t nb, float *out) {
     float acc[4][8] = {{0}}, acc_m[4][4] = {{0}};
@@ -468,7 +473,7 @@ static float dot_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb) {
     return lanes8_sum(acc);
 }
 
-#if defined(__AVX2__)
+#if defined(__AVX2__) && !defined(TILED)
 static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, float *out) {
     float acc[4][8] = {{0}};
     for (int64_t i = 0; i < nb; i++) {
@@ -650,6 +655,118 @@ TILE_SIGNED(tile_dot_q5_0, block_q5_0, offset_q5_0)
 TILE_SIGNED(tile_dot_q8_0, block_q8_0, offset_q8_0)
 TILE_WITH_MIN(tile_dot_q4_1, block_q4_1, weights_q4_1)
 TILE_WITH_MIN(tile_dot_q5_1, block_q5_1, weights_q5_1)
+
+/* The K-quants in tiles: a super-block's sub-block j of the four rows side by side, each row's scale and 16-value
+ * sums as block_q8_K has them (the same 292 bytes a row). A sub-block's 32 weights are multiplied with two rows in
+ * one 512-bit maddubs, whose pair sums go times the sub-block's scale into the row's 8 lanes by one dpwssd: the
+ * lanes llama.cpp's AVX2 maddubs, madd and add form, exact integers either way. */
+typedef struct { int8_t qs[QK_K / 32][4][32]; float d[4]; int16_t bsums[4][QK_K / 16]; } tile_q8_K;
+
+static void quantize_tile_q8_K(const float *x, int64_t k, tile_q8_K *y) {
+    for (int u = 0; u < 4; u++)
+        for (int64_t i = 0; i < k / QK_K; i++) {
+            block_q8_K b;
+            quantize_row_q8_K(x + u * k + i * QK_K, &b, QK_K);
+            y[i].d[u] = b.d;
+            memcpy(y[i].bsums[u], b.bsums, sizeof b.bsums);
+            for (int j = 0; j < QK_K / 32; j++) memcpy(y[i].qs[j][u], b.qs + 32 * j, 32);
+        }
+}
+
+/* lanes of rows (0, 1) and (2, 3) plus one sub-block: 32 weights as bytes, its two rows' int16 scales */
+#define K_SUB(s01, s23, b, j, v, scale)                                                                  \
+    do {                                                                                                 \
+        const __m512i v2 = _mm512_broadcast_i64x4(v);                                                    \
+        s01 = _mm512_dpwssd_epi32(s01, _mm512_maddubs_epi16(v2, _mm512_loadu_si512((b)->qs[j][0])), scale); \
+        s23 = _mm512_dpwssd_epi32(s23, _mm512_maddubs_epi16(v2, _mm512_loadu_si512((b)->qs[j][2])), scale); \
+    } while (0)
+
+/* the four rows' scales times the weights' d, as the lanes of (0, 1) and (2, 3) take them */
+#define ROW_SCALES(b, weight_d, d01, d23)                                                                 \
+    const __m512 rows_d = _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps((b)->d), _mm_set1_ps(weight_d))); \
+    const __m512 d01 = _mm512_permutexvar_ps(PAIR(0, 1), rows_d), d23 = _mm512_permutexvar_ps(PAIR(2, 3), rows_d)
+
+/* the minimums' integer terms of four rows, row u's lane l (0-3) at 4u + l: sub-blocks 2l and 2l + 1 */
+static inline __m512i tile_min_lanes(const int32_t *mn, const tile_q8_K *b) {
+    const __m512i m = _mm512_set_epi16(mn[7], mn[7], mn[6], mn[6], mn[5], mn[5], mn[4], mn[4], mn[3], mn[3], mn[2],
+                                       mn[2], mn[1], mn[1], mn[0], mn[0], mn[7], mn[7], mn[6], mn[6], mn[5], mn[5],
+                                       mn[4], mn[4], mn[3], mn[3], mn[2], mn[2], mn[1], mn[1], mn[0], mn[0]);
+    __m512i e01 = _mm512_madd_epi16(_mm512_loadu_si512(b->bsums[0]), m);  /* row's lane j: mn[j] (bs[2j] + bs[2j+1]) */
+    __m512i e23 = _mm512_madd_epi16(_mm512_loadu_si512(b->bsums[2]), m);
+    e01 = _mm512_add_epi32(e01, _mm512_srli_epi64(e01, 32));  /* even lanes: sub-blocks 2l and 2l + 1 */
+    e23 = _mm512_add_epi32(e23, _mm512_srli_epi64(e23, 32));
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_epi32(e01, evens, e23);
+}
+
+static void tile_dot_q4_K(const block_q4_K *x, const tile_q8_K *y, int64_t nb, float *out) {
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps(), acc_m = _mm512_setzero_ps();
+    const __m512i four = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    for (int64_t i = 0; i < nb; i++) {
+        const tile_q8_K *b = y + i;
+        int32_t sc[8], mn[8];
+        scales_and_mins(x[i].scales, sc, mn);
+        __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[i].qs + 32 * j));
+            K_SUB(s01, s23, b, 2 * j, _mm256_and_si256(bits, _mm256_set1_epi8(0x0f)), _mm512_set1_epi16((int16_t)sc[2 * j]));
+            K_SUB(s01, s23, b, 2 * j + 1, _mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f)),
+                  _mm512_set1_epi16((int16_t)sc[2 * j + 1]));
+        }
+        ROW_SCALES(b, to_float(x[i].d), d01, d23);
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        /* -d * dmin of each row, in its four lanes */
+        const __m128 dmin = _mm_mul_ps(_mm_xor_ps(_mm_loadu_ps(b->d), _mm_set1_ps(-0.0f)), _mm_set1_ps(to_float(x[i].dmin)));
+        acc_m = _mm512_fmadd_ps(_mm512_permutexvar_ps(four, _mm512_castps128_ps512(dmin)),
+                                _mm512_cvtepi32_ps(tile_min_lanes(mn, b)), acc_m);
+    }
+    float m[16];
+    _mm512_storeu_ps(m, acc_m);
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    for (int u = 0; u < 4; u++) out[u] += (m[4 * u] + m[4 * u + 2]) + (m[4 * u + 1] + m[4 * u + 3]);
+}
+
+static void tile_dot_q5_K(const block_q5_K *x, const tile_q8_K *y, int64_t nb, float *out) {
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+    float summs[4] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        const tile_q8_K *b = y + i;
+        k_unpacked u;
+        unpack_q5_K(x + i, &u);
+        __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
+        for (int j = 0; j < 8; j++) K_SUB(s01, s23, b, j, u.v[j], _mm512_set1_epi16((int16_t)u.sc[j]));
+        ROW_SCALES(b, u.d, d01, d23);
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        int32_t m[16];
+        _mm512_storeu_si512(m, tile_min_lanes(u.mn, b));
+        for (int r = 0; r < 4; r++)
+            summs[r] = fmaf(-b->d[r] * u.dmin, (float)((m[4 * r] + m[4 * r + 1]) + (m[4 * r + 2] + m[4 * r + 3])), summs[r]);
+    }
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    for (int r = 0; r < 4; r++) out[r] += summs[r];
+}
+
+static void tile_dot_q6_K(const block_q6_K *x, const tile_q8_K *y, int64_t nb, float *out) {
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const tile_q8_K *b = y + i;
+        q6_unpacked u;
+        unpack_q6_K(x + i, &u);
+        const int8_t *sc = x[i].scales;
+        /* the weights' offset of 32: minus 32 times each 16 values' sum times its scale, in the rows' lanes */
+        const __m512i scales = _mm512_broadcast_i64x4(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc)));
+        __m512i s01 = _mm512_slli_epi32(_mm512_madd_epi16(_mm512_loadu_si512(b->bsums[0]), scales), 5);
+        __m512i s23 = _mm512_slli_epi32(_mm512_madd_epi16(_mm512_loadu_si512(b->bsums[2]), scales), 5);
+        s01 = _mm512_sub_epi32(_mm512_setzero_si512(), s01), s23 = _mm512_sub_epi32(_mm512_setzero_si512(), s23);
+        for (int g = 0; g < 8; g++) K_SUB(s01, s23, b, g, u.v[g], _mm512_broadcast_i64x4(scale_pair(sc[2 * g], sc[2 * g + 1])));
+        ROW_SCALES(b, u.d, d01, d23);
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+    }
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+}
 #endif
 
 /* ---------------------------------------------------------------------------------------- the products */
@@ -692,10 +809,10 @@ static inline void prefetch_ahead(const void *row, int64_t bytes) {
 
 #if defined(TILED)
 /* the 32-weight types: whole tiles of four rows (prefill), then the rows left one by one (decode) */
-#define MATMUL_TILED(NAME, WBLOCK, XBLOCK, QUANTIZE, DOT, TILE, QUANTIZE_TILE, TILE_DOT)                   \
+#define MATMUL_TILED(NAME, BLOCK, WBLOCK, XBLOCK, QUANTIZE, DOT, TILE, QUANTIZE_TILE, TILE_DOT)            \
     void NAME(const void *w, int64_t n, int64_t k, const float *x, int64_t t, float *y, void *scratch,    \
               int threads) {                                                                             \
-        const int64_t nb = k / QK, tiles = t / 4, rest = t - 4 * tiles;                                  \
+        const int64_t nb = k / BLOCK, tiles = t / 4, rest = t - 4 * tiles;                                \
         TILE *xt = (TILE *)scratch;                                                                      \
         XBLOCK *xq = (XBLOCK *)(xt + tiles * nb);                                                        \
         _Pragma("omp parallel for num_threads(threads) schedule(static) if(t > 1)")                      \
@@ -721,15 +838,15 @@ static inline void prefetch_ahead(const void *row, int64_t bytes) {
         }                                                                                                \
     }
 
-MATMUL_TILED(matmul_q4_0, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, tile_q8_0, quantize_tile_q8_0_8,
+MATMUL_TILED(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, tile_q8_0, quantize_tile_q8_0_8,
              tile_dot_q4_0)
-MATMUL_TILED(matmul_q4_1, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, tile_q8_1, quantize_tile_q8_1,
+MATMUL_TILED(matmul_q4_1, QK, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, tile_q8_1, quantize_tile_q8_1,
              tile_dot_q4_1)
-MATMUL_TILED(matmul_q8_0, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, tile_q8_0, quantize_tile_q8_0_128,
+MATMUL_TILED(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, tile_q8_0, quantize_tile_q8_0_128,
              tile_dot_q8_0)
-MATMUL_TILED(matmul_q5_0, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, tile_q8_0, quantize_tile_q8_0_16,
+MATMUL_TILED(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, tile_q8_0, quantize_tile_q8_0_16,
              tile_dot_q5_0)
-MATMUL_TILED(matmul_q5_1, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, tile_q8_1, quantize_tile_q8_1,
+MATMUL_TILED(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, tile_q8_1, quantize_tile_q8_1,
              tile_dot_q5_1)
 #else
 MATMUL(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot4_q4_0)
@@ -738,7 +855,16 @@ MATMUL(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot
 MATMUL(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, dot4_q5_0)
 MATMUL(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, dot4_q5_1)
 #endif
+#if defined(TILED)
+MATMUL_TILED(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, tile_q8_K, quantize_tile_q8_K,
+             tile_dot_q4_K)
+MATMUL_TILED(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, tile_q8_K, quantize_tile_q8_K,
+             tile_dot_q5_K)
+MATMUL_TILED(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, tile_q8_K, quantize_tile_q8_K,
+             tile_dot_q6_K)
+#else
 MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
+#endif
 

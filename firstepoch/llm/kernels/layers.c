@@ -275,23 +275,21 @@ static void attend(const float *q, const float *keys, const float *values, int64
     const float inverse = (float)(1.0 / total);
     /* the weighted sum of values is dot_f16 of the weights with each column of values, for all columns at
        once: acc[group][lane][column]; the cache past position n holds zeros there, which add nothing */
-    memset(acc, 0, sizeof(float) * GROUPS * LANES * head_dim);
+    memset(acc, 0, sizeof(float) * groups * LANES * head_dim);
     for (int64_t j = 0; j < n; j++) {
         const float p = fp16(s[j] * inverse);
         const float *v = values + j * head_dim;
         float *a = acc + (((j / LANES) % groups) * LANES + j % LANES) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
     }
-    for (int64_t d = 0; d < head_dim; d++) {
-        float lanes[LANES];
-        for (int l = 0; l < LANES; l++) {
-            const float *column = acc + l * head_dim + d;  /* group g, lane l: column + g * LANES * head_dim */
-            lanes[l] = groups == 1 ? column[0]
-                                   : (column[0] + column[2 * LANES * head_dim]) +
-                                     (column[LANES * head_dim] + column[3 * LANES * head_dim]);
-        }
-        out[d] = lanes_sum(lanes, LANES);
-    }
+    /* each column's lanes summed as lanes_sum adds them, for all columns at once (rows of acc added whole) */
+    const int64_t row = LANES * head_dim;  /* group g, lane l: acc + g * row + l * head_dim */
+    if (groups != 1)
+        for (int64_t i = 0; i < row; i++) acc[i] = (acc[i] + acc[2 * row + i]) + (acc[row + i] + acc[3 * row + i]);
+    for (int n = LANES; n > 4; n /= 2)
+        for (int64_t i = 0; i < n / 2 * head_dim; i++) acc[i] = acc[i + n / 2 * head_dim] + acc[i];
+    for (int64_t d = 0; d < head_dim; d++)
+        out[d] = (acc[d] + acc[2 * head_dim + d]) + (acc[head_dim + d] + acc[3 * head_dim + d]);
 }
 
 /* ---------------------------------------------------------------------------------------------- layers */
