@@ -119,9 +119,9 @@ class BlockType:
 # order) follow it; a type added here needs its function in both C files
 Q8_K_BYTES = 292  # the K-quants' activations: 256 int8 values, a float scale and 16 int16 sums
 # the 32-weight types' activations, as prefill's tiles of four rows hold them with AVX-512 (ggml_matmul.c): a
-# row's 32 int8 values, its float scale, and 8 int32 offsets (Q8_0) or the float of d * sum (Q8_1); one-row
-# blocks (34 and 36 bytes) are smaller
-Q8_0_TILE_BYTES, Q8_1_TILE_BYTES = 68, 40
+# row's 32 int8 values, its float scale in 8 lanes, and 8 int32 offsets (Q8_0) or the float of d * sum (Q8_1);
+# one-row blocks (34 and 36 bytes) are smaller
+Q8_0_TILE_BYTES, Q8_1_TILE_BYTES = 96, 68
 BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, Q8_0_TILE_BYTES, 0, _dequantize_q4_0),
                                    BlockType("Q4_1", 32, 20, Q8_1_TILE_BYTES, 1, _dequantize_q4_1),
                                    BlockType("Q8_0", 32, 34, Q8_0_TILE_BYTES, 2, _dequantize_q8_0),

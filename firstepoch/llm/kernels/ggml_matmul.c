@@ -579,8 +579,9 @@ DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
  * an offset that makes them unsigned, (w + o) . a - o sum(a) = w . a, the tile carrying o times each 4 values'
  * sum (the lanes the products go to); the scales are the floats of the fp16 ones llama.cpp stores. */
 #if defined(TILED)
-typedef struct { int8_t qs[4][QK]; int32_t offset[4][8]; float d[4]; } tile_q8_0;
-typedef struct { int8_t qs[4][QK]; float d[4], s[4]; } tile_q8_1;
+/* d: the four rows' scales, rows 0 and 1 (then 2 and 3) each in 8 lanes as the products' lanes take them */
+typedef struct { int8_t qs[4][QK]; int32_t neg_offset[4][8]; float d[2][16]; } tile_q8_0;
+typedef struct { int8_t qs[4][QK]; float d[2][16]; float s[4]; } tile_q8_1;
 
 static void quantize_tile_q8_0(const float *x, int64_t k, tile_q8_0 *y, int offset) {
     for (int u = 0; u < 4; u++)
@@ -588,8 +589,9 @@ static void quantize_tile_q8_0(const float *x, int64_t k, tile_q8_0 *y, int offs
             float d; int sum;
             int8_t *q = y[i].qs[u];
             quantize_block(x + u * k + i * QK, q, &d, &sum);
-            y[i].d[u] = to_float(to_half(d));
-            for (int p = 0; p < 8; p++) y[i].offset[u][p] = offset * (q[4 * p] + q[4 * p + 1] + q[4 * p + 2] + q[4 * p + 3]);
+            for (int l = 0; l < 8; l++) y[i].d[u / 2][8 * (u % 2) + l] = to_float(to_half(d));
+            for (int p = 0; p < 8; p++)
+                y[i].neg_offset[u][p] = -offset * (q[4 * p] + q[4 * p + 1] + q[4 * p + 2] + q[4 * p + 3]);
         }
 }
 static void quantize_tile_q8_0_8(const float *x, int64_t k, tile_q8_0 *y) { quantize_tile_q8_0(x, k, y, 8); }
@@ -601,15 +603,29 @@ static void quantize_tile_q8_1(const float *x, int64_t k, tile_q8_1 *y) {
         for (int64_t i = 0; i < k / QK; i++) {
             float d; int sum;
             quantize_block(x + u * k + i * QK, y[i].qs[u], &d, &sum);
-            y[i].d[u] = to_float(to_half(d));
+            for (int l = 0; l < 8; l++) y[i].d[u / 2][8 * (u % 2) + l] = to_float(to_half(d));
             y[i].s[u] = to_float(to_half(d * (float)sum));
         }
 }
 
-static inline __m256i offset_q4_0(const block_q4_0 *b) { return nibbles(b->qs); }  /* w + 8 */
-static inline __m256i offset_q5_0(const block_q5_0 *b) { return _mm256_or_si256(nibbles(b->qs), fifth_bits(b->qh)); }
-static inline __m256i offset_q8_0(const block_q8_0 *b) {  /* w + 128 */
-    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), _mm256_set1_epi8((char)0x80));
+/* a block's 32 weights as unsigned bytes, twice (one copy for each row of a pair): the nibbles (low ones
+ * first) of Q4_0 (w + 8) and Q4_1; with the fifth bit, Q5_0 (w + 16) and Q5_1; Q8_0 + 128 */
+static inline __m512i nibbles2(const uint8_t *qs) {
+    const __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)qs));
+    return _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xff00ff00u, v, 4), _mm512_set1_epi8(0x0f));
+}
+static inline __m512i with_fifth2(__m512i v, const uint8_t *qh) {
+    uint32_t bits;
+    memcpy(&bits, qh, 4);
+    return _mm512_mask_add_epi8(v, _cvtu64_mask64((uint64_t)bits | (uint64_t)bits << 32), v, _mm512_set1_epi8(16));
+}
+static inline __m512i weights2_q4_0(const block_q4_0 *b) { return nibbles2(b->qs); }
+static inline __m512i weights2_q4_1(const block_q4_1 *b) { return nibbles2(b->qs); }
+static inline __m512i weights2_q5_0(const block_q5_0 *b) { return with_fifth2(nibbles2(b->qs), b->qh); }
+static inline __m512i weights2_q5_1(const block_q5_1 *b) { return with_fifth2(nibbles2(b->qs), b->qh); }
+static inline __m512i weights2_q8_0(const block_q8_0 *b) {
+    return _mm512_xor_si512(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qs)),
+                            _mm512_set1_epi8((char)0x80));
 }
 
 static inline float hsum_low(__m512 v) { return hsum(_mm512_castps512_ps256(v)); }
@@ -618,43 +634,52 @@ static inline float hsum_high(__m512 v) { return hsum(_mm256_castpd_ps(_mm512_ex
 /* the scales of rows 0 and 1 (or 2 and 3) of a tile, each in its 8 lanes */
 #define PAIR(a, b) _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
 
-#define TILE_BODY(TILE_T, PREPARE, PAIR_PRODUCT, FINISH)                                                   \
-    const __m512i pair01 = PAIR(0, 1), pair23 = PAIR(2, 3);                                              \
-    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();                                     \
-    for (int64_t i = 0; i < nb; i++) {                                                                   \
-        const TILE_T *b = y + i;                                                                         \
-        PREPARE;                                                                                         \
-        const __m512 d = _mm512_castps128_ps512(_mm_mul_ps(_mm_set1_ps(to_float(x[i].d)), _mm_loadu_ps(b->d))); \
-        const __m512i w2 = _mm512_broadcast_i64x4(w);                                                    \
-        const __m512i p01 = PAIR_PRODUCT(0), p23 = PAIR_PRODUCT(2);                                      \
-        acc01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair01, d), _mm512_cvtepi32_ps(p01), acc01);       \
-        acc23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(pair23, d), _mm512_cvtepi32_ps(p23), acc23);       \
+/* R (1 or 2) weight rows, x and x + nb, times a tile's four activation rows -> out[4 r + u]. Each weight block
+ * is unpacked once for the four rows and each tile block loaded once for the R weight rows; per output the
+ * operations are those of the one-row function, in its order. PRODUCT(u): the integer lanes of rows u, u + 1;
+ * MIN: the Q8_1 types' minimum terms (extra[r]). */
+#define TILE_ROWS(NAME, WBLOCK, TILE_T, WEIGHTS, PRODUCT, MIN)                                             \
+    static inline __attribute__((always_inline)) void NAME##_rows(const WBLOCK *x, const TILE_T *y, int64_t nb, \
+                                                                   float *out, const int R) {            \
+        __m512 acc[2][2] = {{_mm512_setzero_ps(), _mm512_setzero_ps()}, {_mm512_setzero_ps(), _mm512_setzero_ps()}}; \
+        __m128 extra[2] = {_mm_setzero_ps(), _mm_setzero_ps()};                                          \
+        (void)extra;                                                                                     \
+        for (int64_t i = 0; i < nb; i++) {                                                               \
+            const TILE_T *b = y + i;                                                                     \
+            for (int r = 0; r < R; r++) {                                                                \
+                const WBLOCK *w = x + r * nb + i;                                                        \
+                const __m512i w2 = WEIGHTS(w);                                                           \
+                const __m512 wd = _mm512_set1_ps(to_float(w->d));                                        \
+                acc[r][0] = _mm512_fmadd_ps(_mm512_mul_ps(wd, _mm512_loadu_ps(b->d[0])),                 \
+                                            _mm512_cvtepi32_ps(PRODUCT(0)), acc[r][0]);                  \
+                acc[r][1] = _mm512_fmadd_ps(_mm512_mul_ps(wd, _mm512_loadu_ps(b->d[1])),                 \
+                                            _mm512_cvtepi32_ps(PRODUCT(2)), acc[r][1]);                  \
+                MIN;                                                                                     \
+            }                                                                                            \
+        }                                                                                                \
+        for (int r = 0; r < R; r++) {                                                                    \
+            float m[4];                                                                                  \
+            _mm_storeu_ps(m, extra[r]);                                                                  \
+            out[4 * r] = hsum_low(acc[r][0]), out[4 * r + 1] = hsum_high(acc[r][0]);                     \
+            out[4 * r + 2] = hsum_low(acc[r][1]), out[4 * r + 3] = hsum_high(acc[r][1]);                 \
+            if (MIN_OF_##TILE_T) for (int u = 0; u < 4; u++) out[4 * r + u] += m[u];                      \
+        }                                                                                                \
     }                                                                                                    \
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23); \
-    FINISH
+    static void NAME(const WBLOCK *x, const TILE_T *y, int64_t nb, float *out) { NAME##_rows(x, y, nb, out, 1); } \
+    static void NAME##2(const WBLOCK *x, const TILE_T *y, int64_t nb, float *out) { NAME##_rows(x, y, nb, out, 2); }
+#define MIN_OF_tile_q8_0 0
+#define MIN_OF_tile_q8_1 1
 
-#define SIGNED_PAIR(u) _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w2,                    \
-                                                            _mm512_loadu_si512(b->qs[u])),               \
-                                        _mm512_loadu_si512(b->offset[u]))
-#define UNSIGNED_PAIR(u) _mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, _mm512_loadu_si512(b->qs[u]))
+/* signed weights offset to unsigned: the products start from the tile's minus offset times each 4 values' sum */
+#define SIGNED_PRODUCT(u) _mm512_dpbusd_epi32(_mm512_loadu_si512(b->neg_offset[u]), w2, _mm512_loadu_si512(b->qs[u]))
+#define UNSIGNED_PRODUCT(u) _mm512_dpbusd_epi32(_mm512_setzero_si512(), w2, _mm512_loadu_si512(b->qs[u]))
+#define WITH_MIN extra[r] = _mm_add_ps(extra[r], _mm_mul_ps(_mm_set1_ps(to_float(w->m)), _mm_loadu_ps(b->s)))
 
-#define TILE_SIGNED(NAME, WBLOCK, OFFSET_WEIGHTS)                                                          \
-    static void NAME(const WBLOCK *x, const tile_q8_0 *y, int64_t nb, float *out) {                     \
-        TILE_BODY(tile_q8_0, const __m256i w = OFFSET_WEIGHTS(x + i), SIGNED_PAIR, )                     \
-    }
-#define TILE_WITH_MIN(NAME, WBLOCK, WEIGHTS)                                                               \
-    static void NAME(const WBLOCK *x, const tile_q8_1 *y, int64_t nb, float *out) {                     \
-        __m128 extra = _mm_setzero_ps();                                                                 \
-        TILE_BODY(tile_q8_1, const __m256i w = WEIGHTS(x + i);                                           \
-                  extra = _mm_add_ps(extra, _mm_mul_ps(_mm_set1_ps(to_float(x[i].m)), _mm_loadu_ps(b->s))), \
-                  UNSIGNED_PAIR, float m[4]; _mm_storeu_ps(m, extra); for (int u = 0; u < 4; u++) out[u] += m[u];) \
-    }
-
-TILE_SIGNED(tile_dot_q4_0, block_q4_0, offset_q4_0)
-TILE_SIGNED(tile_dot_q5_0, block_q5_0, offset_q5_0)
-TILE_SIGNED(tile_dot_q8_0, block_q8_0, offset_q8_0)
-TILE_WITH_MIN(tile_dot_q4_1, block_q4_1, weights_q4_1)
-TILE_WITH_MIN(tile_dot_q5_1, block_q5_1, weights_q5_1)
+TILE_ROWS(tile_dot_q4_0, block_q4_0, tile_q8_0, weights2_q4_0, SIGNED_PRODUCT, )
+TILE_ROWS(tile_dot_q5_0, block_q5_0, tile_q8_0, weights2_q5_0, SIGNED_PRODUCT, )
+TILE_ROWS(tile_dot_q8_0, block_q8_0, tile_q8_0, weights2_q8_0, SIGNED_PRODUCT, )
+TILE_ROWS(tile_dot_q4_1, block_q4_1, tile_q8_1, weights2_q4_1, UNSIGNED_PRODUCT, WITH_MIN)
+TILE_ROWS(tile_dot_q5_1, block_q5_1, tile_q8_1, weights2_q5_1, UNSIGNED_PRODUCT, WITH_MIN)
 
 /* The K-quants in tiles: a super-block's sub-block j of the four rows side by side, each row's scale and 16-value
  * sums as block_q8_K has them (the same 292 bytes a row). A sub-block's 32 weights are multiplied with two rows in
@@ -767,6 +792,12 @@ static void tile_dot_q6_K(const block_q6_K *x, const tile_q8_K *y, int64_t nb, f
     }
     out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
 }
+
+/* two weight rows of a K-quant: each super-block's scales unpacked for each row anyway, so one after the other */
+#define TWO_ROWS(NAME, WBLOCK)                                                                                 static void NAME##2(const WBLOCK *x, const tile_q8_K *y, int64_t nb, float *out) {                          NAME(x, y, nb, out);                                                                                     NAME(x + nb, y, nb, out + 4);                                                                        }
+TWO_ROWS(tile_dot_q4_K, block_q4_K)
+TWO_ROWS(tile_dot_q5_K, block_q5_K)
+TWO_ROWS(tile_dot_q6_K, block_q6_K)
 #endif
 
 /* ---------------------------------------------------------------------------------------- the products */
@@ -824,11 +855,14 @@ static inline void prefetch_ahead(const void *row, int64_t bytes) {
         for (int64_t start = 0; start < n; start += ROWS_PER_TASK) {                                     \
             const int64_t end = start + ROWS_PER_TASK < n ? start + ROWS_PER_TASK : n;                   \
             for (int64_t j = 0; j < tiles; j++)                                                          \
-                for (int64_t i = start; i < end; i++) {                                                  \
-                    float four[4];                                                                       \
-                    if (j == 0) prefetch_ahead((const WBLOCK *)w + i * nb, nb * (int64_t)sizeof(WBLOCK)); \
-                    TILE_DOT((const WBLOCK *)w + i * nb, xt + j * nb, nb, four);                         \
-                    for (int u = 0; u < 4; u++) y[(4 * j + u) * n + i] = four[u];                        \
+                for (int64_t i = start; i < end; i += 2) {                                               \
+                    float eight[8];                                                                      \
+                    const int two = i + 1 < end;                                                         \
+                    if (j == 0) prefetch_ahead((const WBLOCK *)w + i * nb, (1 + two) * nb * (int64_t)sizeof(WBLOCK)); \
+                    if (two) TILE_DOT##2((const WBLOCK *)w + i * nb, xt + j * nb, nb, eight);            \
+                    else TILE_DOT((const WBLOCK *)w + i * nb, xt + j * nb, nb, eight);                   \
+                    for (int u = 0; u < 4; u++) y[(4 * j + u) * n + i] = eight[u];                       \
+                    if (two) for (int u = 0; u < 4; u++) y[(4 * j + u) * n + i + 1] = eight[4 + u];     \
                 }                                                                                        \
             for (int64_t r = 0; r < rest; r++)                                                           \
                 for (int64_t i = start; i < end; i++) {                                                  \
