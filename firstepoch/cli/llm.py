@@ -160,9 +160,10 @@ def models():
 def quantize(
     model: str = typer.Argument(..., help="A GGUF model (name or file)."),
     out: Path = typer.Argument(..., help="The GGUF file to write."),
-    to: str = typer.Option(..., "--to", help="q8 (Q8_0, 8.5 bits a weight) or q4 (Q4_1, 5 bits a weight)."),
+    to: str = typer.Option(..., "--to", help="Q4_K_M (about 4.9 bits a weight), Q5_K_M (5.7), Q6_K (6.6), Q8_0 "
+                                             "(8.5, also q8) or Q4_1 (5, also q4): llama.cpp's mixtures."),
 ):
-    """Re-quantize a GGUF model to 8 or 4 bits a weight; compare them with `firstepoch perplexity`."""
+    """Re-quantize a GGUF model as llama.cpp's quantizer would; compare them with `firstepoch perplexity`."""
     from firstepoch.llm.models import resolve
     from firstepoch.llm.quant import quantize_gguf
 

@@ -4,12 +4,14 @@
 (`kernels/ggml_matmul.c`), or as bf16 for the other types (see BENCHMARKS.md, "LLM decode kernels").
 Activations stay fp32 outside the matmul.
 
-`quantize_gguf` rewrites a GGUF file's matrices as Q8_0 or Q4_1 with the gguf package's quantizers,
-so a person can compare size, speed and perplexity.
+`quantize_gguf` rewrites a GGUF file as one of llama.cpp's mixtures (Q4_K_M, Q5_K_M, Q6_K, Q8_0, Q4_1): the
+K-quants by `kquantize`, the others by the gguf package's quantizers, so a person can compare size, speed and
+perplexity.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from torch import nn
 
 from firstepoch.errors import FirstEpochError
 from firstepoch.llm.blocktypes import BLOCK_TYPES, dequantize_blocks
+from firstepoch.llm.kquantize import quantize_k
 
 
 class QuantizedLinear(nn.Module):
@@ -106,30 +109,54 @@ class QuantizedLinear(nn.Module):
 
 # --------------------------------------------------------------------------------------- quantize a file
 
-QUANT_TARGETS = {"q8": "Q8_0", "q4": "Q4_1"}
+@dataclass(frozen=True)
+class Mixture:
+    """A file type as llama.cpp's quantizer writes it: the matrices' type, the type of the attention values and
+    FFN down-projections of the layers that get more bits (`_more_bits`), and of the output (or the token
+    embedding when the output is tied to it). A type whose blocks do not divide a row falls back as there."""
+
+    file_type: str  # gguf.LlamaFileType member: MOSTLY_Q4_K_M, ...
+    base: str
+    more_bits: str
+    output: str
+    embedding: str
+
+
+# the files `quantize --to` writes, by the names people know them by (q8 and q4 are the first two's short names)
+MIXTURES = {"Q8_0": Mixture("MOSTLY_Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0"),
+            "Q4_1": Mixture("MOSTLY_Q4_1", "Q4_1", "Q4_1", "Q6_K", "Q8_0"),
+            "Q4_K_M": Mixture("MOSTLY_Q4_K_M", "Q4_K", "Q6_K", "Q6_K", "Q4_K"),
+            "Q5_K_M": Mixture("MOSTLY_Q5_K_M", "Q5_K", "Q6_K", "Q6_K", "Q5_K"),
+            "Q6_K": Mixture("MOSTLY_Q6_K", "Q6_K", "Q6_K", "Q6_K", "Q6_K")}
+SHORT_NAMES = {"q8": "Q8_0", "q4": "Q4_1"}
+# where rows are not a multiple of a K-quant's 256 weights, llama.cpp's quantizer takes these
+K_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 def quantize_gguf(source: str | Path, target: str, out: str | Path) -> Path:
-    """Write `source` (a GGUF file) to `out` with every matrix quantized to `target` ('q8' or 'q4').
-
-    Vectors (norms) stay F32; under 'q4' the token embedding becomes Q8_0, as llama.cpp keeps it higher.
-    """
+    """Write `source` (a GGUF file) to `out` with its matrices quantized as the `target` mixture (`MIXTURES`:
+    'Q4_K_M', 'Q5_K_M', 'Q6_K', 'Q8_0', or 'q8' and 'q4' for Q8_0 and Q4_1). Vectors (norms) stay F32."""
     import gguf
 
     from firstepoch.llm.gguf import read_gguf, tensor_array
 
-    if target not in QUANT_TARGETS:
-        raise FirstEpochError(f"--to {target!r}: choose one of {', '.join(QUANT_TARGETS)}")
+    name = SHORT_NAMES.get(target, target.upper())
+    if name not in MIXTURES:
+        raise FirstEpochError(f"--to {target!r}: choose one of {', '.join([*SHORT_NAMES, *MIXTURES])}")
+    mixture = MIXTURES[name]
     g = read_gguf(source)
+    layers = int(g.metadata.get(f"{g.architecture}.block_count", 0))
+    tied = "output.weight" not in g.tensors
     out = Path(out)
     partial = out.with_name(f".{out.name}.partial")
     writer = gguf.GGUFWriter(str(partial), arch=g.architecture)
     _copy_metadata(g, writer, gguf)
-    for name, t in g.tensors.items():
+    writer.add_file_type(gguf.LlamaFileType[mixture.file_type])
+    for tensor_name, t in g.tensors.items():
         array = tensor_array(t)
-        qtype = _target_type(name, array, QUANT_TARGETS[target], gguf)
-        data = gguf.quants.quantize(array, qtype) if qtype.name != "F32" else array.astype(np.float32)
-        writer.add_tensor(name, data, raw_shape=data.shape if qtype.name == "F32" else None, raw_dtype=qtype)
+        qtype = _target_type(tensor_name, array, mixture, layers, tied)
+        writer.add_tensor(tensor_name, _quantize(array, qtype, gguf), raw_shape=array.shape if qtype == "F32" else None,
+                          raw_dtype=gguf.GGMLQuantizationType[qtype])
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -141,12 +168,31 @@ def quantize_gguf(source: str | Path, target: str, out: str | Path) -> Path:
     return out
 
 
-def _target_type(name: str, array: np.ndarray, target: str, gguf):
+def _quantize(array: np.ndarray, qtype: str, gguf) -> np.ndarray:
+    if qtype == "F32":
+        return array.astype(np.float32)
+    if qtype.endswith("_K"):
+        return quantize_k(array.reshape(-1, array.shape[-1]), qtype).reshape(*array.shape[:-1], -1)
+    return gguf.quants.quantize(array, gguf.GGMLQuantizationType[qtype])
+
+
+def _more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's layers that get more bits: the first and last eighth, and every third one between."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def _target_type(name: str, array: np.ndarray, mixture: Mixture, layers: int, tied: bool) -> str:
     if array.ndim < 2 or array.shape[-1] % 32:
-        return gguf.GGMLQuantizationType.F32
-    if name == "token_embd.weight" and target == "Q4_1":
-        return gguf.GGMLQuantizationType.Q8_0
-    return gguf.GGMLQuantizationType[target]
+        return "F32"
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        qtype = mixture.output
+    elif name == "token_embd.weight":
+        qtype = mixture.embedding
+    elif name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(int(name.split(".")[1]), layers):
+        qtype = mixture.more_bits
+    else:
+        qtype = mixture.base
+    return K_FALLBACK[qtype] if qtype in K_FALLBACK and array.shape[-1] % 256 else qtype
 
 
 def _copy_metadata(g, writer, gguf) -> None:

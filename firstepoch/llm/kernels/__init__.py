@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "layers.c")]
+SOURCES = [Path(__file__).with_name(name) for name in ("ggml_matmul.c", "layers.c", "kquantize.c")]
 # -ffp-contract=off: no multiply-add fused unless written so (layers.c reproduces llama.cpp's rounding)
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-ffp-contract=off"]
 # FIRSTEPOCH_KERNELS_ASAN=1: a debug build under AddressSanitizer, for the hostile-input tests; the process must
@@ -170,6 +170,7 @@ def compiled_kernels() -> Kernels | None:
         "attention_rows": (None, [pointer, pointer, pointer, size, size, size, size, size, size, ctypes.c_float,
                                   ctypes.c_float, size, pointer, pointer, ctypes.c_int]),
         "forward_layers": (None, [pointer, pointer, size, pointer, size, size, pointer, pointer, ctypes.c_int]),
+        "quantize_k_blocks": (None, [ctypes.c_int, pointer, pointer, size, ctypes.c_int]),
         "forward_rows": (None, [pointer, pointer, size, pointer, pointer, pointer, pointer, size, pointer, pointer,
                                 ctypes.c_int]),
     })

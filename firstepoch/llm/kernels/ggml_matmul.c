@@ -66,6 +66,10 @@ static inline half to_half(float f) {
 #endif
 }
 
+/* the same, for kquantize.c */
+half float_to_half(float f) { return to_half(f); }
+float half_to_float(half h) { return to_float(h); }
+
 /* ------------------------------------------------------------------------- activations to 8-bit blocks */
 
 static void quantize_block(const float *x, int8_t *q, float *d_out, int *sum_out) {
