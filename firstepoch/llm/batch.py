@@ -16,7 +16,7 @@ import torch
 
 from firstepoch.errors import FirstEpochError
 from firstepoch.llm.decoder import PREFILL_CHUNK
-from firstepoch.llm.generate import GenerationStats, Sampling, _pick
+from firstepoch.llm.generate import GenerationStats, Sampling, _common_prefix, _pick
 
 
 @torch.no_grad()
@@ -74,6 +74,8 @@ class _Live:
         self.sampling, self.stop, self.constraint = sampling, stop, constraint
         self.generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
         self.prefilled, self.generated, self.slot = 0, 0, -1
+        self.cached = 0  # prompt positions its slot's cache already held (not prefilled)
+        self.fed = 0  # positions whose keys and values are in its slot
         self.out: queue.Queue = queue.Queue()
         self.cancelled = False
 
@@ -123,6 +125,7 @@ class Batcher:
         self.running: list[_Live] = []
         self.free = list(range(parallel))
         self.cache = None  # the layers' KV caches, parallel slots of the model's context
+        self.held: list[list[int]] = [[] for _ in range(parallel)]  # the tokens each free slot's cache holds
 
     def submit(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stop: set[int],
                constraint=None) -> Iterator[int]:
@@ -148,7 +151,7 @@ class Batcher:
             while self.pending and self.free:
                 seq = self.pending.popleft()
                 if not seq.cancelled:
-                    seq.slot = self.free.pop(0)
+                    self._place(seq)
                     self.running.append(seq)
             running = list(self.running)
         if not running:
@@ -168,6 +171,16 @@ class Batcher:
                 with self.lock:
                     self._leave(seq, exc)
 
+    def _place(self, seq: _Live) -> None:
+        """Give `seq` the free slot whose cache holds the longest start of its prompt (the earlier turns of a chat,
+        a shared system prompt: those positions are not prefilled again), else the one freed first. As with one
+        sequence's `PromptCache`, the prompt's last two tokens are always run again."""
+        common = [_common_prefix(self.held[slot], seq.history) for slot in self.free]
+        best = max(range(len(self.free)), key=lambda i: (common[i], -i))
+        seq.slot = self.free.pop(best)
+        seq.cached = seq.prefilled = seq.fed = max(0, min(common[best], seq.prompt_len - 2))
+        self.held[seq.slot] = []
+
     def _rows(self, model, running: list[_Live]) -> tuple[list, list[int], list[_Live]]:
         """This step's rows (token, position, slot, decode), the rows whose logits are wanted, and their
         sequences: a decode row for each sequence past its prompt, prompt rows for the others within the budget."""
@@ -184,14 +197,17 @@ class Batcher:
                     continue
                 budget -= take
                 for p in range(seq.prefilled, seq.prefilled + take):
-                    # a one-token run alone (a prompt of one token, or one past a PREFILL_CHUNK) sums as a decode
-                    alone_decode = p == seq.prompt_len - 1 and p % PREFILL_CHUNK == 0
+                    # a one-token run alone (a prompt of one token, or one past a PREFILL_CHUNK of what is
+                    # prefilled) sums as a decode, as in `sample_tokens`
+                    alone_decode = p == seq.prompt_len - 1 and (p - seq.cached) % PREFILL_CHUNK == 0
                     rows.append((seq.history[p], p, seq.slot, alone_decode))
                 seq.prefilled += take
+                seq.fed = seq.prefilled
                 if seq.prefilled < seq.prompt_len:
                     continue
             else:
                 rows.append((seq.history[-1], len(seq.history) - 1, seq.slot, True))
+                seq.fed = len(seq.history)
             wanted.append(len(rows) - 1)
             stepping.append(seq)
         return rows, wanted, stepping
@@ -207,10 +223,10 @@ class Batcher:
         token = _pick(logits, seq.history, seq.sampling, seq.generator, seq.constraint)
         seq.out.put(token)
         seq.generated += 1
-        done = token in seq.stop or seq.generated >= seq.max_new or len(seq.history) >= self.lm.context
-        if not done and seq.constraint is not None:
-            seq.constraint.advance(token)
-            done = seq.constraint.finished
+        if seq.constraint is not None and token not in seq.stop:
+            seq.constraint.advance(token)  # the last token allowed may complete the text
+        done = (token in seq.stop or seq.generated >= seq.max_new or len(seq.history) >= self.lm.context or
+                (seq.constraint is not None and seq.constraint.finished))
         if done:
             with self.lock:
                 self._leave(seq, None)
@@ -222,4 +238,7 @@ class Batcher:
         if seq in self.running:
             self.running.remove(seq)
             self.free.append(seq.slot)
+            # what its slot's cache now holds, for the next request that starts the same way (nothing after an
+            # error: the step may have written part of it)
+            self.held[seq.slot] = seq.history[:seq.fed] if error is None else []
         seq.out.put(error if error is not None else _END)

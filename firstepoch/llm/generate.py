@@ -118,13 +118,11 @@ def sample_tokens(model, prompt: list[int], max_new_tokens: int = 200, temperatu
         consistent = True
         for left in range(max_new_tokens - 1, -1, -1):
             token = _pick(logits, history, s, generator, constraint)
+            if constraint is not None and token not in stop:
+                constraint.advance(token)  # before the token is seen: the last one allowed may complete the text
             yield token
-            if token in stop or not left:  # the last token is not run: nothing comes after it
-                return
-            if constraint is not None:
-                constraint.advance(token)
-                if constraint.finished:
-                    return
+            if token in stop or not left or (constraint is not None and constraint.finished):
+                return  # the last token is not run: nothing comes after it
             position = len(history)
             if position >= context:
                 if not context_shift:
@@ -342,7 +340,8 @@ class LanguageModel:
             for token in tokens:
                 if not new:
                     stats.prompt_seconds = time.perf_counter() - started
-                    stats.cached_tokens = self.prompt_cache.reused if end_ids and self.batcher is None else 0
+                    stats.cached_tokens = (getattr(tokens, "cached", 0) if self.batcher is not None
+                                           else self.prompt_cache.reused if end_ids else 0)
                     started = time.perf_counter()
                 stats.completion_tokens += 1
                 stats.decode_seconds = time.perf_counter() - started

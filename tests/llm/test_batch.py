@@ -121,3 +121,38 @@ def test_one_requests_error_ends_that_request_alone(smollm):
     assert list(good) == list(sample_tokens(smollm.model, prompt, 8, temperature=0, stop=ends, context_shift=False))
     with pytest.raises(FirstEpochError, match="needs 1 to"):
         batcher.submit([], 8, Sampling(0.0), ends)
+
+
+def test_a_slot_keeps_its_cache_for_the_next_turn_of_the_chat(smollm):
+    """A slot's KV cache outlives its request: the next request that starts the same way (a chat's next turn) takes
+    that slot and prefills only what is new, and answers what one sequence with its prompt cache answers."""
+    from firstepoch.llm.batch import Batcher
+    from firstepoch.llm.generate import PromptCache, Sampling, sample_tokens
+
+    ends = set(smollm.tokenizer.end_ids)
+    first = [{"role": "user", "content": "What is a lighthouse for?"}]
+    ids = smollm.encode(smollm.render_chat(first), special=True)
+    batcher = Batcher(smollm, parallel=2)
+
+    def run(prompt):
+        stream = batcher.submit(prompt, 16, Sampling(0.0), ends)
+        while batcher.has_work():
+            batcher.step()
+        return list(stream), stream.cached
+
+    other, _ = run(smollm.encode("Once upon a time"))  # fills the other slot first
+    answer, cached = run(ids)
+    assert cached == 0 and answer
+    again, cached = run(ids)
+    assert again == answer and cached == len(ids) - 2  # the same prompt: the same answer, all but two reused
+    reply = smollm.tokenizer.decode(answer[:-1] if answer[-1] in ends else answer)
+    follow = smollm.encode(smollm.render_chat(first + [{"role": "assistant", "content": reply},
+                                                       {"role": "user", "content": "Who keeps it running?"}]),
+                           special=True)
+    second, cached = run(follow)
+    assert cached > len(ids)  # the first turn's prompt and some of its answer were not prefilled again
+    single = PromptCache()  # one sequence, its own prompt cache, the same turns
+    list(sample_tokens(smollm.model, ids, 16, temperature=0, stop=ends, context_shift=False, cache=single))
+    assert list(sample_tokens(smollm.model, follow, 16, temperature=0, stop=ends, context_shift=False,
+                              cache=single)) == second
+    assert single.reused == cached

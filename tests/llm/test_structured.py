@@ -83,3 +83,11 @@ def test_a_gpt_of_your_own_has_no_grammar_tokenizer():
 
     with pytest.raises(FirstEpochError, match="LLM's tokenizer"):
         guidance_tokenizer(CharTokenizer(), 65)
+
+
+def test_json_finished_by_the_last_allowed_token_stops_rather_than_runs_out(smollm):
+    whole = smollm.chat(ASK, temperature=0, max_new_tokens=200, json_schema=PERSON)
+    text = "".join(whole)
+    n = whole.stats.completion_tokens
+    exact = smollm.chat(ASK, temperature=0, max_new_tokens=n, json_schema=PERSON)
+    assert "".join(exact) == text and exact.stats.finish_reason == "stop", exact.stats
