@@ -23,8 +23,9 @@ def serve(
                                                    "proxy's (repeatable); loopback names and --host always are."),
     queue: int = typer.Option(16, min=1, help="Requests that may wait for a busy model before 503."),
     context: int = typer.Option(4096, min=64, help="Context length to allocate for each LLM."),
-    parallel: int = typer.Option(1, min=1, max=64, help="Requests a GGUF model decodes together (continuous "
-                                 "batching; each holds a KV cache of --context positions)."),
+    parallel: Optional[int] = typer.Option(None, min=1, max=64, help="Requests a GGUF model decodes together "
+                                           "(continuous batching; each holds a KV cache of --context positions). "
+                                           "Default: 4 on 2 cores or more, fewer where memory is short."),
     timeout: float = typer.Option(600.0, min=1.0, help="The longest one request may run (seconds)."),
 ):
     """Serve models over OpenAI- and Ollama-compatible HTTP APIs, with a web page at /."""

@@ -7,6 +7,7 @@ in a batch as by itself (greedy text, and sampled text for the same seed).
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -60,6 +61,25 @@ def _text(lm, prompt: list[int], new: list[int]) -> str:
         return lm.tokenizer.decode(new)
     prefix = prompt[-1:]
     return lm.tokenizer.decode(prefix + new)[len(lm.tokenizer.decode(prefix)):]
+
+
+AUTO_PARALLEL = 4  # requests a server batches by default where memory allows (llama.cpp's server: 4 slots too)
+AUTO_MEMORY_SHARE = 0.25  # the share of free memory the extra slots' KV caches may take by default
+
+
+def auto_parallel(config, cores: int | None = None) -> int:
+    """How many requests a server decodes together by default: AUTO_PARALLEL on a machine of two cores or more
+    (one batched step costs little more than one sequence's: the weights are read once), fewer where their KV
+    caches would take more than AUTO_MEMORY_SHARE of free memory; 1 on one core."""
+    from firstepoch.llm.inference import available_memory, kv_cache_bytes
+
+    cores = cores if cores is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    if cores < 2:
+        return 1
+    free = available_memory()
+    fits = AUTO_PARALLEL if free is None else 1 + int(AUTO_MEMORY_SHARE * free // kv_cache_bytes(config))
+    return max(1, min(AUTO_PARALLEL, fits))
 
 
 _END = object()

@@ -324,9 +324,10 @@ async def _drive(served) -> None:
 def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
           context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None,
-          allow_hosts: list[str] | None = None, parallel: int = 1) -> None:
+          allow_hosts: list[str] | None = None, parallel: int | None = None) -> None:
     """Load what to serve, then run the server until SIGINT/SIGTERM, which stop new requests and end
-    in-flight answers cleanly (their streams close with their usual last message)."""
+    in-flight answers cleanly (their streams close with their usual last message). `parallel`: the requests a
+    GGUF model decodes together (None: `llm.batch.auto_parallel` for each)."""
     import uvicorn
 
     from firstepoch.serve.registry import load_registry

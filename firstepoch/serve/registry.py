@@ -126,8 +126,8 @@ class Served:
 class Registry:
     """Name -> what is served. Requests name a model or an index; nothing else is ever looked up."""
 
-    def __init__(self, queue_size: int = 16, thread: ThreadPoolExecutor | None = None, parallel: int = 1):
-        self.queue_size, self.parallel = queue_size, parallel
+    def __init__(self, queue_size: int = 16, thread: ThreadPoolExecutor | None = None, parallel: int | None = 1):
+        self.queue_size, self.parallel = queue_size, parallel  # None: each GGUF model's `auto_parallel`
         self.thread = thread or compute_thread()
         self.items: dict[str, Served] = {}
 
@@ -135,12 +135,14 @@ class Registry:
         if name in self.items:
             raise FirstEpochError(f"two things to serve are both named {name!r}; rename one (NAME=PATH)")
         # continuous batching for the LLMs the C layers run (GGUF models on the CPU); the others one at a time
-        batched = self.parallel > 1 and kind == "llm" and getattr(obj.model, "c_layers", None) is not None
-        slot = Slot(name, self.queue_size, self.thread, self.parallel if batched else 1)
-        if batched:
-            from firstepoch.llm.batch import Batcher
+        parallel = 1
+        if kind == "llm" and getattr(obj.model, "c_layers", None) is not None:
+            from firstepoch.llm.batch import Batcher, auto_parallel
 
-            obj.batcher = Batcher(obj, self.parallel)
+            parallel = self.parallel if self.parallel is not None else auto_parallel(obj.model.config)
+            if parallel > 1:
+                obj.batcher = Batcher(obj, parallel)
+        slot = Slot(name, self.queue_size, self.thread, parallel)
         served = Served(name, kind, obj, source, slot, info)
         self.items[name] = served
         return served
@@ -154,7 +156,7 @@ class Registry:
 
 
 def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, context: int = 4096,
-                  parallel: int = 1) -> Registry:
+                  parallel: int | None = 1) -> Registry:
     """Load what `firstepoch serve` was given. MODEL is a bundled name, a path (GGUF, Hugging Face folder,
     bundle, sentence-transformers folder), or NAME=PATH to choose the served name. With no MODEL: the bundled
     chat model and the bundled embedding model. Everything is loaded on the compute thread that will run it."""

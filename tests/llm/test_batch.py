@@ -156,3 +156,17 @@ def test_a_slot_keeps_its_cache_for_the_next_turn_of_the_chat(smollm):
     assert list(sample_tokens(smollm.model, follow, 16, temperature=0, stop=ends, context_shift=False,
                               cache=single)) == second
     assert single.reused == cached
+
+
+def test_a_server_batches_four_by_default_fewer_where_memory_is_short(smollm, monkeypatch):
+    from firstepoch.llm import inference
+    from firstepoch.llm.batch import AUTO_PARALLEL, auto_parallel
+
+    config = smollm.model.config
+    slot = inference.kv_cache_bytes(config)
+    monkeypatch.setattr(inference, "available_memory", lambda: 100 * slot)
+    assert auto_parallel(config, cores=2) == AUTO_PARALLEL == 4 and auto_parallel(config, cores=1) == 1
+    monkeypatch.setattr(inference, "available_memory", lambda: 9 * slot)  # a quarter: room for two more slots
+    assert auto_parallel(config, cores=16) == 3
+    monkeypatch.setattr(inference, "available_memory", lambda: slot)
+    assert auto_parallel(config, cores=16) == 1

@@ -100,6 +100,7 @@ def served_things(tmp_path_factory, docs_folder):
 def server(served_things):
     tmp, env, _ = served_things
     s = Server(["smollm2-135m-instruct", "all-minilm-l6-v2", f"digits={tmp / 'digits-model'}",
-                f"iris={tmp / 'iris'}", "--index", "docs", "--queue", "1", "--context", "1024"], env)
+                f"iris={tmp / 'iris'}", "--index", "docs", "--queue", "1", "--context", "1024",
+                "--parallel", "1"], env)  # one request at a time: the queue's guards (test_batching: four at once)
     yield s
     s.stop()
