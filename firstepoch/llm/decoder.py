@@ -144,10 +144,10 @@ class CLayers:
         for cache in caches:  # a slot per sequence: one, or those of a batch (forward_rows)
             k, v = cache.k, cache.v
             if k.shape != (slots, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
-                    k.dtype != torch.float32 or v.dtype != torch.float32 or not (k.is_contiguous() and
+                    k.dtype != torch.float16 or v.dtype != torch.float16 or not (k.is_contiguous() and
                                                                                v.is_contiguous()):
                 raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
-                                 f"fp32 {(slots, c.n_kv_heads, max_len, c.head_dim)}")
+                                 f"fp16 {(slots, c.n_kv_heads, max_len, c.head_dim)}")
         pointers = (LayerWeights * len(self.layers))()
         for entry, layer, cache in zip(pointers, self.layers, caches):
             block = layer.block
@@ -211,7 +211,7 @@ def _attention_for(config: TransformerConfig):
 
     def attend(q, k, v, scale, softcap=None, window=None, like_llamacpp=False):
         if kernels is not None and like_llamacpp and q.shape[0] == 1 and q.device.type == "cpu":
-            return kernels.attention(q.float(), k.float(), v.float(), scale, softcap, window)
+            return kernels.attention(q.float(), k, v, scale, softcap, window)
         return explicit_attention(q, k, v, scale, softcap, window, like_llamacpp)
 
     return attend
@@ -227,6 +227,13 @@ class InferenceTransformer(Transformer):
     def __init__(self, config: TransformerConfig, linear=None, embedding=None):
         super().__init__(config, linear, embedding, attend=_attention_for(config))
         self.c_layers: CLayers | None = None
+
+    def setup_cache(self, batch: int = 1, max_len: int | None = None, dtype=None) -> None:
+        """For llama.cpp's arithmetic the KV cache holds fp16 numbers, as llama.cpp's does (half the memory of
+        fp32); else the Transformer's own."""
+        if dtype is None and self.config.attention == "llamacpp_fp16":
+            dtype = torch.float16
+        super().setup_cache(batch, max_len, dtype)
 
     def make_rope_tables(self) -> tuple[torch.Tensor, ...]:
         """For llama.cpp's arithmetic, the RoPE tables built by layers.c, whose powf, cosf and sinf are the C

@@ -16,7 +16,7 @@ from firstepoch.errors import FirstEpochError
 from firstepoch.llm.architectures import ARCHITECTURES, GEMMA_WIDE_QUERY_LAYERS
 from firstepoch.models.transformer import RMSNorm, TransformerConfig
 
-KV_BYTES = 4  # the KV cache is fp32
+KV_BYTES = 2  # the KV cache holds fp16 numbers (llama.cpp's arithmetic)
 ROPE_TABLES = 8  # RoPE tables of context x head_dim floats an inference model holds at most (and builds in float64)
 
 

@@ -74,14 +74,16 @@ class Kernels:
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, softcap: float | None = None,
                   window: int | None = None, like_llamacpp: bool = True) -> torch.Tensor:
-        """`models.transformer.explicit_attention` for one sequence (q (1, nh, T, hs), k/v (1, nkv, S, hs) fp32
-        holding fp16 values) in llama.cpp's arithmetic, its orders of summation included (layers.c's attend)."""
+        """`models.transformer.explicit_attention` for one sequence (q (1, nh, T, hs) fp32, k/v (1, nkv, S, hs)
+        fp16, or fp32 holding fp16 values) in llama.cpp's arithmetic, its orders of summation included (layers.c's
+        attend)."""
         _, n_heads, T, head_dim = q.shape
         n_kv, n_pos = k.shape[1], k.shape[2]
         if not (like_llamacpp and q.shape[0] == 1 and k.shape == v.shape and k.shape[-1] == head_dim and n_pos >= T
-                and head_dim % 16 == 0 and n_heads % n_kv == 0 and q.dtype == k.dtype == v.dtype == torch.float32):
+                and head_dim % 16 == 0 and n_heads % n_kv == 0 and q.dtype == torch.float32
+                and k.dtype in (torch.float16, torch.float32) and v.dtype == k.dtype):
             raise ValueError(f"attention of q {tuple(q.shape)} over k {tuple(k.shape)} is not one sequence's")
-        q, k, v = q.contiguous(), k[0].contiguous(), v[0].contiguous()
+        q, k, v = q.contiguous(), k[0].half().contiguous(), v[0].half().contiguous()
         out = torch.empty_like(q)
         threads = torch.get_num_threads()
         work = torch.empty(threads * (n_pos + 4 * 16 * head_dim))

@@ -46,6 +46,31 @@ static inline float fp16(float f) {
 #endif
 }
 
+/* the KV cache holds fp16 numbers, as llama.cpp's does: stored as their bits, read back as floats */
+static inline uint16_t half_bits(float f) {
+#if defined(__F16C__)
+    return _cvtss_sh(f, 0);
+#else
+    _Float16 h = (_Float16)f; uint16_t u; memcpy(&u, &h, 2); return u;
+#endif
+}
+
+static inline void halves_to_floats(const uint16_t *h, float *f, int64_t n) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+#elif defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++) {
+#if defined(__F16C__)
+        f[i] = _cvtsh_ss(h[i]);
+#else
+        _Float16 x; memcpy(&x, h + i, 2); f[i] = (float)x;
+#endif
+    }
+}
+
 static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
@@ -255,13 +280,15 @@ static inline float dot_f16(const float *a, const float *b, int64_t n, int group
  * query's (the other architectures, whose RoPE rotates halves as llama.cpp's NEOX mode does). softcap (0: none)
  * caps each score before the scale, as llama.cpp's graph does for Gemma 2; window (0: none): only the last
  * `window` positions are seen, the others count as llama.cpp's masked ones (-inf, so exp gives 0). */
-static void attend(const float *q, const float *keys, const float *values, int64_t n, int64_t head_dim, float scale,
-                   int groups, float *s, float *acc, float *out, int interleaved, float softcap, int64_t window) {
-    float qh[head_dim];
+static void attend(const float *q, const uint16_t *keys, const uint16_t *values, int64_t n, int64_t head_dim,
+                   float scale, int groups, float *s, float *acc, float *out, int interleaved, float softcap,
+                   int64_t window) {
+    float qh[head_dim], floats[head_dim];  /* floats: a key's or value's row, from fp16 */
     for (int64_t d = 0; d < head_dim; d++) qh[interleaved ? gguf_order(d, head_dim) : d] = fp16(q[d]);
     float top = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
-        float score = dot_f16(qh, keys + j * head_dim, head_dim, groups);
+        halves_to_floats(keys + j * head_dim, floats, head_dim);
+        float score = dot_f16(qh, floats, head_dim, groups);
         if (softcap != 0.0f) score = tanhf(score * (1.0f / softcap)) * softcap;
         s[j] = window > 0 && n - 1 - j >= window ? -INFINITY : score * scale;
         top = s[j] > top ? s[j] : top;
@@ -278,7 +305,8 @@ static void attend(const float *q, const float *keys, const float *values, int64
     memset(acc, 0, sizeof(float) * groups * LANES * head_dim);
     for (int64_t j = 0; j < n; j++) {
         const float p = fp16(s[j] * inverse);
-        const float *v = values + j * head_dim;
+        float *v = floats;
+        halves_to_floats(values + j * head_dim, v, head_dim);
         float *a = acc + (((j / LANES) % groups) * LANES + j % LANES) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
     }
@@ -306,7 +334,7 @@ static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0, matmu
 typedef struct {
     const float *attn_norm, *mlp_norm;
     const void *w_q, *w_k, *w_v, *w_o, *w_gate, *w_up, *w_down;
-    float *k_cache, *v_cache;  /* (n_kv, max_len, head_dim) each */
+    uint16_t *k_cache, *v_cache;  /* (n_kv, max_len, head_dim) fp16 each */
     int types[7];              /* block types of q, k, v, o, gate, up, down */
     int qkv_stacked, gate_up_stacked;  /* k's rows follow q's and v's k's in one array of one type (up's gate's) */
     /* the other architectures' (NULL where the model has none): biases of q, k, v; RMSNorm weights of each
@@ -375,7 +403,7 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
     for (int64_t t = 0; t < T; t++) {
         float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
         const int64_t pos = rows[t].pos;
-        float *k_cache = w->k_cache + rows[t].slot * slot_size, *v_cache = w->v_cache + rows[t].slot * slot_size;
+        uint16_t *k_cache = w->k_cache + rows[t].slot * slot_size, *v_cache = w->v_cache + rows[t].slot * slot_size;
         if (w->q_bias) { add_rows(q, w->q_bias, q_rows); add_rows(k, w->k_bias, kv_rows); add_rows(v, w->v_bias, kv_rows); }
         if (w->q_norm) {  /* each head on its own, in place */
             rms_norm_rows(q, w->q_norm, c->eps, head_dim, n_heads, q);
@@ -388,8 +416,8 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
         for (int64_t g = 0; g < n_kv; g++)
             for (int64_t d = 0; d < head_dim; d++) {
                 const int64_t at = c->interleaved ? gguf_order(d, head_dim) : d;
-                k_cache[(g * max_len + pos) * head_dim + at] = fp16(k[g * head_dim + d]);
-                v_cache[(g * max_len + pos) * head_dim + d] = fp16(v[g * head_dim + d]);
+                k_cache[(g * max_len + pos) * head_dim + at] = half_bits(k[g * head_dim + d]);
+                v_cache[(g * max_len + pos) * head_dim + d] = half_bits(v[g * head_dim + d]);
             }
     }
     const float scale = c->query_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)head_dim);
@@ -443,9 +471,9 @@ void forward_rows(float *x, const layer_weights *layers, int64_t n_layers, const
 
 /* Attention as the Transformer's PyTorch path calls it for the architectures layers.c does not run: T queries
  * q (n_heads, T, head_dim) at the last T of n_pos positions, keys and values of n_kv heads (head h's rows
- * kv_stride floats after head h - 1's, fp16 values, in the query's order) -> out (n_heads, T, head_dim).
+ * kv_stride numbers after head h - 1's, fp16, in the query's order) -> out (n_heads, T, head_dim).
  * work: threads * (n_pos + GROUPS * LANES * head_dim) floats. */
-void attention_rows(const float *q, const float *k, const float *v, int64_t n_heads, int64_t n_kv, int64_t head_dim,
+void attention_rows(const float *q, const uint16_t *k, const uint16_t *v, int64_t n_heads, int64_t n_kv, int64_t head_dim,
                     int64_t kv_stride, int64_t n_pos, int64_t T, float scale, float softcap, int64_t window,
                     float *out, float *work, int threads) {
     const int64_t group = n_heads / n_kv, per_thread = n_pos + GROUPS * LANES * head_dim;
