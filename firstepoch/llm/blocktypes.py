@@ -80,6 +80,20 @@ def _dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:  # ... 32 bytes of fifth 
     return _dequantize_k(b, (_k_nibbles(b[..., 48:176]) | (high << 4)).float())
 
 
+def _dequantize_q3_k(b: torch.Tensor) -> torch.Tensor:  # 32 bytes of high bits, 64 of 2-bit values, 12 scales, d
+    hmask, qs, packed = b[..., 0:32], b[..., 32:96], b[..., 96:108]
+    low = packed[..., 0:8].unsqueeze(-2) >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).reshape(2, 1)
+    high = packed[..., 8:12].unsqueeze(-2) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).reshape(4, 1)
+    scales = ((low.reshape(*b.shape[:-1], 16) & 0x0F) | ((high.reshape(*b.shape[:-1], 16) & 0x03) << 4))
+    scales = scales.to(torch.int8) - 32  # 6-bit, offset by 32
+    two = (qs.reshape(*b.shape[:-1], 2, 1, 32) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device)
+           .reshape(4, 1)) & 0x03  # (..., 2, 4, 32): weight 128 j + 32 k + l
+    third = (hmask.unsqueeze(-2) >> torch.arange(8, dtype=torch.uint8, device=b.device).reshape(8, 1)) & 0x01
+    q = two.reshape(*b.shape[:-1], 16, 16).to(torch.int8) - ((third ^ 1) << 2).reshape(*b.shape[:-1], 16, 16).to(torch.int8)
+    d = (_half(b, 108) * scales.float()).unsqueeze(-1)  # (..., 16, 1)
+    return (d * q.float()).reshape(*b.shape[:-1], 256)
+
+
 def _dequantize_q6_k(b: torch.Tensor) -> torch.Tensor:  # 128 bytes of low nibbles, 64 of 2-bit pairs, 16 scales, d
     ql = b[..., 0:128].reshape(*b.shape[:-1], 2, 1, 64)
     low = (ql >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).reshape(2, 1)) & 0x0F
@@ -129,7 +143,8 @@ BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, Q8_0_TILE_BYTES, 0,
                                    BlockType("Q4_K", 256, 144, Q8_K_BYTES, 4, _dequantize_q4_k),
                                    BlockType("Q5_K", 256, 176, Q8_K_BYTES, 5, _dequantize_q5_k),
                                    BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k),
-                                   BlockType("Q5_1", 32, 24, Q8_1_TILE_BYTES, 7, _dequantize_q5_1))}
+                                   BlockType("Q5_1", 32, 24, Q8_1_TILE_BYTES, 7, _dequantize_q5_1),
+                                   BlockType("Q3_K", 256, 110, Q8_K_BYTES, 8, _dequantize_q3_k))}
 # the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
 ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 

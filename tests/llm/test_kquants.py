@@ -58,3 +58,43 @@ def test_its_logits_and_greedy_tokens_are_llama_cpps(q4_k_m, q4_k_m_model):
     prompt = ids[:12]
     reference, _ = llama_greedy(llama, prompt, 32)
     assert list(sample_tokens(lm.model, prompt, 32, temperature=0)) == reference
+
+
+@pytest.fixture(scope="module")
+def with_q3_k(smollm_path, tmp_path_factory):
+    """The bundled model with its FFN down-projections (rows of 1536) in Q3_K, by llama.cpp's quantizer, the rest
+    as it is: a Q3_K_M file's 3-bit tensors (its other types, IQ4_NL where rows are 576 long, firstepoch holds as
+    bf16)."""
+    gguf = pytest.importorskip("gguf")
+    from firstepoch.llm.gguf import tensor_array
+    from firstepoch.llm.quant import _copy_metadata
+    from tests.llm.oracle import ggml_quantize
+
+    g = read_gguf(smollm_path)
+    out = tmp_path_factory.mktemp("q3_k") / "smollm2-q3_k.gguf"
+    writer = gguf.GGUFWriter(str(out), arch=g.architecture)
+    _copy_metadata(g, writer, gguf)
+    for name, t in g.tensors.items():
+        if name.endswith("ffn_down.weight"):
+            writer.add_tensor(name, ggml_quantize(tensor_array(t).astype(np.float32), "Q3_K"),
+                              raw_dtype=gguf.GGMLQuantizationType.Q3_K)
+        else:
+            writer.add_tensor(name, np.asarray(t.data), raw_shape=np.asarray(t.data).shape if len(t.shape) < 2 else
+                              None, raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def test_q3_k_tensors_run_in_their_blocks_with_llama_cpps_logits(with_q3_k):
+    lm = firstepoch.llm.load(with_q3_k, context=128)
+    held = Counter(m.qtype for m in lm.model.modules() if isinstance(m, QuantizedLinear))
+    assert held["Q3_K"] == lm.model.config.n_layers and lm.model.c_layers is not None
+    ids = lm.encode(TEXT)
+    llama = llama_cpp_model(with_q3_k, n_ctx=128, n_threads=1, logits_all=True)
+    llama.eval(ids)
+    with torch.no_grad():
+        ours = lm.model(torch.tensor([ids]))[0].numpy()
+    np.testing.assert_allclose(ours, np.array(llama.scores[:len(ids)]), rtol=0, atol=1e-4 if AVX512 else 1e-2)

@@ -1,7 +1,7 @@
 /* Matrix products with GGUF block-quantized weights, for CPU inference.
  *
  * Weights stay in their GGUF blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32 weights a block, an fp16 scale, Q4_1
- * and Q5_1 also an fp16 minimum, Q5_0 and Q5_1 a fifth bit per weight) and the K-quants Q4_K, Q5_K, Q6_K (256 weights a super-block of
+ * and Q5_1 also an fp16 minimum, Q5_0 and Q5_1 a fifth bit per weight) and the K-quants Q3_K, Q4_K, Q5_K, Q6_K (256 weights a super-block of
  * 8 or 16 sub-blocks with their own 6- or 8-bit scales). Activations are quantized to 8-bit blocks first
  * (Q8_0; Q8_1, which also carries d * sum(q); Q8_K for the K-quants: 256 values, a float scale and the sums
  * of each 16), so each block's dot product is an integer dot product, scaled once: the arithmetic of
@@ -35,6 +35,7 @@ typedef struct { half d; half m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; half d; } block_q6_K;
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; half d; } block_q3_K;
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
 static inline float to_float(half h) {
@@ -494,6 +495,74 @@ static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, floa
 }
 #endif
 
+/* Q3_K: 16 sub-blocks of 16, 3-bit weights (2 low bits, and a high bit that, when clear, means -4), 6-bit signed
+ * scales (offset 32) packed in 12 bytes: the low nibbles in bytes 0-7 (sub-blocks 0-7, then 8-15 from the high
+ * nibbles), the top 2 bits of sub-block s at bits 2 (s / 4) of byte 8 + s % 4 */
+static inline void q3_scales(const uint8_t *q, int32_t *sc) {
+    for (int s = 0; s < 16; s++) {
+        const int low = s < 8 ? q[s] & 0x0f : q[s - 8] >> 4, high = (q[8 + s % 4] >> (2 * (s / 4))) & 3;
+        sc[s] = (low | high << 4) - 32;
+    }
+}
+
+/* one Q3_K super-block's lanes times d into acc: as llama.cpp's AVX2 loop, the -4 of each weight whose high bit
+ * is clear goes with that weight's own product (lane p: elements 4p..4p+3 of each 32, times their scale) */
+static inline void q3_K_terms(float d, const int32_t *lanes, float *acc) {
+    for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+}
+
+#if defined(__AVX2__)
+/* a Q3_K super-block unpacked once: v[c] holds weights 32c .. 32c + 31 plus 4, in [0, 7] */
+typedef struct { __m256i v[8]; int32_t sc[16]; float d; } q3_unpacked;
+
+static inline void unpack_q3_K(const block_q3_K *x, q3_unpacked *u) {
+    q3_scales(x->scales, u->sc);
+    u->d = to_float(x->d);
+    const __m256i hbits = _mm256_loadu_si256((const __m256i *)x->hmask), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int j = 0; j < 2; j++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
+        for (int k = 0; k < 4; k++) {
+            const int c = 4 * j + k;
+            const __m256i low = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+            const __m256i high = _mm256_and_si256(_mm256_srli_epi16(hbits, c), one);
+            u->v[c] = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+        }
+    }
+}
+
+static inline void q3_lanes(const q3_unpacked *u, const int8_t *q8, int32_t *lanes) {
+    const __m256i four = _mm256_set1_epi8(4);
+    __m256i sumi = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * c));
+        const __m256i products = _mm256_sub_epi16(_mm256_maddubs_epi16(u->v[c], a), _mm256_maddubs_epi16(four, a));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(u->sc[2 * c], u->sc[2 * c + 1]), products));
+    }
+    _mm256_storeu_si256((__m256i *)lanes, sumi);
+}
+#endif
+
+static float dot_q3_K(const block_q3_K *x, const block_q8_K *y, int64_t nb) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        int32_t lanes[8];
+#if defined(__AVX2__)
+        q3_unpacked u;
+        unpack_q3_K(x + i, &u);
+        q3_lanes(&u, y[i].qs, lanes);
+        q3_K_terms(y[i].d * u.d, lanes, acc);
+#else
+        int32_t sc[16];
+        q3_scales(x[i].scales, sc);
+        const uint8_t *qs = x[i].qs, *hm = x[i].hmask;
+        K_LANES((((qs[t / 128 * 32 + t % 32] >> (t % 128 / 32 * 2)) & 3) - (((hm[t % 32] >> (t / 32)) & 1) ? 0 : 4)),
+                sc[t / 16], y[i].qs, lanes);
+        q3_K_terms(y[i].d * to_float(x[i].d), lanes, acc);
+#endif
+    }
+    return lanes8_sum(acc);
+}
+
 #if !defined(TILED)
 /* The same dot products for four activation rows at once (y, y + nb, y + 2 nb, y + 3 nb): each weight block
  * is loaded and unpacked once for the four, which is what makes prefill faster than four decode steps.
@@ -571,6 +640,9 @@ DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
 DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
 DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
+#endif
+#if !defined(TILED)
+DOT4_BY_ROWS(dot4_q3_K, block_q3_K, block_q8_K, dot_q3_K)
 #endif
 
 /* ------------------------------------------------------------- prefill in tiles of four rows (AVX-512) */
@@ -797,11 +869,34 @@ static void tile_dot_q6_K(const block_q6_K *x, const tile_q8_K *y, int64_t nb, f
     out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
 }
 
+static void tile_dot_q3_K(const block_q3_K *x, const tile_q8_K *y, int64_t nb, float *out) {
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+    const __m512i four = _mm512_set1_epi8(4);
+    for (int64_t i = 0; i < nb; i++) {
+        const tile_q8_K *b = y + i;
+        q3_unpacked u;
+        unpack_q3_K(x + i, &u);
+        __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
+        for (int c = 0; c < 8; c++) {  /* each weight's -4 with its own product, as in q3_lanes */
+            const __m512i v2 = _mm512_broadcast_i64x4(u.v[c]);
+            const __m512i scale = _mm512_broadcast_i64x4(scale_pair(u.sc[2 * c], u.sc[2 * c + 1]));
+            const __m512i a01 = _mm512_loadu_si512(b->qs[c][0]), a23 = _mm512_loadu_si512(b->qs[c][2]);
+            s01 = _mm512_dpwssd_epi32(s01, _mm512_sub_epi16(_mm512_maddubs_epi16(v2, a01), _mm512_maddubs_epi16(four, a01)), scale);
+            s23 = _mm512_dpwssd_epi32(s23, _mm512_sub_epi16(_mm512_maddubs_epi16(v2, a23), _mm512_maddubs_epi16(four, a23)), scale);
+        }
+        ROW_SCALES(b, u.d, d01, d23);
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+    }
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+}
+
 /* two weight rows of a K-quant: each super-block's scales unpacked for each row anyway, so one after the other */
 #define TWO_ROWS(NAME, WBLOCK)                                                                                 static void NAME##2(const WBLOCK *x, const tile_q8_K *y, int64_t nb, float *out) {                          NAME(x, y, nb, out);                                                                                     NAME(x + nb, y, nb, out + 4);                                                                        }
 TWO_ROWS(tile_dot_q4_K, block_q4_K)
 TWO_ROWS(tile_dot_q5_K, block_q5_K)
 TWO_ROWS(tile_dot_q6_K, block_q6_K)
+TWO_ROWS(tile_dot_q3_K, block_q3_K)
 #endif
 
 /* ---------------------------------------------------------------------------------------- the products */
@@ -900,9 +995,12 @@ MATMUL_TILED(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q
              tile_dot_q5_K)
 MATMUL_TILED(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, tile_q8_K, quantize_tile_q8_K,
              tile_dot_q6_K)
+MATMUL_TILED(matmul_q3_k, QK_K, block_q3_K, block_q8_K, quantize_row_q8_K, dot_q3_K, tile_q8_K, quantize_tile_q8_K,
+             tile_dot_q3_K)
 #else
 MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
+MATMUL(matmul_q3_k, QK_K, block_q3_K, block_q8_K, quantize_row_q8_K, dot_q3_K, dot4_q3_K)
 #endif
 
