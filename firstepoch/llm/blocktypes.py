@@ -81,17 +81,19 @@ def _dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:  # ... 32 bytes of fifth 
 
 
 def _dequantize_q3_k(b: torch.Tensor) -> torch.Tensor:  # 32 bytes of high bits, 64 of 2-bit values, 12 scales, d
-    hmask, qs, packed = b[..., 0:32], b[..., 32:96], b[..., 96:108]
-    low = packed[..., 0:8].unsqueeze(-2) >> torch.tensor([0, 4], dtype=torch.uint8, device=b.device).reshape(2, 1)
-    high = packed[..., 8:12].unsqueeze(-2) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).reshape(4, 1)
-    scales = ((low.reshape(*b.shape[:-1], 16) & 0x0F) | ((high.reshape(*b.shape[:-1], 16) & 0x03) << 4))
-    scales = scales.to(torch.int8) - 32  # 6-bit, offset by 32
-    two = (qs.reshape(*b.shape[:-1], 2, 1, 32) >> torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device)
-           .reshape(4, 1)) & 0x03  # (..., 2, 4, 32): weight 128 j + 32 k + l
-    third = (hmask.unsqueeze(-2) >> torch.arange(8, dtype=torch.uint8, device=b.device).reshape(8, 1)) & 0x01
-    q = two.reshape(*b.shape[:-1], 16, 16).to(torch.int8) - ((third ^ 1) << 2).reshape(*b.shape[:-1], 16, 16).to(torch.int8)
+    hmask, qs, packed, lead = b[..., 0:32], b[..., 32:96], b[..., 96:108], b.shape[:-1]
+
+    def shifts(*by):
+        return torch.tensor(by, dtype=torch.uint8, device=b.device).reshape(len(by), 1)
+
+    low = packed[..., 0:8].unsqueeze(-2) >> shifts(0, 4)
+    high = packed[..., 8:12].unsqueeze(-2) >> shifts(0, 2, 4, 6)
+    scales = ((low.reshape(*lead, 16) & 0x0F) | ((high.reshape(*lead, 16) & 0x03) << 4)).to(torch.int8) - 32
+    two = (qs.reshape(*lead, 2, 1, 32) >> shifts(0, 2, 4, 6)) & 0x03  # (..., 2, 4, 32): weight 128 j + 32 k + l
+    third = (hmask.unsqueeze(-2) >> shifts(*range(8))) & 0x01  # clear: the weight is 4 less
+    q = two.reshape(*lead, 16, 16).to(torch.int8) - ((third ^ 1) << 2).reshape(*lead, 16, 16).to(torch.int8)
     d = (_half(b, 108) * scales.float()).unsqueeze(-1)  # (..., 16, 1)
-    return (d * q.float()).reshape(*b.shape[:-1], 256)
+    return (d * q.float()).reshape(*lead, 256)
 
 
 def _dequantize_q6_k(b: torch.Tensor) -> torch.Tensor:  # 128 bytes of low nibbles, 64 of 2-bit pairs, 16 scales, d
