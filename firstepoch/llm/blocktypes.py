@@ -80,6 +80,15 @@ def _dequantize_q5_k(b: torch.Tensor) -> torch.Tensor:  # ... 32 bytes of fifth 
     return _dequantize_k(b, (_k_nibbles(b[..., 48:176]) | (high << 4)).float())
 
 
+def _dequantize_q2_k(b: torch.Tensor) -> torch.Tensor:  # 16 bytes of 4-bit scales and minimums, 64 of 2-bit, d, dmin
+    scales, lead = b[..., 0:16], b.shape[:-1]
+    shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=b.device).reshape(4, 1)
+    q = ((b[..., 16:80].reshape(*lead, 2, 1, 32) >> shifts) & 0x03).reshape(*lead, 16, 16).float()
+    d = (_half(b, 80) * (scales & 0x0F).float()).unsqueeze(-1)  # (..., 16, 1)
+    m = (_half(b, 82) * (scales >> 4).float()).unsqueeze(-1)
+    return (d * q - m).reshape(*lead, 256)
+
+
 def _dequantize_q3_k(b: torch.Tensor) -> torch.Tensor:  # 32 bytes of high bits, 64 of 2-bit values, 12 scales, d
     hmask, qs, packed, lead = b[..., 0:32], b[..., 32:96], b[..., 96:108], b.shape[:-1]
 
@@ -146,7 +155,8 @@ BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, Q8_0_TILE_BYTES, 0,
                                    BlockType("Q5_K", 256, 176, Q8_K_BYTES, 5, _dequantize_q5_k),
                                    BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k),
                                    BlockType("Q5_1", 32, 24, Q8_1_TILE_BYTES, 7, _dequantize_q5_1),
-                                   BlockType("Q3_K", 256, 110, Q8_K_BYTES, 8, _dequantize_q3_k))}
+                                   BlockType("Q3_K", 256, 110, Q8_K_BYTES, 8, _dequantize_q3_k),
+                                   BlockType("Q2_K", 256, 84, Q8_K_BYTES, 9, _dequantize_q2_k))}
 # the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
 ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 

@@ -34,7 +34,8 @@ def llama_cpp_model(path, **kwargs):
 # llama.cpp's own block functions, through its ggml libraries (shipped in llama-cpp-python): the quantizer of the
 # K-quants (which the gguf package cannot write) and the CPU backend's activation quantizers and dot products
 ACTIVATIONS = {"Q4_0": "q8_0", "Q4_1": "q8_1", "Q8_0": "q8_0", "Q5_0": "q8_0", "Q5_1": "q8_1", "Q4_K": "q8_K",
-               "Q5_K": "q8_K", "Q6_K": "q8_K", "Q3_K": "q8_K"}
+               "Q5_K": "q8_K", "Q6_K": "q8_K", "Q3_K": "q8_K",
+               "Q2_K": "q8_K"}
 
 
 def _ggml():

@@ -62,9 +62,9 @@ def test_its_logits_and_greedy_tokens_are_llama_cpps(q4_k_m, q4_k_m_model):
 
 @pytest.fixture(scope="module")
 def with_q3_k(smollm_path, tmp_path_factory):
-    """The bundled model with its FFN down-projections (rows of 1536) in Q3_K, by llama.cpp's quantizer, the rest
-    as it is: a Q3_K_M file's 3-bit tensors (its other types, IQ4_NL where rows are 576 long, firstepoch holds as
-    bf16)."""
+    """The bundled model with its FFN down-projections (rows of 1536) in Q3_K and Q2_K (even and odd layers), by
+    llama.cpp's quantizer, the rest as it is: the 3- and 2-bit tensors of Q3_K_M and Q2_K files (their other types,
+    IQ4_NL where rows are 576 long, firstepoch holds as bf16)."""
     gguf = pytest.importorskip("gguf")
     from firstepoch.llm.gguf import tensor_array
     from firstepoch.llm.quant import _copy_metadata
@@ -76,8 +76,9 @@ def with_q3_k(smollm_path, tmp_path_factory):
     _copy_metadata(g, writer, gguf)
     for name, t in g.tensors.items():
         if name.endswith("ffn_down.weight"):
-            writer.add_tensor(name, ggml_quantize(tensor_array(t).astype(np.float32), "Q3_K"),
-                              raw_dtype=gguf.GGMLQuantizationType.Q3_K)
+            qtype = "Q3_K" if int(name.split(".")[1]) % 2 == 0 else "Q2_K"
+            writer.add_tensor(name, ggml_quantize(tensor_array(t).astype(np.float32), qtype),
+                              raw_dtype=gguf.GGMLQuantizationType[qtype])
         else:
             writer.add_tensor(name, np.asarray(t.data), raw_shape=np.asarray(t.data).shape if len(t.shape) < 2 else
                               None, raw_dtype=t.tensor_type)
@@ -88,10 +89,10 @@ def with_q3_k(smollm_path, tmp_path_factory):
     return out
 
 
-def test_q3_k_tensors_run_in_their_blocks_with_llama_cpps_logits(with_q3_k):
+def test_q3_k_and_q2_k_tensors_run_in_their_blocks_with_llama_cpps_logits(with_q3_k):
     lm = firstepoch.llm.load(with_q3_k, context=128)
     held = Counter(m.qtype for m in lm.model.modules() if isinstance(m, QuantizedLinear))
-    assert held["Q3_K"] == lm.model.config.n_layers and lm.model.c_layers is not None
+    assert held["Q3_K"] == held["Q2_K"] == lm.model.config.n_layers // 2 and lm.model.c_layers is not None
     ids = lm.encode(TEXT)
     llama = llama_cpp_model(with_q3_k, n_ctx=128, n_threads=1, logits_all=True)
     llama.eval(ids)

@@ -1,7 +1,7 @@
 /* Matrix products with GGUF block-quantized weights, for CPU inference.
  *
  * Weights stay in their GGUF blocks: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (32 weights a block, an fp16 scale, Q4_1
- * and Q5_1 also an fp16 minimum, Q5_0 and Q5_1 a fifth bit per weight) and the K-quants Q3_K, Q4_K, Q5_K, Q6_K (256 weights a super-block of
+ * and Q5_1 also an fp16 minimum, Q5_0 and Q5_1 a fifth bit per weight) and the K-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K (256 weights a super-block of
  * 8 or 16 sub-blocks with their own 6- or 8-bit scales). Activations are quantized to 8-bit blocks first
  * (Q8_0; Q8_1, which also carries d * sum(q); Q8_K for the K-quants: 256 values, a float scale and the sums
  * of each 16), so each block's dot product is an integer dot product, scaled once: the arithmetic of
@@ -35,6 +35,7 @@ typedef struct { half d; half m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; half d; } block_q6_K;
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; half d; half dmin; } block_q2_K;
 typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; half d; } block_q3_K;
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
 
@@ -495,6 +496,48 @@ static void dot4_q6_K(const block_q6_K *x, const block_q8_K *y, int64_t nb, floa
 }
 #endif
 
+/* Q2_K: 16 sub-blocks of 16, 2-bit weights laid out as Q3_K's low bits, each sub-block a 4-bit scale (low
+ * nibble) and minimum (high nibble). As llama.cpp's AVX2 loop: each super-block adds its minimums' lanes (lane p:
+ * sub-blocks 2p, 2p + 1, times their activations' sums) times -dmin, then the weights' lanes times d */
+static inline void q2_K_terms(float d, float dmin, const uint8_t *scales, const int16_t *bsums, const int32_t *lanes,
+                              float *acc) {
+    for (int p = 0; p < 8; p++)
+        acc[p] = fmaf(dmin, (float)((scales[2 * p] >> 4) * bsums[2 * p] + (scales[2 * p + 1] >> 4) * bsums[2 * p + 1]),
+                      acc[p]);
+    for (int p = 0; p < 8; p++) acc[p] = fmaf(d, (float)lanes[p], acc[p]);
+}
+
+#if defined(__AVX2__)
+static inline void unpack_q2_K(const block_q2_K *x, __m256i *v) {  /* v[c]: weights 32c .. 32c + 31, in [0, 3] */
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int j = 0; j < 2; j++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * j));
+        for (int k = 0; k < 4; k++) v[4 * j + k] = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+    }
+}
+#endif
+
+static float dot_q2_K(const block_q2_K *x, const block_q8_K *y, int64_t nb) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < nb; i++) {
+        int32_t lanes[8];
+        const uint8_t *sc = x[i].scales;
+#if defined(__AVX2__)
+        __m256i v[8], sumi = _mm256_setzero_si256();
+        unpack_q2_K(x + i, v);
+        for (int c = 0; c < 8; c++)
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale_pair(sc[2 * c] & 0x0f, sc[2 * c + 1] & 0x0f),
+                _mm256_maddubs_epi16(v[c], _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * c)))));
+        _mm256_storeu_si256((__m256i *)lanes, sumi);
+#else
+        const uint8_t *qs = x[i].qs;
+        K_LANES(((qs[t / 128 * 32 + t % 32] >> (t % 128 / 32 * 2)) & 3), (sc[t / 16] & 0x0f), y[i].qs, lanes);
+#endif
+        q2_K_terms(y[i].d * to_float(x[i].d), -y[i].d * to_float(x[i].dmin), sc, y[i].bsums, lanes, acc);
+    }
+    return lanes8_sum(acc);
+}
+
 /* Q3_K: 16 sub-blocks of 16, 3-bit weights (2 low bits, and a high bit that, when clear, means -4), 6-bit signed
  * scales (offset 32) packed in 12 bytes: the low nibbles in bytes 0-7 (sub-blocks 0-7, then 8-15 from the high
  * nibbles), the top 2 bits of sub-block s at bits 2 (s / 4) of byte 8 + s % 4 */
@@ -643,6 +686,7 @@ DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
 #endif
 #if !defined(TILED)
 DOT4_BY_ROWS(dot4_q3_K, block_q3_K, block_q8_K, dot_q3_K)
+DOT4_BY_ROWS(dot4_q2_K, block_q2_K, block_q8_K, dot_q2_K)
 #endif
 
 /* ------------------------------------------------------------- prefill in tiles of four rows (AVX-512) */
@@ -891,12 +935,39 @@ static void tile_dot_q3_K(const block_q3_K *x, const tile_q8_K *y, int64_t nb, f
     out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
 }
 
+static void tile_dot_q2_K(const block_q2_K *x, const tile_q8_K *y, int64_t nb, float *out) {
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const tile_q8_K *b = y + i;
+        const uint8_t *sc = x[i].scales;
+        __m256i v[8];
+        unpack_q2_K(x + i, v);
+        /* the minimums first, lane p of each row: sub-blocks 2p and 2p + 1 times their activations' sums */
+        const __m512i mins = _mm512_broadcast_i64x4(_mm256_cvtepu8_epi16(
+            _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128((const __m128i *)sc), 4), _mm_set1_epi8(0x0f))));
+        const __m128 neg_d = _mm_xor_ps(_mm_loadu_ps(b->d), _mm_set1_ps(-0.0f));
+        const __m512 dmin = _mm512_castps128_ps512(_mm_mul_ps(neg_d, _mm_set1_ps(to_float(x[i].dmin))));
+        acc01 = _mm512_fmadd_ps(_mm512_permutexvar_ps(PAIR(0, 1), dmin),
+                                _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_loadu_si512(b->bsums[0]), mins)), acc01);
+        acc23 = _mm512_fmadd_ps(_mm512_permutexvar_ps(PAIR(2, 3), dmin),
+                                _mm512_cvtepi32_ps(_mm512_madd_epi16(_mm512_loadu_si512(b->bsums[2]), mins)), acc23);
+        __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
+        for (int c = 0; c < 8; c++)
+            K_SUB(s01, s23, b, c, v[c], _mm512_broadcast_i64x4(scale_pair(sc[2 * c] & 0x0f, sc[2 * c + 1] & 0x0f)));
+        ROW_SCALES(b, to_float(x[i].d), d01, d23);
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+    }
+    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+}
+
 /* two weight rows of a K-quant: each super-block's scales unpacked for each row anyway, so one after the other */
 #define TWO_ROWS(NAME, WBLOCK)                                                                                 static void NAME##2(const WBLOCK *x, const tile_q8_K *y, int64_t nb, float *out) {                          NAME(x, y, nb, out);                                                                                     NAME(x + nb, y, nb, out + 4);                                                                        }
 TWO_ROWS(tile_dot_q4_K, block_q4_K)
 TWO_ROWS(tile_dot_q5_K, block_q5_K)
 TWO_ROWS(tile_dot_q6_K, block_q6_K)
 TWO_ROWS(tile_dot_q3_K, block_q3_K)
+TWO_ROWS(tile_dot_q2_K, block_q2_K)
 #endif
 
 /* ---------------------------------------------------------------------------------------- the products */
@@ -997,10 +1068,13 @@ MATMUL_TILED(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q
              tile_dot_q6_K)
 MATMUL_TILED(matmul_q3_k, QK_K, block_q3_K, block_q8_K, quantize_row_q8_K, dot_q3_K, tile_q8_K, quantize_tile_q8_K,
              tile_dot_q3_K)
+MATMUL_TILED(matmul_q2_k, QK_K, block_q2_K, block_q8_K, quantize_row_q8_K, dot_q2_K, tile_q8_K, quantize_tile_q8_K,
+             tile_dot_q2_K)
 #else
 MATMUL(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, dot4_q4_K)
 MATMUL(matmul_q5_k, QK_K, block_q5_K, block_q8_K, quantize_row_q8_K, dot_q5_K, dot4_q5_K)
 MATMUL(matmul_q6_k, QK_K, block_q6_K, block_q8_K, quantize_row_q8_K, dot_q6_K, dot4_q6_K)
 MATMUL(matmul_q3_k, QK_K, block_q3_K, block_q8_K, quantize_row_q8_K, dot_q3_K, dot4_q3_K)
+MATMUL(matmul_q2_k, QK_K, block_q2_K, block_q8_K, quantize_row_q8_K, dot_q2_K, dot4_q2_K)
 #endif
 
