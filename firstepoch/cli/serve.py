@@ -1,6 +1,7 @@
 """`firstepoch serve`: models and indexes behind OpenAI- and Ollama-compatible APIs and a web page."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -27,6 +28,8 @@ def serve(
                                            "(continuous batching; each holds a KV cache of --context positions). "
                                            "Default: 4 on 2 cores or more, fewer where memory is short."),
     timeout: float = typer.Option(600.0, min=1.0, help="The longest one request may run (seconds)."),
+    chat_template: Optional[Path] = typer.Option(None, help="A Jinja chat template file overriding the chat "
+                                                 "models' own (its tool-call syntax too)."),
 ):
     """Serve models over OpenAI- and Ollama-compatible HTTP APIs, with a web page at /."""
     from firstepoch.serve import Limits
@@ -35,6 +38,7 @@ def serve(
     limits = Limits(queue_size=queue, total_timeout=timeout)
     run_server(list(models or []), list(index or []), host=host, port=port, api_key=api_key, cors=cors,
                limits=limits, context=context, allow_hosts=list(allow_host or []), parallel=parallel,
+               chat_template=chat_template,
                ready=lambda url: console.print(f"[bold green]serving[/bold green] {url}  (web page at {url}/, "
                                                f"OpenAI API at {url}/v1, Ollama API at {url}/api)",
                                                highlight=False))

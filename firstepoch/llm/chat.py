@@ -91,9 +91,10 @@ class ChatTemplate:
         self._check()
         return self._fallback
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt for `messages`; a `FirstEpochError` if the template refuses them, fails, or passes the
-        time limit (`timeout`), the size limit (`max_chars`) or the memory limit (`MEMORY_LIMIT`)."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None) -> str:
+        """The prompt for `messages` (and OpenAI-style `tools`, for a template that describes them itself); a
+        `FirstEpochError` if the template refuses them, fails, or passes the time limit (`timeout`), the size limit
+        (`max_chars`) or the memory limit (`MEMORY_LIMIT`)."""
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise FirstEpochError(f"message {i}: each message needs a 'role' and a 'content' string")
@@ -103,6 +104,8 @@ class ChatTemplate:
         context = {"messages": messages, "add_generation_prompt": add_generation_prompt,
                    "bos_token": tok.token_text(bos_id) if bos_id is not None else "",
                    "eos_token": tok.token_text(eos_id) if eos_id is not None else ""}
+        if tools is not None:
+            context["tools"] = tools
         source = FALLBACK if self._fallback else self.source
         reply = _sandbox_for(source).request({"source": source, "context": context, "max_chars": self.max_chars},
                                              self.timeout)

@@ -292,18 +292,22 @@ class LanguageModel:
     def generate(self, prompt: str | list[int], max_new_tokens: int = 200, temperature: float = 0.8,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stream: bool = True, min_p: float | None = None, repetition_penalty: float = 1.0,
-                 stop: list[str] | None = None, special: bool = False, json_schema: dict | None = None):
+                 stop: list[str] | None = None, special: bool = False, json_schema: dict | None = None,
+                 grammar: str | None = None):
         """The continuation of `prompt` (text, or token ids): a `Generation` of text pieces with its stats
         (`stream=True`) or one string. Stops at the model's end tokens, at any of the `stop` strings, or after
         `max_new_tokens`. With a `json_schema` (`structured.ANY_OBJECT` for any JSON object) the text is JSON
-        that validates against it, unless the token limit cuts it short (finish reason "length")."""
+        that validates against it, unless the token limit cuts it short (finish reason "length"); a `grammar`
+        (llguidance's Lark syntax) constrains it the same way."""
+        from firstepoch.llm import structured
+
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, special=special)
         sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed=seed)
-        constraint = None
+        constraint, vocab = None, self.model.config.vocab_size
         if json_schema is not None:
-            from firstepoch.llm.structured import json_constraint
-
-            constraint = json_constraint(self.tokenizer, self.model.config.vocab_size, json_schema)
+            constraint = structured.json_constraint(self.tokenizer, vocab, json_schema)
+        elif grammar is not None:
+            constraint = structured.lark_constraint(self.tokenizer, vocab, grammar)
         stats = GenerationStats(prompt_tokens=len(ids))
         generation = Generation(self._stream(ids, max_new_tokens, sampling, stop or [], stats, constraint), stats)
         return generation if stream else "".join(generation)
@@ -313,12 +317,12 @@ class LanguageModel:
         model's chat template."""
         return self.generate(self.render_chat(messages), stream=stream, special=True, **options)
 
-    def render_chat(self, messages: list[dict]) -> str:
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         from firstepoch.llm.chat import ChatTemplate
 
         if self.chat_template is None:
             self.chat_template = ChatTemplate(None, self.tokenizer, origin=self.config.get("source", "model"))
-        return self.chat_template.render(messages)
+        return self.chat_template.render(messages, tools=tools)
 
     def _stream(self, ids: list[int], max_new_tokens: int, sampling: Sampling, stops: list[str],
                 stats: GenerationStats, constraint=None) -> Iterator[str]:

@@ -89,7 +89,22 @@ def json_constraint(tokenizer, vocab_size: int, schema: dict | None, field: str 
         grammar = llguidance.LLMatcher.grammar_from_json_schema(text, defaults=COMPACT)
     except ValueError as exc:
         raise FirstEpochError(f"{field}: the JSON schema cannot be read ({_one_line(str(exc))})") from None
-    matcher = llguidance.LLMatcher(guidance_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
+    return _matcher(tokenizer, vocab_size, grammar, f"{field}: the JSON schema")
+
+
+def lark_constraint(tokenizer, vocab_size: int, lark: str, what: str = "the grammar") -> Constraint:
+    """A `Constraint` for the texts of a grammar in llguidance's Lark syntax (`%json {...}` inside it takes a JSON
+    schema), which firstepoch writes itself (llm.tools: a template's tool-call syntax)."""
+    llguidance = _llguidance()
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    except ValueError as exc:
+        raise FirstEpochError(f"{what} cannot be read ({_one_line(str(exc))})") from None
+    return _matcher(tokenizer, vocab_size, grammar, what)
+
+
+def _matcher(tokenizer, vocab_size: int, grammar, what: str) -> Constraint:
+    matcher = _llguidance().LLMatcher(guidance_tokenizer(tokenizer, vocab_size), grammar, log_level=0)
     if matcher.is_error():
-        raise FirstEpochError(f"{field}: the JSON schema cannot be used ({_one_line(matcher.get_error())})")
+        raise FirstEpochError(f"{what} cannot be used ({_one_line(matcher.get_error())})")
     return Constraint(matcher, vocab_size)

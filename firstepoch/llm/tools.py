@@ -160,3 +160,97 @@ def read_answer(text: str) -> tuple[str | None, list[ToolCall]]:
     if isinstance(answer, dict) and isinstance(answer.get("response"), str):
         return answer["response"], []
     return text, []
+
+
+# --------------------------------------------------------------------------- a template's own tool-call syntax
+
+class JsonSyntax:
+    """Any template: the tools described in the system turn, the answer under `answer_schema` (see above)."""
+
+    name = "json"
+
+    def prepare(self, messages: list[dict], tools: list[Tool], required: bool) -> tuple[list[dict], None, dict]:
+        """(messages for the template, the `tools` the template is given (None), sampling options)."""
+        return with_tools(messages, tools, required), None, {"json_schema": answer_schema(tools, required)}
+
+    def read(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        return read_answer(text)
+
+
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.S)
+
+
+class HermesSyntax:
+    """Templates that describe the tools themselves and whose models call them as
+
+        <tool_call>
+        {"name": "get_weather", "arguments": {"city": "Paris"}}
+        </tool_call>
+
+    (Qwen 2.5 and 3, Hermes, SmolLM3 and others trained on that format). The template is given OpenAI's `tools`, the
+    earlier calls as the assistant's `tool_calls` and the results as `tool` turns, and renders them in its own
+    words; the answer is sampled under a grammar that is either one call in that syntax, with arguments valid
+    against its tool's parameters (as llama.cpp's server does unless parallel calls are asked for), or (unless a
+    call is required) a reply that does not start with one. `read` takes any number of calls."""
+
+    name = "hermes"
+
+    def prepare(self, messages: list[dict], tools: list[Tool], required: bool) -> tuple[list[dict], list, dict]:
+        out = []
+        for m in messages:
+            if m["role"] == "assistant" and m.get("tool_calls"):
+                if not isinstance(m["tool_calls"], list):
+                    raise FirstEpochError("messages: an assistant's tool_calls must be a list")
+                calls = [_call_of(c) for c in m["tool_calls"]]
+                out.append({"role": "assistant", "content": m.get("content") or "", "tool_calls": [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls]})
+            elif m["role"] == "tool":
+                out.append({"role": "tool", "content": m.get("content") or "",
+                            **{k: m[k] for k in ("tool_call_id", "name", "tool_name") if isinstance(m.get(k), str)}})
+            else:
+                out.append({"role": m["role"], "content": m.get("content") or ""})
+        listed = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                     "parameters": t.parameters}} for t in tools]
+        return out, listed, {"grammar": self.grammar(tools, required)}
+
+    @staticmethod
+    def grammar(tools: list[Tool], required: bool) -> str:
+        """llguidance's Lark grammar of the answer."""
+        calls = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                  "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
+        body = json.dumps(calls[0] if len(calls) == 1 else {"anyOf": calls}, ensure_ascii=False)
+        rules = [f"start: {'call' if required else 'call | reply'}",  # one call an answer, as llama.cpp's default
+                 'call: "<tool_call>\\n" body "\\n</tool_call>"',
+                 f"body: %json {body}"]
+        if not required:
+            rules.append("reply: /(?s:[^<].*)/")
+        return "\n".join(rules) + "\n"
+
+    def read(self, text: str) -> tuple[str | None, list[ToolCall]]:
+        """The calls in the answer (words around them, if any, as its reply); an answer cut short inside a call is
+        returned as the reply, as it stands."""
+        calls = []
+        for match in _HERMES_CALL.finditer(text):
+            try:
+                call = json.loads(match.group(1))
+            except ValueError:
+                return text, []
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                return text, []
+            arguments = call.get("arguments") or {}
+            calls.append(ToolCall(call["name"], arguments if isinstance(arguments, dict) else {}))
+        if not calls:
+            return text, []
+        rest = _HERMES_CALL.sub("", text).strip()
+        return rest or None, calls
+
+
+def syntax_for(lm) -> JsonSyntax | HermesSyntax:
+    """The tool-call syntax of a model's chat template: Hermes-style where the template describes `tools` and
+    writes `<tool_call>` blocks, else the JSON format every template can carry."""
+    template = getattr(lm, "chat_template", None)
+    source = getattr(template, "source", None) if template is not None and not template.fallback else None
+    if source and "<tool_call>" in source and "tools" in source:
+        return HermesSyntax()
+    return JsonSyntax()

@@ -1,6 +1,7 @@
 """Ollama-compatible routes: /api/tags, /api/show, /api/generate, /api/chat, /api/embed, /api/version."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -166,14 +167,19 @@ async def chat(request: Request):
         return {"model": served.name, "created_at": _now(), "message": {"role": "assistant", "content": ""},
                 "done": True, "done_reason": "load"}
     sampling, num_predict, num_ctx = _options(body)
-    tools = _tools(body)
-    if tools is not None:  # any template: the tools in the system turn, the answer under their schema
-        from firstepoch.llm.tools import answer_schema, with_tools
+    tools, syntax, listed = _tools(body), None, None
+    if tools is not None:  # in the template's own tool-call syntax, else the JSON one any template carries
+        from firstepoch.llm.tools import syntax_for
 
-        clean, sampling["json_schema"] = with_tools(clean, tools, False), answer_schema(tools, False)
-    ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT, num_ctx)
+        syntax = syntax_for(served.obj)
+        try:
+            clean, listed, options = syntax.prepare(clean, tools, False)
+        except FirstEpochError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        sampling.update(options)
+    ids, max_new = await chat_prompt(served.obj, clean, num_predict, DEFAULT_NUM_PREDICT, num_ctx, tools=listed)
     return await _respond(request, served, ids, max_new, sampling, field(body, "stream", bool, True),
-                          lambda piece: {"message": {"role": "assistant", "content": piece}}, tools is not None)
+                          lambda piece: {"message": {"role": "assistant", "content": piece}}, syntax)
 
 
 def _tools(body: dict):
@@ -189,18 +195,16 @@ def _tools(body: dict):
         raise ApiError(400, str(exc), param="tools") from None
 
 
-def _tool_message(text: str) -> dict:
+def _tool_message(text: str, syntax) -> dict:
     """A tool-using answer as Ollama's message: its tool calls (arguments as objects), or its reply."""
-    from firstepoch.llm.tools import read_answer
-
-    reply, calls = read_answer(text)
+    reply, calls = syntax.read(text)
     if not calls:
         return {"message": {"role": "assistant", "content": reply}}
-    return {"message": {"role": "assistant", "content": "", "tool_calls": [
+    return {"message": {"role": "assistant", "content": reply or "", "tool_calls": [
         {"function": {"name": c.name, "arguments": c.arguments}} for c in calls]}}
 
 
-async def _respond(request, served, ids, max_new, sampling, stream: bool, shape, tools: bool = False):
+async def _respond(request, served, ids, max_new, sampling, stream: bool, shape, tools=None):
     state = _state(request)
     started = time.perf_counter_ns()
     generation = await start_generation(served, ids, max_new, sampling)  # this request's own text and stats
@@ -214,8 +218,8 @@ async def _respond(request, served, ids, max_new, sampling, stream: bool, shape,
                 "prompt_eval_count": s.prompt_tokens, "prompt_eval_duration": int(s.prompt_seconds * 1e9),
                 "eval_count": s.completion_tokens, "eval_duration": int(s.decode_seconds * 1e9)}
 
-    if tools:
-        shape = _tool_message  # the answer is read whole: its calls or its words (none left for the last line)
+    if tools:  # the answer is read whole: its calls or its words (none left for the last line)
+        shape = functools.partial(_tool_message, syntax=tools)
     if not stream:
         text = await generated_text(request, served, generation, state)
         return final(text) if text is not None else Response(status_code=499)  # None: the client has gone

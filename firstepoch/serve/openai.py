@@ -115,16 +115,22 @@ def _tools(body: dict):
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
-    from firstepoch.llm.tools import answer_schema, with_tools
+    from firstepoch.llm.tools import syntax_for
 
     body = await read_json(request)
     served = _llm(request, body)
     sampling, tools, messages = _sampling(body), _tools(body), _messages(body)
-    if tools is not None:  # any template: the tools in the system turn, the answer under their schema
-        messages, sampling["json_schema"] = with_tools(messages, *tools), answer_schema(*tools)
-    ids, max_new = await chat_prompt(served.obj, messages, _max_tokens(body), DEFAULT_MAX_TOKENS)
+    syntax = listed = None
+    if tools is not None:  # in the template's own tool-call syntax, else the JSON one any template carries
+        syntax = syntax_for(served.obj)
+        try:
+            messages, listed, options = syntax.prepare(messages, *tools)
+        except FirstEpochError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        sampling.update(options)
+    ids, max_new = await chat_prompt(served.obj, messages, _max_tokens(body), DEFAULT_MAX_TOKENS, tools=listed)
     return await _complete(request, served, ids, max_new, sampling, bool(body.get("stream")), chat=True,
-                           include_usage=_include_usage(body), tools=tools is not None)
+                           include_usage=_include_usage(body), tools=syntax)
 
 
 @router.post("/completions")
@@ -142,20 +148,19 @@ async def completions(request: Request):
                            include_usage=_include_usage(body))
 
 
-def _answer(text: str, stats) -> tuple[dict, str]:
-    """A tool-using answer as OpenAI's message and finish reason: its tool calls, or its reply."""
-    from firstepoch.llm.tools import read_answer
-
-    reply, calls = read_answer(text)
+def _answer(text: str, stats, syntax) -> tuple[dict, str]:
+    """A tool-using answer as OpenAI's message and finish reason: its tool calls (with any words around them), or
+    its reply."""
+    reply, calls = syntax.read(text)
     if not calls:
         return {"role": "assistant", "content": reply}, _finish(stats)
-    return {"role": "assistant", "content": None, "tool_calls": [
+    return {"role": "assistant", "content": reply, "tool_calls": [
         {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
         for c in calls]}, "tool_calls"
 
 
 async def _complete(request, served, ids, max_new, sampling, stream: bool, chat: bool, include_usage: bool,
-                    tools: bool = False):
+                    tools=None):
     state = _state(request)
     kind = "chat.completion" if chat else "text_completion"
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -181,7 +186,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
             return Response(status_code=499)
         answer = choice(text, _finish(generation.stats), delta=False)
         if tools:
-            answer["message"], answer["finish_reason"] = _answer(text, generation.stats)
+            answer["message"], answer["finish_reason"] = _answer(text, generation.stats, tools)
         return {"id": rid, "object": kind, "created": created, "model": served.name, "choices": [answer],
                 "usage": usage()}
 
@@ -202,7 +207,7 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
                             "choices": [choice(piece, None, delta=True)]})
             if tools:
-                message, finish = _answer("".join(pieces), generation.stats)
+                message, finish = _answer("".join(pieces), generation.stats, tools)
                 delta = {"tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]} \
                     if "tool_calls" in message else {"content": message["content"]}
                 yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,

@@ -88,10 +88,11 @@ def prompt_ids(lm, text: str, special: bool, max_tokens: int | None, default_max
 
 async def start_generation(served, ids: list[int], max_new_tokens: int, options: dict):
     """A request's own `Generation` of `served.obj` (nothing runs until `stream_generation` iterates it on the
-    model's slot); its `stats` are that request's alone. A JSON schema is compiled here, off the event loop (the
-    first one also builds the grammar's view of the vocabulary); one that cannot be used is a 400."""
-    options = {k: v for k, v in options.items() if v is not None or k != "json_schema"}
-    if "json_schema" not in options:
+    model's slot); its `stats` are that request's alone. A JSON schema (or a tool-call grammar) is compiled here,
+    off the event loop (the first one also builds the grammar's view of the vocabulary); one that cannot be used
+    is a 400."""
+    options = {k: v for k, v in options.items() if v is not None or k not in ("json_schema", "grammar")}
+    if "json_schema" not in options and "grammar" not in options:
         return served.obj.generate(ids, max_new_tokens=max_new_tokens, stream=True, **options)
     return await asyncio.to_thread(served.obj.generate, ids, max_new_tokens=max_new_tokens, stream=True, **options)
 
@@ -145,12 +146,13 @@ async def stream_generation(served, generation, state) -> AsyncIterator[str]:
 
 
 async def chat_prompt(lm, messages: list[dict], max_tokens: int | None, default_max: int,
-                      context: int | None = None) -> tuple[list[int], int]:
-    """`prompt_ids` of the chat template's rendering of `messages`, both done on a worker thread: a template
-    runs under its own time bound (firstepoch.llm.chat), never on the event loop."""
+                      context: int | None = None, tools: list[dict] | None = None) -> tuple[list[int], int]:
+    """`prompt_ids` of the chat template's rendering of `messages` (and `tools`, for a template that describes
+    them), both done on a worker thread: a template runs under its own time bound (firstepoch.llm.chat), never on
+    the event loop."""
     def work():
         try:
-            return prompt_ids(lm, lm.render_chat(messages), True, max_tokens, default_max, context)
+            return prompt_ids(lm, lm.render_chat(messages, tools), True, max_tokens, default_max, context)
         except FirstEpochError as exc:
             raise ApiError(400, str(exc)) from None
 
