@@ -111,22 +111,24 @@ class QuantizedLinear(nn.Module):
 
 @dataclass(frozen=True)
 class Mixture:
-    """A file type as llama.cpp's quantizer writes it: the matrices' type, the type of the attention values and
-    FFN down-projections of the layers that get more bits (`_more_bits`), and of the output (or the token
-    embedding when the output is tied to it). A type whose blocks do not divide a row falls back as there."""
+    """A file type as llama.cpp's quantizer writes it: the matrices' type (the token embedding's too), the type of
+    the attention values and FFN down-projections of the layers that get more bits (`_more_bits`), of the output
+    (or the token embedding when the output is tied to it) and of a fused q/k/v matrix. A type whose blocks do not
+    divide a row falls back as there. (llama.cpp has further rules for mixtures of experts, 70B models and
+    architectures firstepoch does not run; they are not here.)"""
 
     file_type: str  # gguf.LlamaFileType member: MOSTLY_Q4_K_M, ...
     base: str
     more_bits: str
     output: str
-    embedding: str
+    fused_qkv: str  # a fused attention q/k/v matrix (Phi-3's attn_qkv)
 
 
 # the files `quantize --to` writes, by the names people know them by (q8 and q4 are the first two's short names)
 MIXTURES = {"Q8_0": Mixture("MOSTLY_Q8_0", "Q8_0", "Q8_0", "Q8_0", "Q8_0"),
-            "Q4_1": Mixture("MOSTLY_Q4_1", "Q4_1", "Q4_1", "Q6_K", "Q8_0"),
-            "Q4_K_M": Mixture("MOSTLY_Q4_K_M", "Q4_K", "Q6_K", "Q6_K", "Q4_K"),
-            "Q5_K_M": Mixture("MOSTLY_Q5_K_M", "Q5_K", "Q6_K", "Q6_K", "Q5_K"),
+            "Q4_1": Mixture("MOSTLY_Q4_1", "Q4_1", "Q4_1", "Q6_K", "Q4_1"),
+            "Q4_K_M": Mixture("MOSTLY_Q4_K_M", "Q4_K", "Q6_K", "Q6_K", "Q5_K"),
+            "Q5_K_M": Mixture("MOSTLY_Q5_K_M", "Q5_K", "Q6_K", "Q6_K", "Q6_K"),
             "Q6_K": Mixture("MOSTLY_Q6_K", "Q6_K", "Q6_K", "Q6_K", "Q6_K")}
 SHORT_NAMES = {"q8": "Q8_0", "q4": "Q4_1"}
 # where rows are not a multiple of a K-quant's 256 weights, llama.cpp's quantizer takes these
@@ -186,8 +188,8 @@ def _target_type(name: str, array: np.ndarray, mixture: Mixture, layers: int, ti
         return "F32"
     if name == "output.weight" or (tied and name == "token_embd.weight"):
         qtype = mixture.output
-    elif name == "token_embd.weight":
-        qtype = mixture.embedding
+    elif name.endswith("attn_qkv.weight"):
+        qtype = mixture.fused_qkv
     elif name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(int(name.split(".")[1]), layers):
         qtype = mixture.more_bits
     else:

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from firstepoch.errors import FirstEpochError
+from firstepoch.llm.structured import COMPACT
 
 MAX_TOOLS = 128  # as OpenAI's API
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -78,17 +79,44 @@ def chosen_tools(tools: list[Tool], choice, where: str = "tool_choice") -> tuple
     return named, True
 
 
+def _calls_schema(tools: list[Tool]) -> tuple[dict, dict]:
+    """The schema of one call of one of `tools` ({"name": ..., "arguments": ...}) and the definitions its tools'
+    parameters refer to (`$defs`, as Pydantic writes them), moved to the root of the answer's schema under names
+    of their tool's own (their `$ref`s rewritten), since the parameters are nested inside it."""
+    calls, defs = [], {}
+    for i, t in enumerate(tools):
+        parameters = dict(t.parameters)
+        own = {**parameters.pop("definitions", {}), **parameters.pop("$defs", {})}
+        renamed = {name: f"t{i}_{name}" for name in own}
+        parameters = _refs_renamed(parameters, renamed)
+        defs.update({renamed[name]: _refs_renamed(d, renamed) for name, d in own.items()})
+        calls.append({"type": "object", "properties": {"name": {"const": t.name}, "arguments": parameters},
+                      "required": ["name", "arguments"], "additionalProperties": False})
+    return (calls[0] if len(calls) == 1 else {"anyOf": calls}), defs
+
+
+def _refs_renamed(node, renamed: dict):
+    if isinstance(node, dict):
+        out = {k: _refs_renamed(v, renamed) for k, v in node.items()}
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+            name = ref.split("/", 2)[2]
+            out["$ref"] = f"#/$defs/{renamed.get(name, name)}"
+        return out
+    if isinstance(node, list):
+        return [_refs_renamed(v, renamed) for v in node]
+    return node
+
+
 def answer_schema(tools: list[Tool], required: bool) -> dict:
     """The JSON schema of the model's answer: a call of one of `tools` or, unless `required`, a reply."""
-    calls = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-              "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-    call = {"type": "object", "properties": {"tool_call": calls[0] if len(calls) == 1 else {"anyOf": calls}},
-            "required": ["tool_call"], "additionalProperties": False}
-    if required:
-        return call
+    calls, defs = _calls_schema(tools)
+    call = {"type": "object", "properties": {"tool_call": calls}, "required": ["tool_call"],
+            "additionalProperties": False}
     reply = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
              "additionalProperties": False}
-    return {"anyOf": [call, reply]}
+    schema = call if required else {"anyOf": [call, reply]}
+    return {**schema, "$defs": defs} if defs else schema
 
 
 def instructions(tools: list[Tool], required: bool) -> str:
@@ -152,7 +180,7 @@ def read_answer(text: str) -> tuple[str | None, list[ToolCall]]:
     limit (not JSON yet) is returned as the reply, as it stands."""
     try:
         answer = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text, []
     if isinstance(answer, dict) and isinstance(answer.get("tool_call"), dict):
         call = answer["tool_call"]
@@ -216,15 +244,18 @@ class HermesSyntax:
 
     @staticmethod
     def grammar(tools: list[Tool], required: bool) -> str:
-        """llguidance's Lark grammar of the answer."""
-        calls = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                  "required": ["name", "arguments"], "additionalProperties": False} for t in tools]
-        body = json.dumps(calls[0] if len(calls) == 1 else {"anyOf": calls}, ensure_ascii=False)
-        rules = [f"start: {'call' if required else 'call | reply'}",  # one call an answer, as llama.cpp's default
+        """llguidance's Lark grammar of the answer: thinking first if the model does (`<think>...</think>`, as Qwen
+        3 does; without a '<' inside), then one call (as llama.cpp's server, unless parallel calls are asked
+        for), or, unless `required`, a reply; a reply may not start as a call does ('<to'), and a call inside a
+        reply is still read (`read`), its arguments then unchecked. The JSON is compact, as `structured`'s."""
+        calls, defs = _calls_schema(tools)
+        body = json.dumps({**calls, **({"$defs": defs} if defs else {}), "x-guidance": COMPACT}, ensure_ascii=False)
+        rules = [f"start: think? {'call' if required else '(call | reply)'}",
+                 'think: "<think>" /[^<]*/ "</think>" /[ \\n]*/',
                  'call: "<tool_call>\\n" body "\\n</tool_call>"',
                  f"body: %json {body}"]
         if not required:
-            rules.append("reply: /(?s:[^<].*)/")
+            rules.append("reply: /(?s:([^<]|<[^t]|<t[^o]).*)/")
         return "\n".join(rules) + "\n"
 
     def read(self, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -234,7 +265,7 @@ class HermesSyntax:
         for match in _HERMES_CALL.finditer(text):
             try:
                 call = json.loads(match.group(1))
-            except ValueError:
+            except (ValueError, RecursionError):
                 return text, []
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
                 return text, []
@@ -248,9 +279,12 @@ class HermesSyntax:
 
 def syntax_for(lm) -> JsonSyntax | HermesSyntax:
     """The tool-call syntax of a model's chat template: Hermes-style where the template describes `tools` and
-    writes `<tool_call>` blocks, else the JSON format every template can carry."""
+    writes `<tool_call>` blocks of JSON, else the JSON format every template can carry. Checking the template
+    compiles it once (in its sandbox): call this off the event loop."""
     template = getattr(lm, "chat_template", None)
     source = getattr(template, "source", None) if template is not None and not template.fallback else None
-    if source and "<tool_call>" in source and "tools" in source:
+    # a JSON body inside the tags: not Qwen3-Coder's <function=...> nor GLM's <arg_key> forms
+    if source and "<tool_call>" in source and "tools" in source and not any(
+            other in source for other in ("<function=", "<arg_key>")):
         return HermesSyntax()
     return JsonSyntax()

@@ -7,6 +7,7 @@ import json
 import time
 from datetime import datetime, timezone
 
+import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -171,7 +172,7 @@ async def chat(request: Request):
     if tools is not None:  # in the template's own tool-call syntax, else the JSON one any template carries
         from firstepoch.llm.tools import syntax_for
 
-        syntax = syntax_for(served.obj)
+        syntax = await anyio.to_thread.run_sync(syntax_for, served.obj)  # may compile the template
         try:
             clean, listed, options = syntax.prepare(clean, tools, False)
         except FirstEpochError as exc:

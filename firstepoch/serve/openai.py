@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 
+import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
@@ -122,7 +123,7 @@ async def chat_completions(request: Request):
     sampling, tools, messages = _sampling(body), _tools(body), _messages(body)
     syntax = listed = None
     if tools is not None:  # in the template's own tool-call syntax, else the JSON one any template carries
-        syntax = syntax_for(served.obj)
+        syntax = await anyio.to_thread.run_sync(syntax_for, served.obj)  # may compile the template
         try:
             messages, listed, options = syntax.prepare(messages, *tools)
         except FirstEpochError as exc:
@@ -208,10 +209,12 @@ async def _complete(request, served, ids, max_new, sampling, stream: bool, chat:
                             "choices": [choice(piece, None, delta=True)]})
             if tools:
                 message, finish = _answer("".join(pieces), generation.stats, tools)
-                delta = {"tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]} \
-                    if "tool_calls" in message else {"content": message["content"]}
-                yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
-                            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
+                deltas = [{"content": message["content"]}] if message["content"] else []  # words, then the calls
+                if "tool_calls" in message:
+                    deltas.append({"tool_calls": [dict(call, index=i) for i, call in enumerate(message["tool_calls"])]})
+                for delta in deltas:
+                    yield _sse({"id": rid, "object": chunk, "created": created, "model": served.name,
+                                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
             last = {"id": rid, "object": chunk, "created": created, "model": served.name,
                     "choices": [choice(None if chat else "", finish or _finish(generation.stats), delta=True)]}
             yield _sse(last)

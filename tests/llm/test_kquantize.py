@@ -104,3 +104,15 @@ def test_unknown_targets_are_refused_in_one_line(smollm_path, tmp_path):
     with pytest.raises(FirstEpochError, match="choose one of q8, q4, Q8_0, Q4_1, Q4_K_M"):
         quantize_gguf(smollm_path, "Q3_K_XL", tmp_path / "x.gguf")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_fused_qkv_matrix_takes_llama_cpps_type_for_it():
+    """Phi-3's fused q/k/v: Q5_K in a Q4_K_M file and Q6_K in a Q5_K_M one, as llama.cpp writes them."""
+    from firstepoch.llm.quant import MIXTURES, _target_type
+
+    fused = np.zeros((9216, 3072), np.float32)
+    assert _target_type("blk.0.attn_qkv.weight", fused, MIXTURES["Q4_K_M"], 32, False) == "Q5_K"
+    assert _target_type("blk.0.attn_qkv.weight", fused, MIXTURES["Q5_K_M"], 32, False) == "Q6_K"
+    more_bits = [i for i in range(32) if _target_type(f"blk.{i}.ffn_down.weight", fused, MIXTURES["Q4_K_M"], 32,
+                                                      False) == "Q6_K"]
+    assert more_bits == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]  # first and last eighth, every third

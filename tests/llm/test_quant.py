@@ -71,3 +71,21 @@ def test_without_the_kernel_weights_become_bf16(weights, monkeypatch):
         assert layer.qtype == "BF16" and layer.weight.dtype == torch.bfloat16
     finally:
         compiled_kernels.cache_clear()
+
+
+@pytest.mark.parametrize("qtype", list(BLOCK_TYPES))
+def test_an_odd_number_of_rows_and_tiles_of_every_kind(weights, qtype):
+    """47 weight rows (the last without a partner in the two-row tiles) times 9 activation rows (two tiles of four
+    and one row alone): each product is still llama.cpp's."""
+    if compiled_kernels() is None:
+        pytest.skip("no C compiler: the bf16 path is used instead")
+    from tests.llm.oracle import ggml_matmul
+
+    w = weights[0][:47]
+    x = np.random.default_rng(1).standard_normal((9, 512)).astype(np.float32)
+    raw = blocks_of(w, qtype)
+    ours = QuantizedLinear(blocks=torch.from_numpy(raw), qtype=qtype, in_features=512)(torch.from_numpy(x)).numpy()
+    if AVX2:
+        np.testing.assert_array_equal(ours, ggml_matmul(raw, x, qtype))
+    else:
+        np.testing.assert_allclose(ours, ggml_matmul(raw, x, qtype), rtol=1e-5, atol=1e-4)

@@ -58,7 +58,7 @@ def test_earlier_calls_and_results_are_rendered_by_the_template(hermes):
     prompt, (reply, calls), _ = run(hermes, messages, False, temperature=0)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lima", "unit": "celsius"}}' in prompt
     assert "<tool_response>\n19 degrees, cloudy\n</tool_response>" in prompt
-    assert reply and not calls  # the free reply that may follow (it cannot start a call of its own syntax)
+    assert reply and not calls  # here the model answers in words (a call was allowed too)
 
 
 def test_reading_answers_in_the_syntax():
@@ -70,7 +70,34 @@ def test_reading_answers_in_the_syntax():
     assert reply == "Let me add them." and len(calls) == 2
     assert read('<tool_call>\n{"name": "add", "argu') == ('<tool_call>\n{"name": "add", "argu', [])  # cut short
     assert read("<tool_call>not json</tool_call>") == ("<tool_call>not json</tool_call>", [])
+    deep = "<tool_call>" + "[" * 100_000 + "]" * 100_000 + "</tool_call>"
+    assert read(deep) == (deep, [])  # too deep for Python's JSON reader: words, not an error
     assert read("Hello!") == ("Hello!", [])
+
+
+PYDANTIC = {"type": "object", "properties": {"trip": {"$ref": "#/$defs/Trip"}}, "required": ["trip"],
+            "additionalProperties": False,
+            "$defs": {"Trip": {"type": "object", "properties": {"city": {"$ref": "#/$defs/City"},
+                                                                "days": {"type": "integer", "minimum": 1,
+                                                                         "maximum": 9}},
+                               "required": ["city", "days"], "additionalProperties": False},
+                      "City": {"enum": ["Lima", "Cusco"]}}}
+
+
+@pytest.mark.parametrize("syntax", ["hermes", "json"])
+def test_parameters_with_definitions_as_pydantic_writes_them(hermes, syntax):
+    """`$defs` and `$ref`s inside a tool's parameters still resolve once the parameters sit inside the answer's
+    grammar (they are moved to its root), in both syntaxes."""
+    from firstepoch.llm.tools import JsonSyntax
+
+    chosen = HermesSyntax() if syntax == "hermes" else JsonSyntax()
+    tools = read_tools([{"type": "function", "function": {"name": "plan", "parameters": PYDANTIC}}])
+    shown, listed, sampling = chosen.prepare([{"role": "user", "content": "Plan a trip to Peru."}], tools, True)
+    text = hermes.generate(hermes.render_chat(shown, listed), special=True, max_new_tokens=60, temperature=0,
+                           stream=False, **sampling)
+    reply, calls = chosen.read(text)
+    assert len(calls) == 1 and calls[0].name == "plan", text
+    jsonschema.validate(calls[0].arguments, PYDANTIC)
 
 
 def test_a_template_without_a_tool_syntax_gets_the_json_one(smollm):

