@@ -201,6 +201,8 @@ BAD_INPUT = [
     (["chat", "no-such-model"], "no-such-model: no such model file, folder or name"),
     (["quantize", "{html}", "out.gguf", "--to", "q8"], "an HTML page"),
     (["perplexity", "{html}", "{csv}"], "an HTML page"),
+    (["generate", "smollm2-135m-instruct", "hi", "--kv-cache", "q4_0"], "choose one of f16, q8_0"),
+    (["quantize", "smollm2-135m-instruct", "out.gguf", "--to", "Q3_K_XL"], "choose one of q8, q4, Q8_0"),
 ]
 
 

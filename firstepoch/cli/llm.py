@@ -21,10 +21,18 @@ def _sampling_options(temperature, top_k, top_p, min_p, repeat_penalty, seed, st
             "repetition_penalty": repeat_penalty, "seed": seed, "stop": list(stop or [])}
 
 
-def _load_llm(model, context, chat_template):
+_KV_HELP = "The KV cache's numbers: f16 (as llama.cpp), or q8_0 (about half the memory again)."
+
+
+def _load_llm(model, context, chat_template, kv_cache: str = "f16"):
     import firstepoch.llm
 
-    return firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
+    lm = firstepoch.llm.load(model, context=context, chat_template=Path(chat_template) if chat_template else None)
+    if kv_cache != "f16":
+        if getattr(lm, "kind", "llm") != "llm" or not hasattr(lm, "set_kv_cache"):
+            raise FirstEpochError(f"{model}: --kv-cache applies to LLMs")
+        lm.set_kv_cache(kv_cache)
+    return lm
 
 
 @app.command()
@@ -41,9 +49,10 @@ def generate(
     stop: Optional[List[str]] = typer.Option(None, help="Stop when this text appears (repeatable)."),
     context: Optional[int] = typer.Option(None, min=1, help="Context length to allocate (default: the model's)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    kv_cache: str = typer.Option("f16", help=_KV_HELP),
 ):
     """Continue a text with a language model, streamed token by token; speeds are printed at the end."""
-    lm = _load_llm(model, context, None)
+    lm = _load_llm(model, context, None, kv_cache)
     options = _sampling_options(temperature, top_k, top_p, min_p, repeat_penalty, seed, stop)
     pieces = lm.generate(prompt, max_new_tokens=max_tokens, **options)
     if json_out:
@@ -71,9 +80,10 @@ def chat(
     seed: Optional[int] = typer.Option(None),
     context: Optional[int] = typer.Option(4096, min=1, help="Context length to allocate."),
     speed: bool = typer.Option(False, help="Print prompt and decode speed after each answer."),
+    kv_cache: str = typer.Option("f16", help=_KV_HELP),
 ):
     """Chat with a local LLM in the terminal (/clear forgets the conversation, /exit or Ctrl-D leaves)."""
-    lm = _load_llm(model, context, chat_template)
+    lm = _load_llm(model, context, chat_template, kv_cache)
     console.print(f"[bold]{lm.config.get('name', model)}[/bold] ({lm.config.get('quantization', '')}, context "
                   f"{lm.context}): type a message; /clear, /exit", highlight=False)
     _enable_history()

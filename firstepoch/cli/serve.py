@@ -30,6 +30,8 @@ def serve(
     timeout: float = typer.Option(600.0, min=1.0, help="The longest one request may run (seconds)."),
     chat_template: Optional[Path] = typer.Option(None, help="A Jinja chat template file overriding the chat "
                                                  "models' own (its tool-call syntax too)."),
+    kv_cache: str = typer.Option("f16", help="The LLMs' KV cache numbers: f16 (as llama.cpp), or q8_0 (about "
+                                 "half the memory again: more --parallel slots fit)."),
 ):
     """Serve models over OpenAI- and Ollama-compatible HTTP APIs, with a web page at /."""
     from firstepoch.serve import Limits
@@ -38,7 +40,7 @@ def serve(
     limits = Limits(queue_size=queue, total_timeout=timeout)
     run_server(list(models or []), list(index or []), host=host, port=port, api_key=api_key, cors=cors,
                limits=limits, context=context, allow_hosts=list(allow_host or []), parallel=parallel,
-               chat_template=chat_template,
+               chat_template=chat_template, kv_cache=kv_cache,
                ready=lambda url: console.print(f"[bold green]serving[/bold green] {url}  (web page at {url}/, "
                                                f"OpenAI API at {url}/v1, Ollama API at {url}/api)",
                                                highlight=False))

@@ -67,7 +67,7 @@ AUTO_PARALLEL = 4  # requests a server batches by default where memory allows (l
 AUTO_MEMORY_SHARE = 0.25  # the share of free memory the extra slots' KV caches may take by default
 
 
-def auto_parallel(config, cores: int | None = None) -> int:
+def auto_parallel(config, cores: int | None = None, kv_cache: str = "f16") -> int:
     """How many requests a server decodes together by default: AUTO_PARALLEL on a machine of two cores or more
     (one batched step costs little more than one sequence's: the weights are read once), fewer where their KV
     caches would take more than AUTO_MEMORY_SHARE of free memory; 1 on one core."""
@@ -78,7 +78,7 @@ def auto_parallel(config, cores: int | None = None) -> int:
     if cores < 2:
         return 1
     free = available_memory()
-    fits = AUTO_PARALLEL if free is None else 1 + int(AUTO_MEMORY_SHARE * free // kv_cache_bytes(config))
+    fits = AUTO_PARALLEL if free is None else 1 + int(AUTO_MEMORY_SHARE * free // kv_cache_bytes(config, kv_cache))
     return max(1, min(AUTO_PARALLEL, fits))
 
 
@@ -133,7 +133,7 @@ class Batcher:
         from firstepoch.llm.inference import available_memory, kv_cache_bytes
 
         c = lm.model.config  # the one model cache is already counted: the other slots' caches must fit too
-        extra = (parallel - 1) * kv_cache_bytes(c)
+        extra = (parallel - 1) * kv_cache_bytes(c, lm.model.kv_cache_type)
         free = available_memory()
         if free is not None and extra > free:
             raise FirstEpochError(f"{parallel} sequences at once need {extra / 2**30:.1f} GiB more of KV cache "

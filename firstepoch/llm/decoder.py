@@ -27,6 +27,19 @@ if TYPE_CHECKING:
 PREFILL_CHUNK = 512
 
 
+# the KV cache's number formats (`--kv-cache`): fp16, as llama.cpp's default, or Q8_0 blocks of 32 (34 bytes)
+KV_CACHE_TYPES = ("f16", "q8_0")
+
+
+def kv_cache_row(head_dim: int, kind: str) -> int:
+    """The last dimension of a KV cache of `kind` for heads of `head_dim`: numbers (f16), or bytes (q8_0)."""
+    return head_dim // 32 * 34 if kind == "q8_0" else head_dim
+
+
+def kv_row_bytes(head_dim: int, kind: str) -> int:
+    return kv_cache_row(head_dim, kind) if kind == "q8_0" else 2 * head_dim
+
+
 def _fuse(*linears) -> torch.Tensor | None:
     """Stack the blocks of linears of one type into one tensor and make each linear a view of its rows; None
     (nothing changed) when their types differ, as in llama.cpp's mixtures (Q4_K_M: q and k in Q5_0, v in Q8_0)."""
@@ -141,13 +154,14 @@ class CLayers:
         if self.caches is not None and all(a is b for a, b in zip(self.caches, caches)):
             return
         c, (slots, _, max_len, _) = self.config, caches[0].k.shape
+        q8 = caches[0].k.dtype == torch.uint8  # rows of Q8_0 blocks (kv_cache_row), else fp16 numbers
+        row, dtype = (kv_cache_row(c.head_dim, "q8_0"), torch.uint8) if q8 else (c.head_dim, torch.float16)
         for cache in caches:  # a slot per sequence: one, or those of a batch (forward_rows)
             k, v = cache.k, cache.v
-            if k.shape != (slots, c.n_kv_heads, max_len, c.head_dim) or k.shape != v.shape or \
-                    k.dtype != torch.float16 or v.dtype != torch.float16 or not (k.is_contiguous() and
-                                                                               v.is_contiguous()):
+            if k.shape != (slots, c.n_kv_heads, max_len, row) or k.shape != v.shape or \
+                    k.dtype != dtype or v.dtype != dtype or not (k.is_contiguous() and v.is_contiguous()):
                 raise ValueError(f"the KV cache has shape {tuple(k.shape)} and type {k.dtype}, not "
-                                 f"fp16 {(slots, c.n_kv_heads, max_len, c.head_dim)}")
+                                 f"{dtype} {(slots, c.n_kv_heads, max_len, row)}")
         pointers = (LayerWeights * len(self.layers))()
         for entry, layer, cache in zip(pointers, self.layers, caches):
             block = layer.block
@@ -171,7 +185,7 @@ class CLayers:
             entry.window = c.sliding_window if block.local else 0
         self.shape = LayerShape(c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_dim, max_len, c.norm_eps,
                                 c.query_scale or 0.0, c.attn_softcap or 0.0, c.activation == "gelu_tanh",
-                                self.interleaved)
+                                self.interleaved, q8)
         self.caches, self.pointers, self.slots = list(caches), pointers, slots
 
     def unbind(self) -> None:
@@ -227,11 +241,19 @@ class InferenceTransformer(Transformer):
     def __init__(self, config: TransformerConfig, linear=None, embedding=None):
         super().__init__(config, linear, embedding, attend=_attention_for(config))
         self.c_layers: CLayers | None = None
+        self.kv_cache_type = "f16"  # or "q8_0" (KV_CACHE_TYPES), set by LanguageModel.set_kv_cache
 
     def setup_cache(self, batch: int = 1, max_len: int | None = None, dtype=None) -> None:
         """For llama.cpp's arithmetic the KV cache holds fp16 numbers, as llama.cpp's does (half the memory of
-        fp32); else the Transformer's own."""
-        if dtype is None and self.config.attention == "llamacpp_fp16":
+        fp32), or with `kv_cache_type` "q8_0" rows of Q8_0 blocks (the C layers only); else the Transformer's
+        own."""
+        c = self.config
+        if self.kv_cache_type == "q8_0":
+            for layer in self.layers:
+                layer.attn.cache = KVCache(batch, c.n_kv_heads, max_len or c.context,
+                                           kv_cache_row(c.head_dim, "q8_0"), torch.uint8, self.norm.weight.device)
+            return
+        if dtype is None and c.attention == "llamacpp_fp16":
             dtype = torch.float16
         super().setup_cache(batch, max_len, dtype)
 
@@ -262,6 +284,9 @@ class InferenceTransformer(Transformer):
     def forward(self, ids: torch.Tensor, start: int = 0, last_only: bool = False) -> torch.Tensor:
         cache = self.layers[0].attn.cache
         if self.c_layers is None or ids.shape[0] != 1 or ids.device.type != "cpu" or (cache is None and start):
+            if self.kv_cache_type != "f16":
+                raise FirstEpochError(f"a {self.kv_cache_type} KV cache is read by firstepoch's C layers only: one "
+                                      f"sequence of a GGUF model on the CPU")
             return super().forward(ids, start, last_only)
         c, T = self.config, ids.shape[1]
         self.check_fits(start, T)

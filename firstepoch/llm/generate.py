@@ -285,6 +285,19 @@ class LanguageModel:
     def context(self) -> int:
         return self.model.config.context
 
+    def set_kv_cache(self, kind: str) -> None:
+        """The KV cache's number format from now on: "f16" (llama.cpp's default) or "q8_0" (Q8_0 blocks: about half
+        the memory; firstepoch's C layers only, heads a multiple of 32 long)."""
+        from firstepoch.llm.decoder import KV_CACHE_TYPES
+
+        if kind not in KV_CACHE_TYPES:
+            raise FirstEpochError(f"--kv-cache {kind!r}: choose one of {', '.join(KV_CACHE_TYPES)}")
+        if kind != "f16" and (getattr(self.model, "c_layers", None) is None or self.model.config.head_dim % 32):
+            raise FirstEpochError(f"--kv-cache {kind}: only firstepoch's C layers read it (a GGUF model on the CPU, "
+                                  f"heads a multiple of 32 long); use f16")
+        self.model.kv_cache_type = kind
+        self.prompt_cache.clear()  # its caches are of the other format
+
     def encode(self, text: str, special: bool = False) -> list[int]:
         """A prompt's token ids; `special`: control-token text (a rendered chat template) becomes those tokens."""
         return self.tokenizer.encode_prompt(text, special=special)

@@ -16,7 +16,6 @@ from firstepoch.errors import FirstEpochError
 from firstepoch.llm.architectures import ARCHITECTURES, GEMMA_WIDE_QUERY_LAYERS
 from firstepoch.models.transformer import RMSNorm, TransformerConfig
 
-KV_BYTES = 2  # the KV cache holds fp16 numbers (llama.cpp's arithmetic)
 ROPE_TABLES = 8  # RoPE tables of context x head_dim floats an inference model holds at most (and builds in float64)
 
 
@@ -225,9 +224,12 @@ def memory_needed(g, config: TransformerConfig) -> int:
     return weights + cache + rope
 
 
-def kv_cache_bytes(config: TransformerConfig) -> int:
-    """Keys and values of one sequence over the whole context, every layer."""
-    return 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context * KV_BYTES
+def kv_cache_bytes(config: TransformerConfig, kind: str = "f16") -> int:
+    """Keys and values of one sequence over the whole context, every layer, in a KV cache of `kind`
+    (decoder.KV_CACHE_TYPES)."""
+    from firstepoch.llm.decoder import kv_row_bytes
+
+    return 2 * config.n_layers * config.n_kv_heads * config.context * kv_row_bytes(config.head_dim, kind)
 
 
 def check_fits(needed: int, source) -> None:

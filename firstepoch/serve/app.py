@@ -324,11 +324,12 @@ async def _drive(served) -> None:
 def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: int = 8000,
           api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
           context: int = 4096, log_level: str = "info", ready: Callable[[str], None] | None = None,
-          allow_hosts: list[str] | None = None, parallel: int | None = None, chat_template=None) -> None:
+          allow_hosts: list[str] | None = None, parallel: int | None = None, chat_template=None,
+          kv_cache: str = "f16") -> None:
     """Load what to serve, then run the server until SIGINT/SIGTERM, which stop new requests and end
     in-flight answers cleanly (their streams close with their usual last message). `parallel`: the requests a
     GGUF model decodes together (None: `llm.batch.auto_parallel` for each); `chat_template`: a Jinja template file
-    overriding the chat models' own."""
+    overriding the chat models' own; `kv_cache`: the GGUF models' KV cache numbers (f16 or q8_0)."""
     import uvicorn
 
     from firstepoch.serve.registry import load_registry
@@ -337,7 +338,7 @@ def serve(models: list[str], indexes: list[str], host: str = "127.0.0.1", port: 
         warnings.warn(f"serving on {host} without --api-key: anyone who can reach this port can use the models")
     limits = limits or Limits()
     registry = load_registry(models, indexes, queue_size=limits.queue_size, context=context, parallel=parallel,
-                             chat_template=chat_template)
+                             chat_template=chat_template, kv_cache=kv_cache)
     server: uvicorn.Server | None = None
     app = create_app(registry, limits, api_key, cors, stopping=lambda: bool(server and server.should_exit),
                      hosts=allowed_hosts(host, allow_hosts))

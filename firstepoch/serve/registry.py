@@ -139,7 +139,8 @@ class Registry:
         if kind == "llm" and getattr(obj.model, "c_layers", None) is not None:
             from firstepoch.llm.batch import Batcher, auto_parallel
 
-            parallel = self.parallel if self.parallel is not None else auto_parallel(obj.model.config)
+            parallel = self.parallel if self.parallel is not None else auto_parallel(
+                obj.model.config, kv_cache=obj.model.kv_cache_type)
             if parallel > 1:
                 obj.batcher = Batcher(obj, parallel)
         slot = Slot(name, self.queue_size, self.thread, parallel)
@@ -156,17 +157,17 @@ class Registry:
 
 
 def load_registry(models: list[str], indexes: list[str], queue_size: int = 16, context: int = 4096,
-                  parallel: int | None = 1, chat_template: Path | None = None) -> Registry:
+                  parallel: int | None = 1, chat_template: Path | None = None, kv_cache: str = "f16") -> Registry:
     """Load what `firstepoch serve` was given. MODEL is a bundled name, a path (GGUF, Hugging Face folder,
     bundle, sentence-transformers folder), or NAME=PATH to choose the served name. With no MODEL: the bundled
     chat model and the bundled embedding model. Everything is loaded on the compute thread that will run it."""
     registry = Registry(queue_size, parallel=parallel)
-    registry.thread.submit(_load_into, registry, models, indexes, context, chat_template).result()
+    registry.thread.submit(_load_into, registry, models, indexes, context, chat_template, kv_cache).result()
     return registry
 
 
 def _load_into(registry: Registry, models: list[str], indexes: list[str], context: int,
-               chat_template: Path | None = None) -> None:
+               chat_template: Path | None = None, kv_cache: str = "f16") -> None:
     from firstepoch.llm.models import DEFAULT_MODEL
     from firstepoch.loading import load
     from firstepoch.retrieval.embed import DEFAULT_EMBEDDER
@@ -175,6 +176,8 @@ def _load_into(registry: Registry, models: list[str], indexes: list[str], contex
     for spec in models or [DEFAULT_MODEL, DEFAULT_EMBEDDER]:
         name, _, target = spec.partition("=") if "=" in spec else ("", "", spec)
         obj = load(target, context=context, chat_template=chat_template)  # the template: for chat models
+        if obj.kind == "llm" and kv_cache != "f16":
+            obj.set_kv_cache(kv_cache)
         info = {"dim": obj.dim} if obj.kind == "embedder" else {}
         registry.add(name or _default_name(target, obj), obj.kind, obj, target, **info)
     for spec in indexes:

@@ -1,6 +1,6 @@
 """`serve --chat-template` with a template that has its own tool-call syntax (Hermes-style `<tool_call>` blocks):
-the official openai and ollama clients get tool_calls parsed from that syntax, and the template renders the calls
-and results sent back."""
+the official openai client gets tool_calls parsed from that syntax, the template renders the calls and results
+sent back, and Ollama's route answers as OpenAI's; the server batches two requests over a Q8_0 KV cache."""
 import json
 
 import pytest
@@ -17,7 +17,8 @@ QUESTION = [{"role": "user", "content": "What is the weather like in Lima?"}]
 @pytest.fixture(scope="module")
 def hermes_server(served_things):
     _, env, _ = served_things
-    s = Server([CHAT, "--chat-template", TEMPLATE, "--context", "1024", "--parallel", "2"], env)
+    s = Server([CHAT, "--chat-template", TEMPLATE, "--context", "1024", "--parallel", "2", "--kv-cache", "q8_0"],
+               env)  # batched, with a Q8_0 KV cache too
     yield s
     s.stop()
 

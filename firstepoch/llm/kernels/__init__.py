@@ -48,7 +48,7 @@ class LayerShape(ctypes.Structure):
     """layers.c's layer_shape: the sizes every layer shares, and the KV cache's length."""
     _fields_ = [(name, ctypes.c_int64) for name in ("dim", "n_heads", "n_kv", "head_dim", "hidden", "max_len")] + [
         ("eps", ctypes.c_float), ("query_scale", ctypes.c_float), ("attn_softcap", ctypes.c_float),
-        ("gelu", ctypes.c_int), ("interleaved", ctypes.c_int)]
+        ("gelu", ctypes.c_int), ("interleaved", ctypes.c_int), ("kv_q8", ctypes.c_int)]
 
 
 class Kernels:

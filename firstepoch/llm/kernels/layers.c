@@ -71,6 +71,41 @@ static inline void halves_to_floats(const uint16_t *h, float *f, int64_t n) {
     }
 }
 
+/* A KV-cache row of head_dim numbers: fp16 (2 bytes each, llama.cpp's default) or, with `q8`, Q8_0 blocks of 32
+ * (an fp16 scale and 32 int8 values, 34 bytes: half the memory again, as llama.cpp's --cache-type q8_0). A Q8_0
+ * row is read back as scale times value, and attention then runs in floats as for fp16 rows (llama.cpp's own
+ * q8_0 cache takes another path, its flash attention: close to it, not equal). */
+static inline int64_t kv_row_bytes(int64_t head_dim, int q8) { return q8 ? head_dim / 32 * 34 : head_dim * 2; }
+
+static void store_kv_row(uint8_t *dst, const float *row, int64_t n, int q8) {
+    if (!q8) {
+        for (int64_t i = 0; i < n; i++) { const uint16_t h = half_bits(row[i]); memcpy(dst + 2 * i, &h, 2); }
+        return;
+    }
+    for (int64_t b = 0; b < n / 32; b++, dst += 34, row += 32) {
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++) amax = fabsf(row[i]) > amax ? fabsf(row[i]) : amax;
+        const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        const uint16_t h = half_bits(d);
+        memcpy(dst, &h, 2);
+        for (int i = 0; i < 32; i++) dst[2 + i] = (uint8_t)(int8_t)nearbyintf(row[i] * id);
+    }
+}
+
+static void load_kv_row(const uint8_t *src, float *out, int64_t n, int q8) {
+    if (!q8) {
+        halves_to_floats((const uint16_t *)src, out, n);  /* rows of 2 * head_dim bytes keep 2-byte alignment */
+        return;
+    }
+    for (int64_t b = 0; b < n / 32; b++, src += 34, out += 32) {
+        uint16_t h;
+        float d;
+        memcpy(&h, src, 2);
+        halves_to_floats(&h, &d, 1);
+        for (int i = 0; i < 32; i++) out[i] = d * (float)(int8_t)src[2 + i];
+    }
+}
+
 static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 
@@ -280,14 +315,15 @@ static inline float dot_f16(const float *a, const float *b, int64_t n, int group
  * query's (the other architectures, whose RoPE rotates halves as llama.cpp's NEOX mode does). softcap (0: none)
  * caps each score before the scale, as llama.cpp's graph does for Gemma 2; window (0: none): only the last
  * `window` positions are seen, the others count as llama.cpp's masked ones (-inf, so exp gives 0). */
-static void attend(const float *q, const uint16_t *keys, const uint16_t *values, int64_t n, int64_t head_dim,
+static void attend(const float *q, const uint8_t *keys, const uint8_t *values, int q8, int64_t n, int64_t head_dim,
                    float scale, int groups, float *s, float *acc, float *out, int interleaved, float softcap,
                    int64_t window) {
+    const int64_t row_bytes = kv_row_bytes(head_dim, q8);
     float qh[head_dim], floats[head_dim];  /* floats: a key's or value's row, from fp16 */
     for (int64_t d = 0; d < head_dim; d++) qh[interleaved ? gguf_order(d, head_dim) : d] = fp16(q[d]);
     float top = -INFINITY;
     for (int64_t j = 0; j < n; j++) {
-        halves_to_floats(keys + j * head_dim, floats, head_dim);
+        load_kv_row(keys + j * row_bytes, floats, head_dim, q8);
         float score = dot_f16(qh, floats, head_dim, groups);
         if (softcap != 0.0f) score = tanhf(score * (1.0f / softcap)) * softcap;
         s[j] = window > 0 && n - 1 - j >= window ? -INFINITY : score * scale;
@@ -306,7 +342,7 @@ static void attend(const float *q, const uint16_t *keys, const uint16_t *values,
     for (int64_t j = 0; j < n; j++) {
         const float p = fp16(s[j] * inverse);
         float *v = floats;
-        halves_to_floats(values + j * head_dim, v, head_dim);
+        load_kv_row(values + j * row_bytes, v, head_dim, q8);
         float *a = acc + (((j / LANES) % groups) * LANES + j % LANES) * head_dim;
         for (int64_t d = 0; d < head_dim; d++) a[d] += p * v[d];
     }
@@ -335,7 +371,7 @@ static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0, matmu
 typedef struct {
     const float *attn_norm, *mlp_norm;
     const void *w_q, *w_k, *w_v, *w_o, *w_gate, *w_up, *w_down;
-    uint16_t *k_cache, *v_cache;  /* (n_kv, max_len, head_dim) fp16 each */
+    uint8_t *k_cache, *v_cache;  /* (n_kv, max_len) rows of head_dim numbers each (kv_row_bytes) */
     int types[7];              /* block types of q, k, v, o, gate, up, down */
     int qkv_stacked, gate_up_stacked;  /* k's rows follow q's and v's k's in one array of one type (up's gate's) */
     /* the other architectures' (NULL where the model has none): biases of q, k, v; RMSNorm weights of each
@@ -352,6 +388,7 @@ typedef struct {
     float attn_softcap;  /* 0: none */
     int gelu;            /* the MLP's gate: 0 SiLU, 1 GELU */
     int interleaved;     /* keys cached in GGUF's order (llama) or as they are (the others) */
+    int kv_q8;           /* the KV cache's rows: 0 fp16, 1 Q8_0 */
 } layer_shape;
 
 /* Floats of `work` that forward_layers needs for T tokens. */
@@ -392,7 +429,8 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
     const float *cos = w->cos, *sin = w->sin;
     const int64_t dim = c->dim, head_dim = c->head_dim, hidden = c->hidden, n_heads = c->n_heads, n_kv = c->n_kv;
     const int64_t q_rows = n_heads * head_dim, kv_rows = n_kv * head_dim, qkv_rows = q_rows + 2 * kv_rows;
-    const int64_t group = n_heads / n_kv, max_len = c->max_len, slot_size = n_kv * max_len * head_dim;
+    const int64_t group = n_heads / n_kv, max_len = c->max_len, row_bytes = kv_row_bytes(head_dim, c->kv_q8);
+    const int64_t slot_size = n_kv * max_len * row_bytes;  /* bytes */
     float *h = work, *qkv = h + T * dim, *attn = qkv + T * qkv_rows, *gate_up = attn + T * q_rows;
     float *act = gate_up + T * 2 * hidden, *tmp = act + T * hidden;
     float *per_thread = tmp + T * (qkv_rows > 2 * hidden ? qkv_rows : 2 * hidden);
@@ -404,7 +442,7 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
     for (int64_t t = 0; t < T; t++) {
         float *q = qkv + t * qkv_rows, *k = q + q_rows, *v = k + kv_rows;
         const int64_t pos = rows[t].pos;
-        uint16_t *k_cache = w->k_cache + rows[t].slot * slot_size, *v_cache = w->v_cache + rows[t].slot * slot_size;
+        uint8_t *k_cache = w->k_cache + rows[t].slot * slot_size, *v_cache = w->v_cache + rows[t].slot * slot_size;
         if (w->q_bias) { add_rows(q, w->q_bias, q_rows); add_rows(k, w->k_bias, kv_rows); add_rows(v, w->v_bias, kv_rows); }
         if (w->q_norm) {  /* each head on its own, in place */
             rms_norm_rows(q, w->q_norm, c->eps, head_dim, n_heads, q);
@@ -414,12 +452,12 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
         rope(k, n_kv, head_dim, cos + pos * head_dim, sin + pos * head_dim);
         if (c->query_scale != 0.0f)
             for (int64_t i = 0; i < q_rows; i++) q[i] *= c->query_scale;
-        for (int64_t g = 0; g < n_kv; g++)
-            for (int64_t d = 0; d < head_dim; d++) {
-                const int64_t at = c->interleaved ? gguf_order(d, head_dim) : d;
-                k_cache[(g * max_len + pos) * head_dim + at] = half_bits(k[g * head_dim + d]);
-                v_cache[(g * max_len + pos) * head_dim + d] = half_bits(v[g * head_dim + d]);
-            }
+        for (int64_t g = 0; g < n_kv; g++) {
+            float key[head_dim];
+            for (int64_t d = 0; d < head_dim; d++) key[c->interleaved ? gguf_order(d, head_dim) : d] = k[g * head_dim + d];
+            store_kv_row(k_cache + (g * max_len + pos) * row_bytes, key, head_dim, c->kv_q8);
+            store_kv_row(v_cache + (g * max_len + pos) * row_bytes, v + g * head_dim, head_dim, c->kv_q8);
+        }
     }
     const float scale = c->query_scale != 0.0f ? 1.0f : 1.0f / sqrtf((float)head_dim);
     #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
@@ -430,8 +468,9 @@ static void layer(float *x, const layer_weights *w, const layer_shape *c, const 
 #else
             float *mine = per_thread;
 #endif
-            const int64_t kv = rows[t].slot * slot_size + (head / group) * max_len * head_dim;
-            attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, rows[t].pos + 1, head_dim,
+            const int64_t kv = rows[t].slot * slot_size + (head / group) * max_len * row_bytes;
+            attend(qkv + t * qkv_rows + head * head_dim, w->k_cache + kv, w->v_cache + kv, c->kv_q8, rows[t].pos + 1,
+                   head_dim,
                    scale, rows[t].decode ? GROUPS : 1, mine, mine + max_len, attn + t * q_rows + head * head_dim,
                    c->interleaved, c->attn_softcap, w->window);
         }
@@ -487,7 +526,8 @@ void attention_rows(const float *q, const uint16_t *k, const uint16_t *v, int64_
             float *mine = work;
 #endif
             const int64_t kv = (head / group) * kv_stride;
-            attend(q + (head * T + t) * head_dim, k + kv, v + kv, n_pos - T + t + 1, head_dim, scale,
+            attend(q + (head * T + t) * head_dim, (const uint8_t *)(k + kv), (const uint8_t *)(v + kv), 0,
+                   n_pos - T + t + 1, head_dim, scale,
                    T == 1 ? GROUPS : 1, mine, mine + n_pos, out + (head * T + t) * head_dim, 0, softcap, window);
         }
 }
