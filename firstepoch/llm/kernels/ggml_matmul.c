@@ -838,6 +838,17 @@ static void quantize_tile_q8_K(const float *x, int64_t k, tile_q8_K *y) {
     const __m512 rows_d = _mm512_castps128_ps512(_mm_mul_ps(_mm_loadu_ps((b)->d), _mm_set1_ps(weight_d))); \
     const __m512 d01 = _mm512_permutexvar_ps(PAIR(0, 1), rows_d), d23 = _mm512_permutexvar_ps(PAIR(2, 3), rows_d)
 
+/* a super-block's integer lanes of rows (0, 1) and (2, 3) times each row's scale times the weights' d, into the
+ * accumulators; at the end, each row's 8 lanes summed as lanes8_sum does */
+#define K_SCALED(b, weight_d, s01, s23, acc01, acc23)                                                      \
+    do {                                                                                                 \
+        ROW_SCALES(b, weight_d, d01, d23);                                                               \
+        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);                                    \
+        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);                                    \
+    } while (0)
+#define K_SUMS(out, acc01, acc23)                                                                          \
+    (out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23))
+
 /* the minimums' integer terms of four rows, row u's lane l (0-3) at 4u + l: sub-blocks 2l and 2l + 1 */
 static inline __m512i tile_min_lanes(const int32_t *mn, const tile_q8_K *b) {
     const __m512i m = _mm512_set_epi16(mn[7], mn[7], mn[6], mn[6], mn[5], mn[5], mn[4], mn[4], mn[3], mn[3], mn[2],
@@ -865,9 +876,7 @@ static void tile_dot_q4_K(const block_q4_K *x, const tile_q8_K *y, int64_t nb, f
             K_SUB(s01, s23, b, 2 * j + 1, _mm256_and_si256(_mm256_srli_epi16(bits, 4), _mm256_set1_epi8(0x0f)),
                   _mm512_set1_epi16((int16_t)sc[2 * j + 1]));
         }
-        ROW_SCALES(b, to_float(x[i].d), d01, d23);
-        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
-        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        K_SCALED(b, to_float(x[i].d), s01, s23, acc01, acc23);
         /* -d * dmin of each row, in its four lanes */
         const __m128 dmin = _mm_mul_ps(_mm_xor_ps(_mm_loadu_ps(b->d), _mm_set1_ps(-0.0f)), _mm_set1_ps(to_float(x[i].dmin)));
         acc_m = _mm512_fmadd_ps(_mm512_permutexvar_ps(four, _mm512_castps128_ps512(dmin)),
@@ -875,7 +884,7 @@ static void tile_dot_q4_K(const block_q4_K *x, const tile_q8_K *y, int64_t nb, f
     }
     float m[16];
     _mm512_storeu_ps(m, acc_m);
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    K_SUMS(out, acc01, acc23);
     for (int u = 0; u < 4; u++) out[u] += (m[4 * u] + m[4 * u + 2]) + (m[4 * u + 1] + m[4 * u + 3]);
 }
 
@@ -888,15 +897,13 @@ static void tile_dot_q5_K(const block_q5_K *x, const tile_q8_K *y, int64_t nb, f
         unpack_q5_K(x + i, &u);
         __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
         for (int j = 0; j < 8; j++) K_SUB(s01, s23, b, j, u.v[j], _mm512_set1_epi16((int16_t)u.sc[j]));
-        ROW_SCALES(b, u.d, d01, d23);
-        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
-        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        K_SCALED(b, u.d, s01, s23, acc01, acc23);
         int32_t m[16];
         _mm512_storeu_si512(m, tile_min_lanes(u.mn, b));
         for (int r = 0; r < 4; r++)
             summs[r] = fmaf(-b->d[r] * u.dmin, (float)((m[4 * r] + m[4 * r + 1]) + (m[4 * r + 2] + m[4 * r + 3])), summs[r]);
     }
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    K_SUMS(out, acc01, acc23);
     for (int r = 0; r < 4; r++) out[r] += summs[r];
 }
 
@@ -913,11 +920,9 @@ static void tile_dot_q6_K(const block_q6_K *x, const tile_q8_K *y, int64_t nb, f
         __m512i s23 = _mm512_slli_epi32(_mm512_madd_epi16(_mm512_loadu_si512(b->bsums[2]), scales), 5);
         s01 = _mm512_sub_epi32(_mm512_setzero_si512(), s01), s23 = _mm512_sub_epi32(_mm512_setzero_si512(), s23);
         for (int g = 0; g < 8; g++) K_SUB(s01, s23, b, g, u.v[g], _mm512_broadcast_i64x4(scale_pair(sc[2 * g], sc[2 * g + 1])));
-        ROW_SCALES(b, u.d, d01, d23);
-        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
-        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        K_SCALED(b, u.d, s01, s23, acc01, acc23);
     }
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    K_SUMS(out, acc01, acc23);
 }
 
 static void tile_dot_q3_K(const block_q3_K *x, const tile_q8_K *y, int64_t nb, float *out) {
@@ -935,11 +940,9 @@ static void tile_dot_q3_K(const block_q3_K *x, const tile_q8_K *y, int64_t nb, f
             s01 = _mm512_dpwssd_epi32(s01, _mm512_sub_epi16(_mm512_maddubs_epi16(v2, a01), _mm512_maddubs_epi16(four, a01)), scale);
             s23 = _mm512_dpwssd_epi32(s23, _mm512_sub_epi16(_mm512_maddubs_epi16(v2, a23), _mm512_maddubs_epi16(four, a23)), scale);
         }
-        ROW_SCALES(b, u.d, d01, d23);
-        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
-        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        K_SCALED(b, u.d, s01, s23, acc01, acc23);
     }
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    K_SUMS(out, acc01, acc23);
 }
 
 static void tile_dot_q2_K(const block_q2_K *x, const tile_q8_K *y, int64_t nb, float *out) {
@@ -961,11 +964,9 @@ static void tile_dot_q2_K(const block_q2_K *x, const tile_q8_K *y, int64_t nb, f
         __m512i s01 = _mm512_setzero_si512(), s23 = _mm512_setzero_si512();
         for (int c = 0; c < 8; c++)
             K_SUB(s01, s23, b, c, v[c], _mm512_broadcast_i64x4(scale_pair(sc[2 * c] & 0x0f, sc[2 * c + 1] & 0x0f)));
-        ROW_SCALES(b, to_float(x[i].d), d01, d23);
-        acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);
-        acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);
+        K_SCALED(b, to_float(x[i].d), s01, s23, acc01, acc23);
     }
-    out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23);
+    K_SUMS(out, acc01, acc23);
 }
 
 /* two weight rows of a K-quant: each super-block's scales unpacked for each row anyway, so one after the other */
