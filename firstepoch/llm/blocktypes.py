@@ -25,6 +25,15 @@ def _dequantize_q4_0(b: torch.Tensor) -> torch.Tensor:  # scale, 16 bytes of nib
     return (_nibbles(b) - 8) * _half(b, 0)
 
 
+IQ4_NL_VALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)  # a non-linear 4-bit grid
+
+
+def _dequantize_iq4_nl(b: torch.Tensor) -> torch.Tensor:  # scale, 16 bytes of nibbles indexing IQ4_NL_VALUES
+    packed = b[..., -16:].long()
+    table = torch.tensor(IQ4_NL_VALUES, dtype=torch.float32, device=b.device)
+    return _half(b, 0) * table[torch.cat([packed & 0x0F, packed >> 4], dim=-1)]
+
+
 def _dequantize_q4_1(b: torch.Tensor) -> torch.Tensor:  # scale, minimum, 16 bytes of nibbles
     return _nibbles(b) * _half(b, 0) + _half(b, 2)
 
@@ -156,7 +165,8 @@ BLOCK_TYPES = {t.name: t for t in (BlockType("Q4_0", 32, 18, Q8_0_TILE_BYTES, 0,
                                    BlockType("Q6_K", 256, 210, Q8_K_BYTES, 6, _dequantize_q6_k),
                                    BlockType("Q5_1", 32, 24, Q8_1_TILE_BYTES, 7, _dequantize_q5_1),
                                    BlockType("Q3_K", 256, 110, Q8_K_BYTES, 8, _dequantize_q3_k),
-                                   BlockType("Q2_K", 256, 84, Q8_K_BYTES, 9, _dequantize_q2_k))}
+                                   BlockType("Q2_K", 256, 84, Q8_K_BYTES, 9, _dequantize_q2_k),
+                                   BlockType("IQ4_NL", 32, 18, Q8_0_TILE_BYTES, 10, _dequantize_iq4_nl))}
 # the most bytes of 8-bit activations any kernel needs per input value (scratch sizes)
 ACTIVATION_BYTES_PER_VALUE = max(t.activation_bytes / t.weights for t in BLOCK_TYPES.values())
 

@@ -35,7 +35,7 @@ def llama_cpp_model(path, **kwargs):
 # K-quants (which the gguf package cannot write) and the CPU backend's activation quantizers and dot products
 ACTIVATIONS = {"Q4_0": "q8_0", "Q4_1": "q8_1", "Q8_0": "q8_0", "Q5_0": "q8_0", "Q5_1": "q8_1", "Q4_K": "q8_K",
                "Q5_K": "q8_K", "Q6_K": "q8_K", "Q3_K": "q8_K",
-               "Q2_K": "q8_K"}
+               "Q2_K": "q8_K", "IQ4_NL": "q8_0"}
 
 
 def _ggml():

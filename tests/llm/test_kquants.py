@@ -99,3 +99,4 @@ def test_q3_k_and_q2_k_tensors_run_in_their_blocks_with_llama_cpps_logits(with_q
     with torch.no_grad():
         ours = lm.model(torch.tensor([ids]))[0].numpy()
     np.testing.assert_allclose(ours, np.array(llama.scores[:len(ids)]), rtol=0, atol=1e-4 if AVX512 else 1e-2)
+

@@ -24,7 +24,7 @@ def weights():
 
 def blocks_of(w: np.ndarray, qtype: str) -> np.ndarray:
     """w's rows in qtype blocks: by the gguf package where it can write the type, else llama.cpp's quantizer."""
-    if qtype.endswith("_K"):
+    if qtype.endswith("_K") or qtype.startswith("IQ"):
         from tests.llm.oracle import ggml_quantize
 
         return ggml_quantize(w, qtype)
@@ -89,3 +89,19 @@ def test_an_odd_number_of_rows_and_tiles_of_every_kind(weights, qtype):
         np.testing.assert_array_equal(ours, ggml_matmul(raw, x, qtype))
     else:
         np.testing.assert_allclose(ours, ggml_matmul(raw, x, qtype), rtol=1e-5, atol=1e-4)
+
+
+def test_iq4_nl_with_an_odd_number_of_blocks():
+    """IQ4_NL's blocks go in pairs into two sums, an odd last one alone (as llama.cpp's loop): 17 blocks a row."""
+    if compiled_kernels() is None:
+        pytest.skip("no C compiler: the bf16 path is used instead")
+    from tests.llm.oracle import ggml_matmul, ggml_quantize
+
+    rng = np.random.default_rng(3)
+    w, x = rng.standard_normal((7, 544)).astype(np.float32), rng.standard_normal((9, 544)).astype(np.float32)
+    raw = ggml_quantize(w, "IQ4_NL")
+    ours = QuantizedLinear(blocks=torch.from_numpy(raw), qtype="IQ4_NL", in_features=544)(torch.from_numpy(x)).numpy()
+    if AVX2:
+        np.testing.assert_array_equal(ours, ggml_matmul(raw, x, "IQ4_NL"))
+    else:
+        np.testing.assert_allclose(ours, ggml_matmul(raw, x, "IQ4_NL"), rtol=1e-5, atol=1e-4)

@@ -30,6 +30,8 @@ typedef struct { half d; int8_t qs[QK]; } block_q8_0;
 typedef struct { half d; half s; int8_t qs[QK]; } block_q8_1;
 typedef struct { half d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
 typedef struct { half d; half m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
+typedef struct { half d; uint8_t qs[QK / 2]; } block_iq4_nl;  /* 4-bit indices into IQ4_NL_VALUES */
+static const int8_t IQ4_NL_VALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 #define QK_K 256
 typedef struct { half d; half dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
@@ -187,6 +189,7 @@ static inline int weight_q8_0(const block_q8_0 *b, int j) { return b->qs[j]; }
 static inline int weight_q5_0(const block_q5_0 *b, int j) { return (nibble(b->qs, j) | fifth_bit(b->qh, j) << 4) - 16; }
 static inline int weight_q4_1(const block_q4_1 *b, int j) { return nibble(b->qs, j); }
 static inline int weight_q5_1(const block_q5_1 *b, int j) { return nibble(b->qs, j) | fifth_bit(b->qh, j) << 4; }
+static inline int weight_iq4_nl(const block_iq4_nl *b, int j) { return IQ4_NL_VALUES[nibble(b->qs, j)]; }
 
 #if defined(__AVX2__)
 static inline __m256i bits_to_bytes(const uint8_t *qh) {  /* bit j of 4 bytes -> byte j: 0xff or 0 */
@@ -209,6 +212,11 @@ static inline __m256i weights_q5_0(const block_q5_0 *b) {
 }
 static inline __m256i weights_q4_1(const block_q4_1 *b) { return nibbles(b->qs); }
 static inline __m256i weights_q5_1(const block_q5_1 *b) { return _mm256_or_si256(nibbles(b->qs), fifth_bits(b->qh)); }
+static inline __m256i weights_iq4_nl(const block_iq4_nl *b) {  /* the table's values of the 32 nibbles */
+    const __m128i table = _mm_loadu_si128((const __m128i *)IQ4_NL_VALUES), bits = _mm_loadu_si128((const __m128i *)b->qs);
+    return _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(bits, 4), _mm_set1_epi8(0x0f))),
+                            _mm_shuffle_epi8(table, _mm_and_si128(bits, _mm_set1_epi8(0x0f))));
+}
 #endif
 
 #if defined(__AVX2__)
@@ -261,6 +269,28 @@ DOT_SIGNED(dot_q8_0, block_q8_0, weights_q8_0, weight_q8_0)
 DOT_SIGNED(dot_q5_0, block_q5_0, weights_q5_0, weight_q5_0)
 DOT_WITH_MIN(dot_q4_1, block_q4_1, weights_q4_1, weight_q4_1)
 DOT_WITH_MIN(dot_q5_1, block_q5_1, weights_q5_1, weight_q5_1)
+
+/* IQ4_NL, as llama.cpp's AVX2 loop adds it: blocks in pairs into two accumulators (even, odd), added lane by lane
+ * and summed; an odd last block alone, its integer sum scaled (ggml_vec_dot_iq4_nl_q8_0) */
+static float dot_iq4_nl(const block_iq4_nl *x, const block_q8_0 *y, int64_t nb) {
+    int64_t i = 0;
+    float sum = 0.0f;
+#if defined(__AVX2__)
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (; i + 1 < nb; i += 2)
+        for (int k = 0; k < 2; k++)
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(to_float(y[i + k].d) * to_float(x[i + k].d)),
+                                     dot_s8_s8(weights_iq4_nl(x + i + k), _mm256_loadu_si256((const __m256i *)y[i + k].qs)),
+                                     acc[k]);
+    sum = hsum(_mm256_add_ps(acc[0], acc[1]));
+#endif
+    for (; i < nb; i++) {
+        int s = 0;
+        for (int j = 0; j < QK; j++) s += weight_iq4_nl(x + i, j) * y[i].qs[j];
+        sum = fmaf(to_float(y[i].d) * to_float(x[i].d), (float)s, sum);  /* fused, as llama.cpp's build adds it */
+    }
+    return sum;
+}
 
 /* Q4_K and Q5_K: 8 sub-blocks of 32 with a 6-bit scale and minimum each, packed in 12 bytes */
 static inline void scales_and_mins(const uint8_t *q, int32_t *sc, int32_t *mn) {
@@ -677,6 +707,7 @@ DOT4_FALLBACK(dot4_q4_0, block_q4_0, block_q8_0, dot_q4_0)
 DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
 DOT4_FALLBACK(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
 DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
+DOT4_FALLBACK(dot4_iq4_nl, block_iq4_nl, block_q8_0, dot_iq4_nl)
 #endif
 
 #endif
@@ -758,6 +789,10 @@ static inline __m512i weights2_q8_0(const block_q8_0 *b) {
 static inline float hsum_low(__m512 v) { return hsum(_mm512_castps512_ps256(v)); }
 static inline float hsum_high(__m512 v) { return hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
 
+/* each row's 8 lanes of a tile's accumulators summed as lanes8_sum does */
+#define K_SUMS(out, acc01, acc23)                                                                          \
+    (out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23))
+
 /* the scales of rows 0 and 1 (or 2 and 3) of a tile, each in its 8 lanes */
 #define PAIR(a, b) _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
 
@@ -808,6 +843,52 @@ TILE_ROWS(tile_dot_q8_0, block_q8_0, tile_q8_0, weights2_q8_0, SIGNED_PRODUCT, )
 TILE_ROWS(tile_dot_q4_1, block_q4_1, tile_q8_1, weights2_q4_1, UNSIGNED_PRODUCT, WITH_MIN)
 TILE_ROWS(tile_dot_q5_1, block_q5_1, tile_q8_1, weights2_q5_1, UNSIGNED_PRODUCT, WITH_MIN)
 
+/* IQ4_NL in tiles: its table's values plus 128 (unsigned), the tile's offsets taking the 128 off again; blocks in
+ * pairs into two accumulators and an odd last block alone, as dot_iq4_nl */
+static const uint8_t IQ4_NL_OFFSET[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
+
+static inline __attribute__((always_inline)) void tile_iq4_nl_rows(const block_iq4_nl *x, const tile_q8_0 *y,
+                                                                   int64_t nb, float *out, const int R) {
+    const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)IQ4_NL_OFFSET));
+    __m512 acc[2][2][2];  /* [weight row][activation rows 01, 23][block parity] */
+    for (int r = 0; r < 2; r++)
+        for (int u = 0; u < 2; u++) acc[r][u][0] = acc[r][u][1] = _mm512_setzero_ps();
+    const int64_t paired = nb - nb % 2;
+    for (int64_t i = 0; i < paired; i++) {
+        const tile_q8_0 *b = y + i;
+        for (int r = 0; r < R; r++) {
+            const block_iq4_nl *w = x + r * nb + i;
+            const __m512i w2 = _mm512_shuffle_epi8(table, nibbles2(w->qs));
+            const __m512 wd = _mm512_set1_ps(to_float(w->d));
+            for (int u = 0; u < 2; u++)
+                acc[r][u][i % 2] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_loadu_ps(b->d[u]), wd),
+                                                   _mm512_cvtepi32_ps(SIGNED_PRODUCT(2 * u)), acc[r][u][i % 2]);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        const __m512 s01 = _mm512_add_ps(acc[r][0][0], acc[r][0][1]), s23 = _mm512_add_ps(acc[r][1][0], acc[r][1][1]);
+        K_SUMS((out + 4 * r), s01, s23);
+        if (paired == nb) continue;
+        const tile_q8_0 *b = y + paired;  /* the odd last block: each activation row's integer sum, scaled */
+        const block_iq4_nl *w = x + r * nb + paired;
+        const __m512i w2 = _mm512_shuffle_epi8(table, nibbles2(w->qs));
+        int32_t lanes[2][16];
+        _mm512_storeu_si512(lanes[0], SIGNED_PRODUCT(0));
+        _mm512_storeu_si512(lanes[1], SIGNED_PRODUCT(2));
+        for (int u = 0; u < 4; u++) {
+            int sum = 0;
+            for (int l = 0; l < 8; l++) sum += lanes[u / 2][8 * (u % 2) + l];
+            out[4 * r + u] = fmaf(b->d[u / 2][8 * (u % 2)] * to_float(w->d), (float)sum, out[4 * r + u]);
+        }
+    }
+}
+static void tile_dot_iq4_nl(const block_iq4_nl *x, const tile_q8_0 *y, int64_t nb, float *out) {
+    tile_iq4_nl_rows(x, y, nb, out, 1);
+}
+static void tile_dot_iq4_nl2(const block_iq4_nl *x, const tile_q8_0 *y, int64_t nb, float *out) {
+    tile_iq4_nl_rows(x, y, nb, out, 2);
+}
+
 /* The K-quants in tiles: a super-block's sub-block j of the four rows side by side, each row's scale and 16-value
  * sums as block_q8_K has them (the same 292 bytes a row). A sub-block's 32 weights are multiplied with two rows in
  * one 512-bit maddubs, whose pair sums go times the sub-block's scale into the row's 8 lanes by one dpwssd: the
@@ -839,15 +920,13 @@ static void quantize_tile_q8_K(const float *x, int64_t k, tile_q8_K *y) {
     const __m512 d01 = _mm512_permutexvar_ps(PAIR(0, 1), rows_d), d23 = _mm512_permutexvar_ps(PAIR(2, 3), rows_d)
 
 /* a super-block's integer lanes of rows (0, 1) and (2, 3) times each row's scale times the weights' d, into the
- * accumulators; at the end, each row's 8 lanes summed as lanes8_sum does */
+ * accumulators */
 #define K_SCALED(b, weight_d, s01, s23, acc01, acc23)                                                      \
     do {                                                                                                 \
         ROW_SCALES(b, weight_d, d01, d23);                                                               \
         acc01 = _mm512_fmadd_ps(d01, _mm512_cvtepi32_ps(s01), acc01);                                    \
         acc23 = _mm512_fmadd_ps(d23, _mm512_cvtepi32_ps(s23), acc23);                                    \
     } while (0)
-#define K_SUMS(out, acc01, acc23)                                                                          \
-    (out[0] = hsum_low(acc01), out[1] = hsum_high(acc01), out[2] = hsum_low(acc23), out[3] = hsum_high(acc23))
 
 /* the minimums' integer terms of four rows, row u's lane l (0-3) at 4u + l: sub-blocks 2l and 2l + 1 */
 static inline __m512i tile_min_lanes(const int32_t *mn, const tile_q8_K *b) {
@@ -1060,12 +1139,15 @@ MATMUL_TILED(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_
              tile_dot_q5_0)
 MATMUL_TILED(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, tile_q8_1, quantize_tile_q8_1,
              tile_dot_q5_1)
+MATMUL_TILED(matmul_iq4_nl, QK, block_iq4_nl, block_q8_0, quantize_row_q8_0, dot_iq4_nl, tile_q8_0,
+             quantize_tile_q8_0_128, tile_dot_iq4_nl)
 #else
 MATMUL(matmul_q4_0, QK, block_q4_0, block_q8_0, quantize_row_q8_0, dot_q4_0, dot4_q4_0)
 MATMUL(matmul_q4_1, QK, block_q4_1, block_q8_1, quantize_row_q8_1, dot_q4_1, dot4_q4_1)
 MATMUL(matmul_q8_0, QK, block_q8_0, block_q8_0, quantize_row_q8_0, dot_q8_0, dot4_q8_0)
 MATMUL(matmul_q5_0, QK, block_q5_0, block_q8_0, quantize_row_q8_0, dot_q5_0, dot4_q5_0)
 MATMUL(matmul_q5_1, QK, block_q5_1, block_q8_1, quantize_row_q8_1, dot_q5_1, dot4_q5_1)
+MATMUL(matmul_iq4_nl, QK, block_iq4_nl, block_q8_0, quantize_row_q8_0, dot_iq4_nl, dot4_iq4_nl)
 #endif
 #if defined(TILED)
 MATMUL_TILED(matmul_q4_k, QK_K, block_q4_K, block_q8_K, quantize_row_q8_K, dot_q4_K, tile_q8_K, quantize_tile_q8_K,

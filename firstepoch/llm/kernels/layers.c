@@ -361,12 +361,13 @@ static void attend(const float *q, const uint8_t *keys, const uint8_t *values, i
 #define MATMUL_OF(name) void name(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
 MATMUL_OF(matmul_q4_0) MATMUL_OF(matmul_q4_1) MATMUL_OF(matmul_q8_0) MATMUL_OF(matmul_q5_0)
 MATMUL_OF(matmul_q4_k) MATMUL_OF(matmul_q5_k) MATMUL_OF(matmul_q6_k) MATMUL_OF(matmul_q5_1) MATMUL_OF(matmul_q3_k)
-MATMUL_OF(matmul_q2_k)
+MATMUL_OF(matmul_q2_k) MATMUL_OF(matmul_iq4_nl)
 
 typedef void (*matmul_fn)(const void *, int64_t, int64_t, const float *, int64_t, float *, void *, int);
 /* by BlockType.code (blocktypes.py) */
 static const matmul_fn MATMULS[] = {matmul_q4_0, matmul_q4_1, matmul_q8_0, matmul_q5_0, matmul_q4_k, matmul_q5_k,
-                                    matmul_q6_k, matmul_q5_1, matmul_q3_k, matmul_q2_k};
+                                    matmul_q6_k, matmul_q5_1, matmul_q3_k, matmul_q2_k,
+                                    matmul_iq4_nl};
 
 typedef struct {
     const float *attn_norm, *mlp_norm;
