@@ -51,7 +51,14 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check firstepoch tests benchmarks
 	$(PY) -m pylint --score=n firstepoch
 
-test: lint $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium
+# Debian's R manuals (r-doc-pdf): a real PDF for the PDF-reading tests
+$(VENV)/.manuals:
+	test -f /usr/share/R/doc/manual/R-data.pdf || (apt-get install -y -q r-doc-pdf >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q r-doc-pdf >/dev/null 2>&1)) || \
+		echo "r-doc-pdf could not be installed: the PDF layout tests will be skipped"
+	touch $@
+
+test: lint $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium $(VENV)/.manuals
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.bench

@@ -20,10 +20,16 @@ class Chunk:
     start: int  # character span in the page's text
     end: int
     title: str = ""  # the document's title, embedded with every chunk so that a chunk knows what it is about
+    section: str = ""  # the headings the chunk is under ("3 Objects > 3.1 Intrinsic attributes"), when known
+
+    @property
+    def lexical_text(self) -> str:  # what BM25 sees: the headings too
+        return f"{self.section}\n{self.text}" if self.section else self.text
 
     @property
     def embedding_text(self) -> str:
-        return f"{self.title}\n\n{self.text}" if self.title else self.text
+        head = " > ".join(x for x in (self.title, self.section) if x)
+        return f"{head}\n\n{self.text}" if head else self.text
 
 
 @dataclass
@@ -32,6 +38,7 @@ class _Unit:  # a sentence (or a piece of a long one): the smallest thing a chun
     end: int
     tokens: int
     ends_paragraph: bool
+    heading: bool = False  # a heading: a chunk starts with it rather than ends with it
 
 
 def chunk_pages(pages: list[Page], source: str, count_tokens: Callable[[list[str]], list[int]],
@@ -52,12 +59,26 @@ def chunk_pages(pages: list[Page], source: str, count_tokens: Callable[[list[str
     title = document_title(pages, source)
     room = hard_limit - (count_tokens([title])[0] + 2 if title else 0)  # the title is embedded with each chunk
     max_tokens = max(1, min(max_tokens, room))
-    chunks = []
+    chunks, path = [], []  # path: the headings in force, one per level, carried from page to page
     for page in pages:
         units = _units(page.text, count_tokens, token_offsets, max_tokens)
+        starts = {h.offset for h in page.headings}
+        for unit in units:
+            unit.heading = unit.start in starts
+        headings = sorted(page.headings, key=lambda h: h.offset)
         for start, end in _pack(units, max_tokens, overlap):
-            chunks.append(Chunk(page.text[start:end], source, page.number, start, end, title))
+            while headings and headings[0].offset <= start:
+                path = _under(path, headings.pop(0))
+            section = " > ".join(h.text for h in path)
+            chunks.append(Chunk(page.text[start:end], source, page.number, start, end, title, section))
+        for heading in headings:
+            path = _under(path, heading)
     return _enforce_limit(chunks, count_tokens, token_offsets, max_tokens)
+
+
+def _under(path: list, heading) -> list:
+    """The headings in force after `heading`: those of higher levels, then it."""
+    return [h for h in path if h.level < heading.level] + [heading]
 
 
 def document_title(pages: list[Page], source: str, max_chars: int = 120) -> str:
@@ -127,11 +148,18 @@ def _pack(units: list[_Unit], max_tokens: int, overlap: int) -> list[tuple[int, 
         while last + 1 < len(units) and total + units[last + 1].tokens <= max_tokens:
             if units[last].ends_paragraph and total >= 2 * max_tokens // 3:
                 break
+            if units[last + 1].heading and total >= max_tokens // 4:
+                break  # a chunk starts at a heading, and goes with the text under it
             last += 1
             total += units[last].tokens
+        while last > first and units[last].heading:
+            last -= 1  # never end on a heading
         out.append((units[first].start, units[last].end))
         if last + 1 >= len(units):
             break
+        if units[last + 1].heading:
+            first = last + 1  # a new section: nothing to repeat from the last one
+            continue
         nxt, kept = last + 1, 0  # step back over sentences to repeat, never back to `first`
         while nxt - 1 > first and kept + units[nxt - 1].tokens <= overlap:
             nxt -= 1
@@ -152,5 +180,5 @@ def _enforce_limit(chunks: list[Chunk], count_tokens, token_offsets, limit: int)
         pieces = -(-n // limit)
         for a, b, _ in _split_by_tokens(chunk.text, 0, len(chunk.text), token_offsets, -(-n // pieces)):
             out.append(Chunk(chunk.text[a:b], chunk.source, chunk.page, chunk.start + a, chunk.start + b,
-                             chunk.title))
+                             chunk.title, chunk.section))
     return out

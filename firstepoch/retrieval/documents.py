@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -23,6 +23,7 @@ class Unreadable(Exception):
 class Page:
     text: str
     number: int | None  # 1-based page number for PDFs, None for documents without pages
+    headings: list = field(default_factory=list)  # pdf.Heading: where the page's headings start, and their level
 
 
 def read_text(path: Path) -> list[Page]:
@@ -35,6 +36,8 @@ def read_text(path: Path) -> list[Page]:
 def read_pdf(path: Path) -> list[Page]:
     import pypdfium2 as pdfium
 
+    from firstepoch.retrieval.pdf import layout, page_lines
+
     try:
         pdf = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -42,16 +45,16 @@ def read_pdf(path: Path) -> list[Page]:
             raise Unreadable("encrypted PDF (it needs a password)") from None
         raise Unreadable(f"not a readable PDF ({exc})") from None
     try:
-        pages = []
+        lines = []
         for i in range(len(pdf)):
             page = pdf[i]
             textpage = page.get_textpage()
-            pages.append(Page(textpage.get_text_bounded().replace("\r\n", "\n").replace("\r", "\n"), i + 1))
+            lines.append(page_lines(textpage))
             textpage.close()
             page.close()
-        return pages
     finally:
         pdf.close()
+    return [Page(text, i + 1, headings) for i, (text, headings) in enumerate(layout(lines))]
 
 
 class _VisibleText(HTMLParser):

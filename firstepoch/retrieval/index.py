@@ -10,11 +10,9 @@ Crash safety: SQLite commits are atomic and every file's chunks go in with one c
 run leaves the index as it was after the last whole file. The HNSW graph is derived data, named after the
 commit it reflects (`vectors-<generation>.usearch`); when it does not match the database it is rebuilt,
 and until then search scans the vectors exactly, so a stale graph can never return deleted text.
-
-Another process may update an index that is open (`firstepoch index` while a server holds it): before each
-search the index asks SQLite whether another connection has committed since (`PRAGMA data_version`) and if so
-drops the vectors and graph it holds in memory. A full disk stops an indexing run with one line naming the
-index; SQLite rolls the unfinished transaction back.
+Another process may update an open index (`firstepoch index` while a server holds it): each search asks SQLite
+whether another connection committed since (`PRAGMA data_version`), if so dropping its vectors and graph.
+A full disk stops an indexing run in one line; SQLite rolls the rest back.
 """
 from __future__ import annotations
 
@@ -39,6 +37,7 @@ SEARCH_MODES = ("hybrid", "vector", "lexical")
 # hybrid score = 0.4 x cosine + 0.6 x BM25, each scaled to [0, 1] over the query's candidates; on the retrieval
 # evaluation (benchmarks/retrieval_eval.py) this beat vector, BM25 and reciprocal rank fusion alike
 VECTOR_WEIGHT = 0.4
+TEXT_VERSION = "2"  # how files are read and cut (2: PDF layout, sections), kept with each hash: others are re-read
 
 
 @dataclass
@@ -53,6 +52,7 @@ class Hit:
     text: str
     score: float  # cosine similarity between the query and the chunk
     rank_score: float = 0.0  # what the ranking used (cosine, BM25 or the fused score)
+    section: str = ""  # the headings the passage is under, when the document has them
 
     @property
     def where(self) -> str:
@@ -285,10 +285,11 @@ class Index:
                     continue
                 for c in chunks:
                     v = _unit(next(vectors))
-                    cur = self.db.execute("INSERT INTO chunks (path, page, start, end, text, vector) "
-                                          "VALUES (?, ?, ?, ?, ?, ?)", (key, c.page, c.start, c.end, c.text,
-                                                                        v.tobytes()))
-                    self.db.execute("INSERT INTO chunks_fts (rowid, text) VALUES (?, ?)", (cur.lastrowid, c.text))
+                    cur = self.db.execute("INSERT INTO chunks (path, page, start, end, text, vector, section) "
+                                          "VALUES (?, ?, ?, ?, ?, ?, ?)", (key, c.page, c.start, c.end, c.text,
+                                                                           v.tobytes(), c.section))
+                    fts = "INSERT INTO chunks_fts (rowid, text) VALUES (?, ?)"
+                    self.db.execute(fts, (cur.lastrowid, c.lexical_text))
                     added.append(cur.lastrowid)
                 self.db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                                 (key, root, digest, entry.status, entry.detail, len(chunks)))
@@ -448,15 +449,15 @@ class Index:
             return []
         ids = [i for i, _ in ranked]
         rows = {r[0]: r for r in self.db.execute(
-            f"SELECT c.id, c.path, f.root, c.page, c.start, c.end, c.text, c.vector FROM chunks c "
+            f"SELECT c.id, c.path, f.root, c.page, c.start, c.end, c.text, c.vector, c.section FROM chunks c "
             f"JOIN files f ON f.path = c.path WHERE c.id IN ({','.join('?' * len(ids))})", ids)}
         hits = []
         for i, rank_score in ranked:
             if i not in rows:  # not in the database: never returned, whatever a graph says
                 continue
-            _, path, root, page, start, end, text, blob = rows[i]
+            _, path, root, page, start, end, text, blob, section = rows[i]
             score = float(np.frombuffer(blob, dtype=np.float32) @ q)
-            hits.append(Hit(i, os.path.relpath(path, root), path, page, start, end, text, score, rank_score))
+            hits.append(Hit(i, os.path.relpath(path, root), path, page, start, end, text, score, rank_score, section))
         return hits
 
     # ---------------------------------------------------------------------------------- answers
@@ -496,4 +497,4 @@ def _file_hash(path: Path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return f"{TEXT_VERSION}:{h.hexdigest()}"

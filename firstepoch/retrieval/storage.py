@@ -33,6 +33,8 @@ def connect(file: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.executescript(_SCHEMA)
+        if "section" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:  # an index of format 1
+            db.execute("ALTER TABLE chunks ADD COLUMN section TEXT NOT NULL DEFAULT ''")
     except sqlite3.DatabaseError as exc:
         db.close()
         if is_no_room(exc):  # not a damaged index: the disk is full

@@ -287,7 +287,11 @@ static float dot_iq4_nl(const block_iq4_nl *x, const block_q8_0 *y, int64_t nb) 
     for (; i < nb; i++) {
         int s = 0;
         for (int j = 0; j < QK; j++) s += weight_iq4_nl(x + i, j) * y[i].qs[j];
-        sum = fmaf(to_float(y[i].d) * to_float(x[i].d), (float)s, sum);  /* fused, as llama.cpp's build adds it */
+#if defined(__AVX512F__)
+        sum = fmaf(to_float(y[i].d) * to_float(x[i].d), (float)s, sum);  /* llama.cpp's AVX-512 build fuses it */
+#else
+        sum += to_float(y[i].d) * to_float(x[i].d) * (float)s;  /* its AVX2 build does not (measured on both) */
+#endif
     }
     return sum;
 }
@@ -697,17 +701,6 @@ static void dot4_q8_0(const block_q8_0 *x, const block_q8_0 *y, int64_t nb, floa
               acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * to_float(b->d)),
                                        dot_s8_s8(qx, _mm256_loadu_si256((const __m256i *)b->qs)), acc[u]))
 }
-#else
-#define DOT4_FALLBACK(NAME, WBLOCK, XBLOCK, DOT)                                                           \
-    static void NAME(const WBLOCK *x, const XBLOCK *y, int64_t nb, float *out) {                        \
-        for (int u = 0; u < 4; u++) out[u] = DOT(x, y + u * nb, nb);                                     \
-    }
-DOT4_FALLBACK(dot4_q4_1, block_q4_1, block_q8_1, dot_q4_1)
-DOT4_FALLBACK(dot4_q4_0, block_q4_0, block_q8_0, dot_q4_0)
-DOT4_FALLBACK(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
-DOT4_FALLBACK(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
-DOT4_FALLBACK(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
-DOT4_FALLBACK(dot4_iq4_nl, block_iq4_nl, block_q8_0, dot_iq4_nl)
 #endif
 
 #endif
@@ -718,11 +711,17 @@ DOT4_FALLBACK(dot4_iq4_nl, block_iq4_nl, block_q8_0, dot_iq4_nl)
         for (int u = 0; u < 4; u++) out[u] = DOT(x, y + u * nb, nb);                                     \
     }
 #if !defined(__AVX2__)
+DOT4_BY_ROWS(dot4_q4_1, block_q4_1, block_q8_1, dot_q4_1)
+DOT4_BY_ROWS(dot4_q4_0, block_q4_0, block_q8_0, dot_q4_0)
+DOT4_BY_ROWS(dot4_q8_0, block_q8_0, block_q8_0, dot_q8_0)
+DOT4_BY_ROWS(dot4_q5_0, block_q5_0, block_q8_0, dot_q5_0)
+DOT4_BY_ROWS(dot4_q5_1, block_q5_1, block_q8_1, dot_q5_1)
 DOT4_BY_ROWS(dot4_q4_K, block_q4_K, block_q8_K, dot_q4_K)
 DOT4_BY_ROWS(dot4_q5_K, block_q5_K, block_q8_K, dot_q5_K)
 DOT4_BY_ROWS(dot4_q6_K, block_q6_K, block_q8_K, dot_q6_K)
 #endif
 #if !defined(TILED)
+DOT4_BY_ROWS(dot4_iq4_nl, block_iq4_nl, block_q8_0, dot_iq4_nl)  /* llama.cpp: pairs of blocks, row by row */
 DOT4_BY_ROWS(dot4_q3_K, block_q3_K, block_q8_K, dot_q3_K)
 DOT4_BY_ROWS(dot4_q2_K, block_q2_K, block_q8_K, dot_q2_K)
 #endif
