@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--chunk-tokens", type=int, default=200)
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--no-baselines", action="store_true", help="only firstepoch's modes")
+    parser.add_argument("--index", help="keep the index in this folder (a second run re-reads only what changed)")
+    parser.add_argument("--ask", action="store_true", help="also ask every question with the bundled chat model")
     args = parser.parse_args()
     for name in (["pdf", "sklearn"] if args.collection == "all" else [args.collection]):
         files, spec = collection(name)
@@ -66,11 +68,13 @@ def evaluate(files: list[Path], spec: dict, args) -> None:
     questions = spec["questions"]
     print(f"{'method':34s} {'recall@1':>9s} {'recall@5':>9s} {'MRR':>6s}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp, "docs")
-        folder.mkdir()
+        base = Path(args.index or tmp)
+        folder = base / f"docs-{len(files)}"  # a stable folder when the index is kept
+        folder.mkdir(parents=True, exist_ok=True)
         for f in files:
-            os.symlink(f, folder / f.name)
-        with Index.open(os.path.join(tmp, "eval"), create=True) as ix:
+            if not (folder / f.name).exists():
+                os.symlink(f, folder / f.name)
+        with Index.open(base / f"index-{len(files)}-{args.chunk_tokens}-{args.overlap}", create=True) as ix:
             started = time.perf_counter()
             report = ix.add(folder, chunk_tokens=args.chunk_tokens, overlap=args.overlap)
             seconds = time.perf_counter() - started
@@ -81,15 +85,40 @@ def evaluate(files: list[Path], spec: dict, args) -> None:
             answerable = [max(h.score for h in ix.search(x["q"], k=5)) for x in questions]
             unanswerable = [max(h.score for h in ix.search(q, k=5)) for q in spec["unanswerable"]]
             chunks = len(ix)
+            if args.ask:
+                answers(ix, spec)
         if not args.no_baselines:
             baselines(files, questions, ix.embedder.name)
-    print(f"(firstepoch: {report.count('indexed')} files, {chunks} chunks of {args.chunk_tokens} tokens, overlap "
+    print(f"(firstepoch: {report.count('indexed')} files read, {report.count('unchanged')} unchanged, {chunks} "
+          f"chunks of {args.chunk_tokens} tokens, overlap "
           f"{args.overlap}, indexed in {seconds:.1f} s)")
     print(f"best cosine per question: answerable min {min(answerable):.3f} / median {np.median(answerable):.3f}; "
           f"unanswerable max {max(unanswerable):.3f} / median {np.median(unanswerable):.3f}")
     t = NO_ANSWER_THRESHOLD
     print(f"threshold {t}: {sum(s < t for s in answerable)}/{len(answerable)} answerable questions refused, "
           f"{sum(s >= t for s in unanswerable)}/{len(unanswerable)} unanswerable ones attempted")
+
+
+def answers(ix, spec: dict) -> None:
+    """`ask` with the bundled model: an answerable question counts when its answer string is in the model's
+    text or in the quote; an unanswerable one when ask refuses it."""
+    from firstepoch.retrieval.rag import _load_model
+
+    lm = _load_model(None)
+    in_text = in_quote = either = supported = 0
+    started = time.perf_counter()
+    for x in spec["questions"]:
+        result = ix.ask(x["q"], model=lm)
+        answer = " ".join(x["answer"].split())
+        text = answer in " ".join(result.text.split())
+        quoted = result.quote is not None and answer in result.quote.text
+        in_text, in_quote, either = in_text + text, in_quote + quoted, either + (text or quoted)
+        supported += result.supported
+    refused = sum(not ix.ask(q, model=lm).answered for q in spec["unanswerable"])
+    n = len(spec["questions"])
+    print(f"ask (the bundled model): answer string in the text {in_text}/{n}, in the quote {in_quote}/{n}, in either "
+          f"{either}/{n} ({either / n:.0%}); {supported}/{n} answers supported by their passages; "
+          f"{refused}/{len(spec['unanswerable'])} unanswerable refused ({time.perf_counter() - started:.0f} s)")
 
 
 def baselines(files: list[Path], questions: list[dict], model: str) -> None:

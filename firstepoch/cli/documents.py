@@ -65,9 +65,16 @@ def index(
     with Index.open(index, model=model, create=True) as ix, Progress(
             TextColumn("[bold]indexing[/bold]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             TextColumn("{task.description}"), console=console, transient=True) as bar:
-        task = bar.add_task("", total=len(files))
-        report = ix.add(docs, chunk_tokens=chunk_tokens, overlap=overlap, files=files,
-                        progress=lambda f: bar.update(task, advance=f.status != "removed", description=f.path))
+        task = bar.add_task("files", total=len(files))
+        chunks = bar.add_task("chunks embedded", total=0, visible=False)
+
+        def read(f):
+            bar.update(task, advance=f.status != "removed", description=f"files  {f.path}")
+            if f.chunks:  # the second bar: a big PDF's chunks, as they are embedded
+                bar.update(chunks, total=bar.tasks[chunks].total + f.chunks, visible=True)
+
+        report = ix.add(docs, chunk_tokens=chunk_tokens, overlap=overlap, files=files, progress=read,
+                        embedded=lambda n: bar.update(chunks, advance=n))
         info = ix.info()
     counts = {s: report.count(s) for s in ("indexed", "unchanged", "removed", "no text", "unreadable", "skipped")}
     console.print("  ".join(f"{n} {s}" for s, n in counts.items() if n) or "no files", highlight=False)
@@ -97,12 +104,15 @@ def search(
         hits = ix.search(query, k=k, mode=mode)
     if json_out:
         print(json.dumps([{"rank": r + 1, "score": round(h.score, 4), "source": h.source, "page": h.page,
-                           "start": h.start, "end": h.end, "text": h.text} for r, h in enumerate(hits)]))
+                           "section": h.section, "start": h.start, "end": h.end, "text": h.text}
+                          for r, h in enumerate(hits)]))
         return
     if not hits:
         console.print("no matches")
     for rank, hit in enumerate(hits, 1):
-        console.print(f"[bold]{rank}.[/bold] [cyan]{escape(hit.where)}[/cyan]  score {hit.score:.3f}", highlight=False)
+        section = f"  [dim]{escape(hit.section)}[/dim]" if hit.section else ""
+        console.print(f"[bold]{rank}.[/bold] [cyan]{escape(hit.where)}[/cyan]  score {hit.score:.3f}{section}",
+                      highlight=False)
         console.print("   " + highlight(snippet(hit.text, query), query), highlight=False)
 
 
@@ -125,15 +135,23 @@ def ask(
         if json_out:
             result = answer.result()
             print(json.dumps({"question": question, "answer": result.text, "answered": result.answered,
+                              "supported": result.supported, "best": result.best,
+                              "quote": result.quote.to_json() if result.quote else None,
                               "citations": [{"number": c.number, "source": c.source, "page": c.page,
-                                             "score": round(c.score, 4)} for c in result.citations]}))
+                                             "section": c.section, "score": round(c.score, 4)}
+                                            for c in result.citations]}))
             return
         for piece in answer:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
+    if answer.quote is not None:
+        lead = ("the sources say" if answer.supported else
+                "[yellow]not supported by the sources, which say[/yellow]")
+        console.print(f"{lead}: {escape(str(answer.quote))}", highlight=False)
     for c in answer.citations:
-        console.print(f"[bold][{c.number}][/bold] {escape(c.where)}  (score {c.score:.2f})", highlight=False)
+        section = f" ({escape(c.section)})" if c.section else ""
+        console.print(f"[bold][{c.number}][/bold] {escape(c.where)}{section}  (score {c.score:.2f})", highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ snippets

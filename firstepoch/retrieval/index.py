@@ -16,7 +16,6 @@ A full disk stops an indexing run in one line; SQLite rolls the rest back.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sqlite3
@@ -30,10 +29,12 @@ import numpy as np
 from firstepoch.errors import FirstEpochError
 from firstepoch.retrieval.chunk import chunk_pages
 from firstepoch.retrieval.documents import READERS, NoText, Unreadable, read_document
-from firstepoch.retrieval.storage import NO_ROOM_ERRNOS, connect, graph_threads, new_graph, no_room, writing
+from firstepoch.retrieval.storage import (NO_ROOM_ERRNOS, connect, document_files, file_hash, graph_threads, index_path,
+                                          new_graph, no_room, writing)
 
 EXACT_LIMIT = 20_000  # up to this many chunks a search scans every vector (about 2 ms); above, HNSW
 SEARCH_MODES = ("hybrid", "vector", "lexical")
+EMBED_BATCH = 64  # chunks embedded between two progress reports
 # hybrid score = 0.4 x cosine + 0.6 x BM25, each scaled to [0, 1] over the query's candidates; on the retrieval
 # evaluation (benchmarks/retrieval_eval.py) this beat vector, BM25 and reciprocal rank fusion alike
 VECTOR_WEIGHT = 0.4
@@ -79,30 +80,6 @@ class Report:
     @property
     def chunks_added(self) -> int:
         return sum(f.chunks for f in self.files if f.status == "indexed")
-
-
-def index_path(name: str | Path) -> Path:
-    """An index name (kept in firstepoch's data folder, `indexes/NAME`) or a folder path."""
-    name = str(name)
-    if os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name):
-        return Path(name).expanduser()
-    if not re.fullmatch(r"[\w.-]+", name):
-        raise FirstEpochError(f"index name {name!r}: use letters, digits, '.', '-' and '_' (or give a folder path)")
-    from firstepoch.paths import home
-
-    return home() / "indexes" / name
-
-
-def document_files(folder: str | Path) -> list[Path]:
-    """The files an indexing run looks at: `folder` itself when it is a file, else every file below it but
-    hidden ones (or ones in hidden folders), sorted."""
-    root = Path(folder).expanduser().resolve()
-    if not root.exists():
-        raise FirstEpochError(f"{folder}: no such file or folder")
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 class Index:
@@ -198,17 +175,19 @@ class Index:
     # ---------------------------------------------------------------------------------- indexing
 
     def add(self, folder: str | Path, chunk_tokens: int = 200, overlap: int = 32,
-            progress: Callable[[FileReport], None] | None = None, files: list[Path] | None = None) -> Report:
+            progress: Callable[[FileReport], None] | None = None, files: list[Path] | None = None,
+            embedded: Callable[[int], None] | None = None) -> Report:
         """Bring the index up to date with `folder` (a folder, or one file): new and changed files are
         read, chunked and embedded, unchanged ones (same content hash) are left alone, files gone from the
         folder are removed. Files of other folders in the same index are not touched. `files` is
-        `document_files(folder)` when the caller already listed them.
+        `document_files(folder)` when the caller already listed them. `progress` hears of each file once it
+        is read (with its chunk count), `embedded` of each batch of chunks embedded (how many).
 
         Raises FirstEpochError when the disk is full; the index then holds every file up to the last commit."""
         with writing(self.path):
-            return self._add(folder, chunk_tokens, overlap, progress, files)
+            return self._add(folder, chunk_tokens, overlap, progress, files, embedded)
 
-    def _add(self, folder, chunk_tokens, overlap, progress, files) -> Report:
+    def _add(self, folder, chunk_tokens, overlap, progress, files, embedded) -> Report:
         started = time.perf_counter()
         root = Path(folder).expanduser().resolve()
         files = files if files is not None else document_files(root)
@@ -227,7 +206,7 @@ class Index:
                 progress(entry)
 
         def flush():
-            ids = self._write(pending, str(base), removed_ids)
+            ids = self._write(pending, str(base), removed_ids, embedded)
             added_ids.extend(ids)
             pending.clear()
 
@@ -239,15 +218,15 @@ class Index:
             if file.suffix.lower() not in READERS:
                 note(FileReport(rel, "skipped", f"not a document ({file.suffix or 'no extension'})"))
                 continue
-            digest = _file_hash(file)
+            digest = file_hash(file, TEXT_VERSION)
             if known.get(key) == digest:
                 note(FileReport(rel, "unchanged"))
                 continue
             entry, chunks = self._extract(file, rel, chunk_tokens, overlap)
             pending.append((key, digest, entry, chunks))
+            note(entry)
             if sum(len(c) for *_, c in pending) >= 256:
                 flush()
-            note(entry)
         for key in sorted(set(known) - seen):
             pending.append((key, None, None, []))
             note(FileReport(str(Path(key).relative_to(base)), "removed"))
@@ -269,10 +248,17 @@ class Index:
                              overlap, e.max_text_tokens)
         return FileReport(rel, "indexed", f"{len(pages)} page(s)" if pages[0].number else "", len(chunks)), chunks
 
-    def _write(self, pending, root: str, removed_ids: list[int]) -> list[int]:
+    def _write(self, pending, root: str, removed_ids: list[int], embedded=None) -> list[int]:
         """Embed the pending files' chunks, then replace those files in one transaction."""
         texts = [c.embedding_text for *_, chunks in pending for c in chunks]
-        vectors = iter(self.embedder.embed(texts) if texts else [])
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths in a batch: little padding
+        matrix = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        for at in range(0, len(texts), EMBED_BATCH):
+            rows = order[at:at + EMBED_BATCH]
+            matrix[rows] = self.embedder.embed([texts[i] for i in rows])
+            if embedded:
+                embedded(len(rows))
+        vectors = iter(matrix)
         added = []
         with self.db:  # one transaction: all of these files, or none of them
             for key, digest, entry, chunks in pending:
@@ -444,7 +430,7 @@ class Index:
                                "ORDER BY bm25(chunks_fts) LIMIT ?", (match, k)).fetchall()
         return [(int(i), -float(s)) for i, s in rows]  # bm25() is lower-is-better
 
-    def _hits(self, ranked: list[tuple[int, float]], q: np.ndarray) -> list[Hit]:
+    def _hits(self, ranked: list[tuple[int, float]], q: np.ndarray | None) -> list[Hit]:
         if not ranked:
             return []
         ids = [i for i, _ in ranked]
@@ -456,9 +442,14 @@ class Index:
             if i not in rows:  # not in the database: never returned, whatever a graph says
                 continue
             _, path, root, page, start, end, text, blob, section = rows[i]
-            score = float(np.frombuffer(blob, dtype=np.float32) @ q)
+            score = float(np.frombuffer(blob, dtype=np.float32) @ q) if q is not None else 0.0
             hits.append(Hit(i, os.path.relpath(path, root), path, page, start, end, text, score, rank_score, section))
         return hits
+
+    def chunk(self, chunk_id: int) -> Hit | None:
+        """The chunk with this id (as `Hit.id` gives it), scored 0; None when it is not in the index."""
+        hits = self._hits([(int(chunk_id), 0.0)], None)
+        return hits[0] if hits else None
 
     # ---------------------------------------------------------------------------------- answers
 
@@ -490,11 +481,3 @@ def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else v
-
-
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{TEXT_VERSION}:{h.hexdigest()}"

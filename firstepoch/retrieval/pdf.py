@@ -15,6 +15,8 @@ from dataclasses import dataclass
 _SOFT_HYPHENS = re.compile("[\ufffe\u00ad\u2010]?[\ufffe\u00ad]\\s*")  # pdfium marks a word broken at a line end
 _PAGE_NUMBER = re.compile(r"(?i)^(page\s+)?(\d+|[ivxlc]+)(\s*(of|/)\s*\d+)?$")
 MAX_PAGE_CHARS = 200_000  # past this a page's text is cut (a page of a few thousand words holds 20,000)
+MAX_IMAGE_PIXELS = 4_000_000  # a page image is made smaller than asked for rather than larger than this
+HIGHLIGHT = (255, 214, 0, 96)  # the passage's lines on a page image: translucent yellow
 
 
 @dataclass
@@ -168,3 +170,52 @@ def _joint(previous: Line, line: Line, size: float, spacing: float, left: float,
     if re.search(r"[^\W\d_]-$", previous.text) and line.text[:1].islower():
         return ""  # a hyphenated compound broken at its hyphen ("well-" / "known")
     return " "
+
+
+def page_image(path, number: int, passage: str = "", width: int = 900) -> bytes:
+    """Page `number` (1-based) of the PDF at `path` as a PNG `width` pixels wide (fewer when the page is so tall
+    that it would pass MAX_IMAGE_PIXELS), with the lines of `passage` on it highlighted."""
+    import io
+    import math
+
+    import pypdfium2 as pdfium
+    from PIL import Image, ImageDraw
+
+    from firstepoch.errors import FirstEpochError
+
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        if not 1 <= number <= len(pdf):
+            raise FirstEpochError(f"{path}: no page {number} (it has {len(pdf)})")
+        page = pdf[number - 1]
+        w, h = page.get_size()
+        if not (w > 0 and h > 0 and math.isfinite(w * h)):
+            raise FirstEpochError(f"{path}: page {number} has no size to draw ({w} x {h} points)")
+        scale = min(width / w, math.sqrt(MAX_IMAGE_PIXELS / (w * h)))
+        image = page.render(scale=scale).to_pil().convert("RGBA")
+        wanted = " ".join(passage.split())
+        overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+        draw = ImageDraw.Draw(overlay)
+        textpage = page.get_textpage()
+        lines = page_lines(textpage) if wanted else []
+        textpage.close()
+        page.close()
+        for line in lines:
+            text = " ".join(line.text.split())
+            if len(text) >= 8 and line.size > 0 and _in_passage(text, wanted):
+                top = h - (max(line.top, line.bottom) + 0.85 * line.size)  # PDF points run up from the bottom
+                bottom = h - (min(line.top, line.bottom) - 0.3 * line.size)
+                draw.rectangle([line.x0 * scale, top * scale, line.x1 * scale, bottom * scale], fill=HIGHLIGHT)
+        out = io.BytesIO()
+        Image.alpha_composite(image, overlay).convert("RGB").save(out, "PNG")
+        return out.getvalue()
+    finally:
+        pdf.close()
+
+
+def _in_passage(line: str, passage: str, least: int = 12) -> bool:
+    """Whether a page line is part of the passage: inside it, or cut by its first or last character."""
+    if line in passage:
+        return True
+    longest = min(len(line), 400)  # a line longer than a passage's edge is a hostile one: whole or not at all
+    return any(passage.endswith(line[:k]) or passage.startswith(line[-k:]) for k in range(least, longest))

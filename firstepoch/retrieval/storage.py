@@ -3,7 +3,9 @@ and one clear line when a write finds no room."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,3 +82,36 @@ def graph_threads(size: int) -> int:
     """Threads for inserting into the graph: one below 50,000 vectors, where concurrent inserts were seen to
     leave a node unreachable now and then (a test with 136 vectors missed two in one build of four)."""
     return 1 if size < 50_000 else (os.cpu_count() or 1)
+
+
+def index_path(name: str | Path) -> Path:
+    """An index name (kept in firstepoch's data folder, `indexes/NAME`) or a folder path."""
+    name = str(name)
+    if os.sep in name or name.startswith(".") or (os.altsep and os.altsep in name):
+        return Path(name).expanduser()
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise FirstEpochError(f"index name {name!r}: use letters, digits, '.', '-' and '_' (or give a folder path)")
+    from firstepoch.paths import home
+
+    return home() / "indexes" / name
+
+
+def document_files(folder: str | Path) -> list[Path]:
+    """The files an indexing run looks at: `folder` itself when it is a file, else every file below it but
+    hidden ones (or ones in hidden folders), sorted."""
+    root = Path(folder).expanduser().resolve()
+    if not root.exists():
+        raise FirstEpochError(f"{folder}: no such file or folder")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def file_hash(path: Path, version: str) -> str:
+    """The file's sha256, prefixed by `version` (how it is read and cut): a new reader re-reads every file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{version}:{h.hexdigest()}"

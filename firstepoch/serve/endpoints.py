@@ -150,16 +150,37 @@ async def search(name: str, request: Request):
         except FirstEpochError as exc:
             raise ApiError(400, str(exc)) from None
     return {"index": served.name, "results": [
-        {"rank": r + 1, "score": round(h.score, 4), "source": h.source, "page": h.page, "start": h.start,
-         "end": h.end, "text": h.text} for r, h in enumerate(hits)]}
+        {"rank": r + 1, "id": h.id, "score": round(h.score, 4), "source": h.source, "page": h.page,
+         "section": h.section, "start": h.start, "end": h.end, "text": h.text} for r, h in enumerate(hits)]}
+
+
+@router.get("/v1/page/{name}/{chunk}")
+async def page_image(name: str, chunk: int, request: Request, width: int = 900):
+    """The PDF page a passage (search result or citation `id`) is on, as a PNG with the passage highlighted."""
+    from firstepoch.retrieval.pdf import page_image as render
+
+    served = _index(request, name)
+    if not 100 <= width <= 2000:
+        raise ApiError(400, f"'width' must be between 100 and 2000 pixels, not {width}", param="width")
+    async with served.slot:
+        hit = await served.slot.run(lambda: served.obj.chunk(chunk))
+        if hit is None:
+            raise ApiError(404, f"index {name!r} has no passage {chunk}")
+        if not hit.page or not hit.path.lower().endswith(".pdf"):
+            raise ApiError(404, f"passage {chunk} is from {hit.source}, which is not a PDF: it has no page image")
+        try:
+            png = await served.slot.run(lambda: render(hit.path, hit.page, hit.text, width))
+        except FirstEpochError as exc:
+            raise ApiError(404, str(exc)) from None
+        except Exception as exc:  # pdfium's own errors: the file changed or went since it was indexed
+            raise ApiError(404, f"{hit.source}: page {hit.page} cannot be drawn ({exc}); index it again") from None
+    return Response(png, media_type="image/png")
 
 
 @router.post("/v1/ask/{name}")
 async def ask(name: str, request: Request):
     """Streamed as NDJSON: first {"citations": [...]}, then {"text": piece} lines, then {"done": true}."""
-    import anyio
-
-    from firstepoch.retrieval.rag import ANSWER_SAMPLING, ANSWER_TOKENS
+    from firstepoch.retrieval.rag import ANSWER_SAMPLING, ANSWER_TOKENS, supported
     from firstepoch.serve.streaming import ReservedStream, generated_text, start_generation, stream_generation
 
     state = _state(request)
@@ -176,8 +197,10 @@ async def ask(name: str, request: Request):
     stream = field(body, "stream", bool, True)
     async with served.slot:
         hits = await served.slot.run(lambda: served.obj.search(question, k=k))
-    plan = await anyio.to_thread.run_sync(_answer_plan, hits, question, llm.obj)  # the template: off the loop
+    async with served.slot:  # the quote embeds the passages' sentences with the index's embedder
+        plan = await served.slot.run(lambda: _answer_plan(hits, question, llm.obj, served.obj.embedder.embed))
     citations = [c.to_json() for c in plan.citations]
+    quote = plan.quote.to_json() if plan.quote else None
     if not stream:
         text = plan.refusal
         if text is None:
@@ -185,31 +208,35 @@ async def ask(name: str, request: Request):
             text = await generated_text(request, llm, generation, state)
             if text is None:  # the client has gone
                 return Response(status_code=499)
-        return {"index": served.name, "answer": text, "answered": plan.refusal is None, "citations": citations}
+        return {"index": served.name, "answer": text, "answered": plan.refusal is None, "citations": citations,
+                "quote": quote, "supported": plan.refusal is None and supported(text, plan.citations)}
     reservation = llm.slot.reserve() if plan.refusal is None else None  # a full queue: a 503 before any byte
 
     async def lines():
-        yield json.dumps({"citations": citations, "answered": plan.refusal is None}) + "\n"
+        yield json.dumps({"citations": citations, "answered": plan.refusal is None, "quote": quote}) + "\n"
         if plan.refusal is not None:
             yield json.dumps({"text": plan.refusal}) + "\n"
-        else:
-            async with reservation:
-                generation = await start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
-                async for piece in stream_generation(llm, generation, state):
-                    yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
-        yield json.dumps({"done": True}) + "\n"
+            yield json.dumps({"done": True}) + "\n"
+            return
+        text = ""
+        async with reservation:
+            generation = await start_generation(llm, plan.prompt_ids, ANSWER_TOKENS, ANSWER_SAMPLING)
+            async for piece in stream_generation(llm, generation, state):
+                text += piece
+                yield json.dumps({"text": piece}, ensure_ascii=False) + "\n"
+        yield json.dumps({"done": True, "supported": supported(text, plan.citations)}) + "\n"
 
     if reservation is None:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
     return ReservedStream(lines(), reservation, media_type="application/x-ndjson")
 
 
-def _answer_plan(hits, question: str, lm):
+def _answer_plan(hits, question: str, lm, embed):
     """`rag.plan_answer`, with a template that refuses or runs past its bounds as a 400."""
     from firstepoch.retrieval.rag import plan_answer
 
     try:
-        return plan_answer(lm, question, hits)
+        return plan_answer(lm, question, hits, embed=embed)
     except FirstEpochError as exc:
         raise ApiError(400, str(exc)) from None
 

@@ -30,6 +30,8 @@ code { background:#f0f2f5; padding:0 .2rem; border-radius:3px; }
 table.probs td { padding:.1rem .5rem; } .muted { color:var(--muted); font-size:.9em; }
 .cite { color:var(--accent); cursor:pointer; text-decoration:underline; }
 #passage { white-space:pre-wrap; background:#fff; border:1px solid var(--line); border-radius:8px; padding:.6rem; display:none; }
+#page { max-width:100%; border:1px solid var(--line); border-radius:8px; display:none; margin-top:.4rem; }
+#quote { border-left:3px solid #d9b300; padding-left:.6rem; margin:.4rem 0; display:none; }
 canvas { background:#fff; border:1px solid var(--line); border-radius:8px; }
 </style></head>
 <body>
@@ -54,7 +56,7 @@ canvas { background:#fff; border:1px solid var(--line); border-radius:8px; }
 <section id="ask">
   <div class="row"><label>Index <select id="index"></select></label></div>
   <div class="row"><textarea id="question" placeholder="Question about your documents"></textarea><button id="ask-go" class="go">Ask</button></div>
-  <div id="answer" class="msg"></div><div id="sources"></div><div id="passage"></div>
+  <div id="answer" class="msg"></div><div id="quote"></div><div id="sources"></div><div id="passage"></div><img id="page" alt="the cited page">
 </section>
 <section id="runs">
   <div class="row"><label>Run <select id="run"></select></label></div>
@@ -152,6 +154,7 @@ async function classify(file) {
 async function ask() {
   const q = $("question").value.trim(); if (!q) return;
   $("answer").textContent = ""; $("sources").innerHTML = ""; $("passage").style.display = "none";
+  $("page").style.display = "none"; $("quote").style.display = "none";
   try {
     const r = await api("/v1/ask/" + encodeURIComponent($("index").value), {question: q});
     const reader = r.body.getReader(), decoder = new TextDecoder(); let buffer = "", text = "", cites = [];
@@ -161,13 +164,22 @@ async function ask() {
       while ((cut = buffer.indexOf("\n")) >= 0) {
         const m = JSON.parse(buffer.slice(0, cut)); buffer = buffer.slice(cut + 1);
         if (m.citations) { cites = m.citations; $("sources").innerHTML = cites.map((c) =>
-          `<div><span class="cite" data-n="${c.number}">[${c.number}]</span> ${esc(c.source)}${c.page ? ", page " + c.page : ""} <span class="muted">score ${c.score.toFixed(2)}</span></div>`).join("");
-          $("sources").querySelectorAll(".cite").forEach((el) => el.onclick = () => {
-            const c = cites[el.dataset.n - 1]; $("passage").textContent = c.text; $("passage").style.display = "block"; }); }
+          `<div><span class="cite" data-n="${c.number}">[${c.number}]</span> ${esc(c.source)}${c.page ? ", page " + c.page : ""}${c.section ? " <span class=\"muted\">" + esc(c.section) + "</span>" : ""} <span class="muted">score ${c.score.toFixed(2)}</span></div>`).join("");
+          $("sources").querySelectorAll(".cite").forEach((el) => el.onclick = () => showPassage(cites[el.dataset.n - 1])); }
+        if (m.quote) { $("quote").textContent = "\u201c" + m.quote.text + "\u201d [" + m.quote.number + "]"; $("quote").style.display = "block"; }
+        if (m.done && m.supported === false && $("quote").style.display === "block") { $("quote").insertAdjacentText("afterbegin", "Not supported by the sources, which say: "); }
         if (m.text) { text += m.text; $("answer").innerHTML = markdown(text); }
       }
     }
   } catch (e) { $("answer").textContent = e.message; }
+}
+async function showPassage(c) {  // the passage, then its PDF page with the passage highlighted
+  $("passage").textContent = c.text; $("passage").style.display = "block"; $("page").style.display = "none";
+  if (!c.page || c.id == null) return;
+  try {
+    const blob = await (await api("/v1/page/" + encodeURIComponent($("index").value) + "/" + c.id)).blob();
+    $("page").src = URL.createObjectURL(blob); $("page").style.display = "block";
+  } catch (e) { /* not a PDF, or the file changed: the passage text is shown */ }
 }
 $("ask-go").onclick = ask;
 // ---- runs: loss curves on a canvas

@@ -83,7 +83,12 @@ def test_ask_shows_citations_that_open_their_passage(page):
     page.click("#ask-go")
     page.wait_for_selector("#sources .cite", timeout=60_000)
     assert "reports/survey.pdf, page 1" in page.inner_text("#sources")
+    page.wait_for_selector("#quote", state="visible", timeout=10_000)
+    assert "412 animals" in page.inner_text("#quote")  # the passages' sentence that answers, word for word
     page.click("#sources .cite >> nth=0")
     assert "412 animals" in page.inner_text("#passage")
+    # and the PDF page itself, drawn by the server with the passage highlighted
+    page.wait_for_function("document.querySelector('#page').style.display === 'block' && "
+                           "document.querySelector('#page').naturalWidth >= 100", timeout=30_000)
     page.wait_for_function("document.querySelector('#answer').textContent.trim().length > 0", timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "ask.png"), full_page=True)

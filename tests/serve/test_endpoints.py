@@ -61,10 +61,40 @@ def test_search_and_ask_an_index(server):
         lines = [json.loads(line) for line in stream.iter_lines() if line]
     assert lines[0]["answered"] and lines[0]["citations"][0]["source"] == "reports/survey.pdf"
     assert "counted 412 animals" in lines[0]["citations"][0]["text"]  # the passage that holds the answer
-    assert any(line.get("text") for line in lines[1:-1]) and lines[-1] == {"done": True}
+    assert lines[0]["citations"][0]["id"] == results[0]["id"] and "section" in lines[0]["citations"][0]
+    # the quote: the cited passages' sentence closest to the question, word for word
+    assert lines[0]["quote"]["number"] == 1 and "counted 412 animals" in lines[0]["quote"]["text"]
+    assert any(line.get("text") for line in lines[1:-1])
+    assert lines[-1]["done"] and isinstance(lines[-1]["supported"], bool)
     r = httpx.post(server.url + "/v1/ask/docs", headers=server.headers,
                    json={"question": "Who won the 1998 football world cup?", "stream": False})
     assert r.status_code == 200 and not r.json()["answered"] and r.json()["citations"] == []
+
+
+def test_a_cited_pdf_page_as_an_image_with_the_passage_highlighted(server):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    hits = httpx.post(server.url + "/v1/search/docs", json={"query": "zebra herd near the lake", "k": 1},
+                      headers=server.headers).json()["results"]
+    r = httpx.get(f"{server.url}/v1/page/docs/{hits[0]['id']}?width=400", headers=server.headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    page = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
+    assert page.shape[1] == 400
+    yellow = (page[..., 0] > 200) & (page[..., 1] > 180) & (page[..., 2] < 170)  # the highlight over white
+    rows = np.flatnonzero(yellow.any(axis=1))
+    assert yellow.sum() > 1000 and rows.max() - rows.min() < page.shape[0] / 2  # the passage's lines, not the page
+
+    html = httpx.post(server.url + "/v1/search/docs", json={"query": "lighthouse keeper lamp", "k": 1},
+                      headers=server.headers).json()["results"][0]
+    assert html["source"] == "page.html"
+    for path, status in ((f"/v1/page/docs/{html['id']}", 404), ("/v1/page/docs/987654321", 404),
+                         (f"/v1/page/docs/{hits[0]['id']}?width=100000", 400), ("/v1/page/nope/1", 404)):
+        r = httpx.get(server.url + path, headers=server.headers)
+        assert r.status_code == status, (path, r.text)
+        assert r.json()["error"]["message"]
 
 
 def test_runs_health_and_metrics(server):
