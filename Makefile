@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# test files run on two workers (pytest-xdist), a file's tests together on one: the suite is as much waiting on
+# servers and subprocesses as computing
+JOBS   ?= 2
 
 .PHONY: demo test lint bench install clean
 
@@ -59,7 +62,7 @@ $(VENV)/.manuals:
 	touch $@
 
 test: lint $(VENV)/.installed $(VENV)/.llamacpp $(VENV)/.chromium $(VENV)/.manuals
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n $(JOBS) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/learner_overhead.py
