@@ -200,14 +200,15 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(server):
     before = metric()
     body = json.dumps({"model": CHAT, "messages": [{"role": "user", "content": "Tell me a long story."}],
                        "max_tokens": 1000, "stream": False}).encode()
+
     def busy():
         return httpx.get(server.url + "/health", headers=server.headers).json()["models"][CHAT]["busy"]
 
     with socket.create_connection(("127.0.0.1", server.port)) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   + f"Authorization: Bearer {server.api_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        started = time.monotonic() + 30  # under load the request may wait a moment before it is generating
-        while not busy() and time.monotonic() < started:
+        generating_by = time.monotonic() + 30  # under load the request may wait a moment before it is generating
+        while not busy() and time.monotonic() < generating_by:
             time.sleep(0.1)
         time.sleep(0.5)  # generating
     deadline = time.monotonic() + 30  # under load the disconnect is noticed at the next token, a moment later
